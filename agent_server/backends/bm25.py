@@ -1,0 +1,223 @@
+"""BM25 over a pyserini (Anserini/Lucene) index: building one from a corpus, and searching one.
+
+Any Lucene index pyserini can open loads by path, Search-R1's prebuilt wiki-18 BM25 index included.
+Passages come from the index's stored raw JSON (`{"id","contents"}` or `{"id","title","text"}`); an
+index built without stored raw docs needs the corpus, read through a PassageStore by docid.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent_server.backends.base import Hit
+from agent_server.java_runtime import configure_java
+from agent_server.passage_store import PassageStore, cached_store
+from search_env import __version__
+from search_env.corpus import format_contents
+
+logger = logging.getLogger(__name__)
+
+META = "searchgym-bm25.json"  # Lucene ignores files it does not know, so ours can sit in the index dir
+
+
+def _collection_name(corpus: Path) -> str:
+    """A file name JsonCollection accepts (it picks files by suffix), keeping `.gz` if compressed."""
+    gz = corpus.suffix == ".gz"
+    inner = corpus.with_suffix("") if gz else corpus
+    stem_suffix = inner.suffix if inner.suffix in (".json", ".jsonl") else ".jsonl"
+    return "corpus" + stem_suffix + (".gz" if gz else "")
+
+
+def _link_corpus(corpus: Path, input_dir: Path) -> Path:
+    """Expose the corpus to the indexer without copying it: a symlink, else a hard link, else a copy.
+
+    (Anserini's JsonCollection reads `.jsonl` and `.jsonl.gz` through a symlink; checked with 1.7.1.)
+    """
+    target = input_dir / _collection_name(corpus)
+    try:
+        target.symlink_to(corpus)
+        return target
+    except OSError as err:
+        logger.info("cannot symlink %s (%s); trying a hard link", corpus, err)
+    try:
+        os.link(corpus, target)
+        return target
+    except OSError as err:
+        logger.warning("cannot link %s (%s); copying it for the indexer", corpus, err)
+    shutil.copyfile(corpus, target)
+    return target
+
+
+def _indexer_env() -> dict[str, str]:
+    # The child must import agent_server even when searchgym runs from a source checkout.
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2) -> Path:
+    """Index `corpus` (wiki-18 JSONL, optionally gzipped) into a Lucene index at `out_dir`.
+
+    Runs pyserini's own indexer (positions, doc vectors and raw docs stored) in a subprocess, into a
+    temp folder that is renamed to `out_dir` on success. Returns `out_dir`.
+    """
+    corpus, out_dir = Path(corpus).absolute(), Path(out_dir).absolute()
+    if not corpus.is_file():
+        raise FileNotFoundError(f"corpus not found: {corpus}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "input").mkdir(parents=True)
+    index_dir = tmp / "index"
+    started = time.perf_counter()
+    try:
+        _link_corpus(corpus, tmp / "input")
+        command = [
+            sys.executable, "-m", "agent_server.lucene_indexer",
+            "--collection", "JsonCollection", "--input", str(tmp / "input"), "--index", str(index_dir),
+            "--generator", "DefaultLuceneDocumentGenerator", "--threads", str(threads),
+            "--storePositions", "--storeDocvectors", "--storeRaw",
+        ]
+        counters = _run_indexer(command)
+        if counters.get("indexed", 0) == 0:
+            raise RuntimeError(f"the Lucene indexer indexed no passages from {corpus} ({counters})")
+        stat = corpus.stat()
+        meta = {
+            "backend": "bm25",
+            "corpus": {"path": str(corpus), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+            "count": counters["indexed"],
+            "counters": counters,
+            "threads": threads,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "searchgym_version": __version__,
+        }
+        (index_dir / META).write_text(json.dumps(meta, indent=1) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        index_dir.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _run_indexer(command: list[str]) -> dict[str, int]:
+    """Run the indexer, streaming its output to the log; its final counters (indexed, skipped, errors...)."""
+    counters: dict[str, int] = {}
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=_indexer_env()) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            logger.info("lucene: %s", line)
+            match = re.search(r" - (indexed|unindexable|empty|skipped|errors):\s+([\d,]+)$", line)
+            if match:
+                counters[match.group(1)] = int(match.group(2).replace(",", ""))
+    if proc.returncode != 0:
+        raise RuntimeError(f"Lucene indexer failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return counters
+
+
+def _passage_of_raw(raw: str) -> tuple[str | None, str]:
+    """(id, contents) of a stored raw doc; JSON with `contents`, or `title`+`text`, or plain text."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        return None, raw
+    if not isinstance(record, dict):
+        return None, raw
+    passage_id = str(record["id"]) if "id" in record else None
+    if "contents" in record:
+        return passage_id, str(record["contents"])
+    return passage_id, format_contents(str(record.get("title", "")), str(record.get("text", "")))
+
+
+class BM25Retriever:
+    """BM25 (pyserini defaults k1=0.9, b=0.4) over a Lucene index, batches searched in parallel."""
+
+    name = "bm25"
+
+    def __init__(self, index_dir: str | Path, threads: int = 2, k1: float = 0.9, b: float = 0.4,
+                 corpus: str | Path | None = None) -> None:
+        self.index_dir = Path(index_dir).absolute()
+        if not self.index_dir.is_dir():
+            raise FileNotFoundError(f"no Lucene index at {self.index_dir}")
+        self.threads, self.k1, self.b = threads, k1, b
+        self.java = configure_java()
+        # Anserini's SimpleSearcher directly: pyserini's LuceneSearcher wrapper does the same calls
+        # but its module imports torch + transformers (~10 s) for the dense encoders we do not use.
+        from pyserini.pyclass import JArrayList, autoclass
+
+        self._array_list = JArrayList
+        self._searcher = autoclass("io.anserini.search.SimpleSearcher")(str(self.index_dir))
+        self._searcher.set_bm25(float(k1), float(b))
+        self._count = int(self._searcher.get_total_num_docs())
+        self.raw_docs = self._count > 0 and self._searcher.doc(0).get("raw") is not None
+        self._store: PassageStore | None = None
+        if not self.raw_docs:
+            if corpus is None:
+                raise ValueError(
+                    f"the Lucene index {self.index_dir} stores no raw passages; pass the corpus it was "
+                    "built from (corpus=... / --corpus) to look passages up by docid"
+                )
+            self._store = cached_store(Path(corpus))
+        meta_path = self.index_dir / META
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        results: list[list[Hit]] = [[] for _ in queries]
+        todo = [i for i, q in enumerate(queries) if q.strip()]
+        if not todo or k <= 0:
+            return results
+        jqueries, jqids = self._array_list(), self._array_list()
+        for i in todo:
+            jqueries.add(queries[i])
+            jqids.add(str(i))
+        found = self._searcher.batch_search(jqueries, jqids, int(k), int(self.threads))
+        for i in todo:
+            hits = found.get(str(i)) or []
+            if self._store is not None:
+                docids = [h.docid for h in hits]
+                passages = self._store.get_ids(docids)
+                results[i] = [Hit(p.id, p.contents, float(h.score)) for p, h in zip(passages, hits, strict=True)]
+                continue
+            for h in hits:
+                raw_id, contents = _passage_of_raw(h.lucene_document.get("raw"))
+                results[i].append(Hit(raw_id or h.docid, contents, float(h.score)))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "index": str(self.index_dir),
+            "passages": self._count,
+            "k1": self.k1,
+            "b": self.b,
+            "threads": self.threads,
+            "raw_docs": self.raw_docs,
+            "corpus": str(self._store.corpus_path) if self._store else self.meta.get("corpus", {}).get("path"),
+            "java": ".".join(map(str, self.java.version)),
+        }
+
+    def close(self) -> None:
+        self._searcher.close()
+        if self._store is not None:
+            self._store.close()

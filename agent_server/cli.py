@@ -1,0 +1,211 @@
+"""`agent-server`: build indexes (`index`) and serve retrieval (`retriever`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from agent_server.auth import token_from_env
+from agent_server.retrieval_service import RetrievalLimits
+
+log = logging.getLogger("agent_server")
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "retriever",
+        help="serve Search-R1 compatible /retrieve",
+        description="Serve /retrieve. With no index given, serves the embedded world, building its "
+        "indexes on first use into $SEARCHGYM_HOME. Set SEARCHGYM_API_TOKEN to require a bearer token.",
+    )
+    p.add_argument("--backend", choices=["bm25", "dense", "hybrid"], default="bm25")
+    p.add_argument("--bm25-index", type=Path, help="a Lucene index directory (ours or a prebuilt one)")
+    p.add_argument("--dense-index", type=Path, help="a dense index directory built by `agent-server index`")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        help="wiki-18 JSONL corpus: its indexes are built on first use when none is given; also the passage "
+        "source of a prebuilt index that stores no raw documents",
+    )
+    p.add_argument("--encoder", help="sentence-transformers model name or path (default: packaged MiniLM)")
+    p.add_argument("--world", default="default", help="embedded world preset served when no index is given")
+    p.add_argument("--threads", type=int, default=2, help="search threads (pyserini batch_search)")
+    _add_server_args(p, 8000)
+    d = RetrievalLimits()
+    p.add_argument("--topk", type=int, default=d.default_topk, help="topk when a request gives none")
+    p.add_argument("--max-topk", type=int, default=d.max_topk)
+    p.add_argument("--max-queries", type=int, default=d.max_queries, help="queries in one request")
+    p.add_argument("--max-query-chars", type=int, default=d.max_query_chars)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument(
+        "--reject-empty-batch",
+        action="store_true",
+        help="answer `queries: []` with 422 (default: an empty result, as Search-R1's trainer needs)",
+    )
+    p.add_argument("--cache-size", type=int, default=100_000, help="LRU result cache entries (0: off)")
+    p.add_argument("--coalesce-max-batch", type=int, default=1024, help="queries per coalesced batch")
+    p.add_argument(
+        "--coalesce-wait-ms", type=float, default=1.0, help="how long to gather concurrent requests"
+    )
+
+
+def _retriever_loader(args: argparse.Namespace):
+    """What the server calls in its loading thread: heavy imports and index builds happen there."""
+    from agent_server.embedded_indexes import ensure_index, load_retriever
+
+    def load():
+        bm25_index, dense_index, corpus = args.bm25_index, args.dense_index, args.corpus
+        needs_bm25 = args.backend in ("bm25", "hybrid") and bm25_index is None
+        needs_dense = args.backend in ("dense", "hybrid") and dense_index is None
+        if needs_bm25 or needs_dense:
+            if corpus is not None:  # a corpus without an index: build one into $SEARCHGYM_HOME once
+                source = corpus
+                log.info("serving %s (indexes built on first use)", source)
+            else:
+                from search_env.world.store import ensure_world
+
+                source = ensure_world(args.world).corpus
+                log.info("serving the embedded world %r (%s)", args.world, source)
+            if needs_bm25:
+                bm25_index = ensure_index("bm25", source)
+            if needs_dense:
+                dense_index = ensure_index("dense", source, encoder=args.encoder)
+        return load_retriever(
+            args.backend,
+            bm25_index=bm25_index,
+            dense_index=dense_index,
+            corpus=corpus,
+            encoder=args.encoder,
+            threads=args.threads,
+        )
+
+    return load
+
+
+def run_retriever(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from agent_server.retrieval_app import create_retrieval_app
+
+    token = token_from_env()
+    if args.host not in LOOPBACK and not token:
+        log.warning("binding %s without SEARCHGYM_API_TOKEN: anyone who reaches it can query", args.host)
+    limits = RetrievalLimits(
+        default_topk=args.topk,
+        max_topk=args.max_topk,
+        max_queries=args.max_queries,
+        max_query_chars=args.max_query_chars,
+        max_body_bytes=args.max_body_bytes,
+        allow_empty_batch=not args.reject_empty_batch,
+    )
+    app = create_retrieval_app(
+        _retriever_loader(args),
+        limits=limits,
+        cache_size=args.cache_size,
+        coalesce_max_batch=args.coalesce_max_batch,
+        coalesce_wait_ms=args.coalesce_wait_ms,
+        token=token,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+
+
+def _add_env_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "env",
+        help="serve SearchQAEnv sessions over HTTP",
+        description="Serve Gym env sessions (create/reset/step/close, batched step). "
+        "Set SEARCHGYM_API_TOKEN to require a bearer token.",
+    )
+    p.add_argument("--retriever-url", default="http://127.0.0.1:8000", help="the retrieval server for all sessions")
+    _add_server_args(p, 8001)
+    p.add_argument("--max-sessions", type=int, default=1024, help="live sessions at once")
+    p.add_argument("--idle-timeout", type=float, default=900.0, help="seconds before an idle session is closed")
+    p.add_argument("--max-action-chars", type=int, default=8192)
+    p.add_argument("--max-obs-chars", type=int, default=32768)
+    p.add_argument("--max-batch", type=int, default=4096, help="steps in one batched-step request")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a QA file or folder clients may name as data (repeatable); world:<preset> is always offered",
+    )
+    p.add_argument("--retriever-timeout", type=float, default=30.0)
+    p.add_argument("--retriever-retries", type=int, default=2)
+
+
+def run_env(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from agent_server.env_app import create_env_app
+
+    datasets = {}
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--data takes NAME=PATH, got {item!r}")
+        datasets[name] = path
+    token = token_from_env()
+    if args.host not in LOOPBACK and not token:
+        log.warning("binding %s without SEARCHGYM_API_TOKEN: anyone who reaches it can use it", args.host)
+    app = create_env_app(
+        args.retriever_url,
+        max_sessions=args.max_sessions,
+        idle_timeout_s=args.idle_timeout,
+        max_action_chars=args.max_action_chars,
+        max_obs_chars=args.max_obs_chars,
+        max_batch=args.max_batch,
+        datasets=datasets,
+        retriever_timeout=args.retriever_timeout,
+        retriever_retries=args.retriever_retries,
+        token=token,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent_server.index_cli import add_index_parser
+    from agent_server.retrieval_demo import add_demo_parser
+
+    parser = argparse.ArgumentParser(prog="agent-server", description="searchgym's servers and index builder")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_index_parser(sub)
+    _add_retriever_parser(sub)
+    _add_env_parser(sub)
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "index":
+        from agent_server.index_cli import run_index
+
+        run_index(args)
+    elif args.command == "retriever":
+        run_retriever(args)
+    elif args.command == "env":
+        run_env(args)
+    elif args.command == "demo":
+        from agent_server.retrieval_demo import run_demo_args
+
+        run_demo_args(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The retrieval server: Search-R1's `POST /retrieve`, plus `/health`, `/info` and OpenAPI docs.
+
+Every client dialect in use is answered in the shape it parses:
+  - `{"queries": [...]}` in JSON or msgpack (Search-R1, verl, prime, older GEM) -> `{"result": [[...]]}`
+  - `{"query": "..."}` in JSON (SkyRL-gym) -> `{"result": [[...]]}`
+  - `{"query": "..."}` in msgpack (GEM) -> `{"result": [...]}`, the flat list of its one query
+A msgpack request is answered in msgpack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from agent_server.auth import BearerTokenMiddleware
+from agent_server.backends.base import Hit, Retriever
+from agent_server.errors import install_error_handlers, validation_message
+from agent_server.request_body import BodyError, decode_body, encode_msgpack
+from agent_server.retrieval_service import RetrievalLimits, RetrievalService
+from search_env.retrieval_schema import (
+    ErrorResponse,
+    HealthResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+)
+
+
+def _check_limits(req: RetrieveRequest, limits: RetrievalLimits) -> str | None:
+    """The message for the first limit the request breaks, or None."""
+    if req.topk is not None and not 1 <= req.topk <= limits.max_topk:
+        return f"topk must be between 1 and {limits.max_topk}, got {req.topk}"
+    queries = req.batch
+    if not queries and not limits.allow_empty_batch:
+        return "queries is empty: send at least one query"
+    if len(queries) > limits.max_queries:
+        return f"too many queries in one request: {len(queries)} > limit {limits.max_queries}"
+    for i, q in enumerate(queries):
+        if len(q) > limits.max_query_chars:
+            return f"query {i} is {len(q)} characters long: limit is {limits.max_query_chars}"
+    return None
+
+
+def _document(hit: Hit) -> dict[str, str]:
+    return {"id": hit.id, "contents": hit.contents}
+
+
+def _format(hits: list[list[Hit]], return_scores: bool) -> list[list[dict[str, Any]]]:
+    # Plain dicts, not pydantic objects: a 2,560-query turn would otherwise spend its time here.
+    if return_scores:
+        return [[{"document": _document(h), "score": float(h.score)} for h in row] for row in hits]
+    return [[_document(h) for h in row] for row in hits]
+
+
+_RETRIEVE_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": RetrieveRequest.model_json_schema()},
+            "application/msgpack": {"schema": RetrieveRequest.model_json_schema()},
+        },
+    }
+}
+
+
+def create_retrieval_app(
+    loader: Callable[[], Retriever],
+    *,
+    limits: RetrievalLimits | None = None,
+    cache_size: int = 100_000,
+    coalesce_max_batch: int = 1024,
+    coalesce_wait_ms: float = 1.0,
+    token: str | None = None,
+) -> FastAPI:
+    """A FastAPI app that loads `loader()` in the background at start-up and serves it."""
+    limits = limits or RetrievalLimits()
+    service = RetrievalService(
+        loader,
+        cache_size=cache_size,
+        coalesce_max_batch=coalesce_max_batch,
+        coalesce_wait_ms=coalesce_wait_ms,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start_loading()
+        yield
+        await service.close()
+
+    app = FastAPI(
+        title="searchgym retrieval server",
+        description="Search-R1 compatible `/retrieve` over BM25 (pyserini), dense (faiss) or hybrid (RRF).",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.limits = limits
+    if token:
+        app.add_middleware(BearerTokenMiddleware, token=token)
+
+    install_error_handlers(app)
+
+    def _error(status: int, message: str, as_msgpack: bool = False) -> Response:
+        if as_msgpack:
+            return Response(encode_msgpack({"detail": message}), status, media_type="application/msgpack")
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health() -> JSONResponse:
+        """Ready only once the indexes are loaded: 503 with status 'loading' (or 'failed') before."""
+        body = {"status": service.state, "detail": service.error}
+        return JSONResponse(body, status_code=200 if service.state == "ready" else 503)
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        """Backend, index size, encoder, limits, cache hit counts and batching figures."""
+        return service.info() | {"limits": limits.model_dump()}
+
+    @app.post(
+        "/retrieve",
+        response_model=RetrieveResponse,
+        responses={
+            400: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+        openapi_extra=_RETRIEVE_OPENAPI,
+    )
+    async def retrieve(request: Request) -> Response:
+        """Search-R1's `/retrieve`: top-k passages for each query (JSON or msgpack; see module doc)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            # Refused before reading, so a huge body costs no memory.
+            return _error(413, f"request body of {declared} bytes exceeds the limit of {limits.max_body_bytes} bytes")
+        raw = await request.body()
+        try:
+            payload, is_msgpack = decode_body(raw, request.headers.get("content-type"), limits.max_body_bytes)
+        except BodyError as err:
+            return _error(err.status, err.message)
+        as_msgpack = is_msgpack or "msgpack" in request.headers.get("accept", "")
+        if not isinstance(payload, dict):
+            return _error(422, f"request body must be an object, got {type(payload).__name__}", as_msgpack)
+        try:
+            req = RetrieveRequest.model_validate(payload)
+        except ValidationError as err:
+            return _error(422, validation_message(err), as_msgpack)
+        problem = _check_limits(req, limits)
+        if problem:
+            return _error(422, problem, as_msgpack)
+        if service.state != "ready":
+            message = f"retriever is {service.state}" + (f": {service.error}" if service.error else "")
+            return _error(503, message, as_msgpack)
+
+        hits = await service.search(req.batch, req.topk or limits.default_topk)
+        result: Any = _format(hits, req.return_scores)
+        if req.query is not None and is_msgpack:
+            result = result[0]  # GEM parses `result` as the flat list of its one query
+        if as_msgpack:
+            return Response(encode_msgpack({"result": result}), media_type="application/msgpack")
+        return JSONResponse({"result": result})
+
+    return app

@@ -1,0 +1,271 @@
+"""`SearchQAEnv`: a multi-turn search-QA `gymnasium.Env` that speaks the Search-R1 protocol.
+
+reset() gives the instruction prompt with a question; each step() takes the text the policy wrote
+for one turn, acts on its first complete `<search>` or `<answer>`, and returns the new text for the
+policy to read (an `<information>` block, the invalid-action message, or "" after an answer).
+Searches go over HTTP to a retrieval server (`agent-server retriever`).
+
+Every step is split in two, `plan_step` (check and parse; no state changes) and `apply_step` (update
+with the retrieved documents), so that several envs can share one `/retrieve` request
+(`batched_step`, `SearchQAVectorEnv`), asyncio callers can await the search (`astep`), and a failed
+retrieval leaves the episode exactly as it was, ready for the same step to be retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+
+from search_env.env_data import load_env_records
+from search_env.protocol import (
+    INVALID_ACTION_MESSAGE,
+    SEARCH_R1_TEMPLATE,
+    ParsedAction,
+    format_question,
+    information_block,
+    parse_action,
+)
+from search_env.qa_data import QARecord
+from search_env.retrieval_schema import ScoredDocument
+from search_env.retriever_client import RetrieverClient
+from search_env.rewards import RewardConfig, RewardKind, answer_metrics, episode_reward
+from search_env.text_spaces import text_space
+
+DEFAULT_RETRIEVER_URL = "http://127.0.0.1:8000"
+StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
+
+
+class EpisodeOver(RuntimeError):
+    """step() after the episode terminated or was truncated: call reset() first."""
+
+
+class EpisodeNotStarted(RuntimeError):
+    """step() before the first reset()."""
+
+
+class ActionTooLong(ValueError):
+    """The action text exceeds `max_action_chars`."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What a step will do, decided before any search is sent."""
+
+    action: ParsedAction
+
+    @property
+    def query(self) -> str | None:
+        return self.action.content if self.action.kind == "search" else None
+
+
+class SearchQAEnv(gym.Env[str, str]):
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        data: str | Path | Sequence[QARecord] = "world:default",
+        split: str = "train",
+        *,
+        data_config: str | None = None,
+        hops: Sequence[int] | None = None,
+        limit: int | None = None,
+        retriever_url: str = DEFAULT_RETRIEVER_URL,
+        retriever: RetrieverClient | None = None,
+        retriever_timeout: float = 30.0,
+        retriever_retries: int = 3,
+        topk: int = 3,
+        max_turns: int = 4,
+        prompt_template: str = SEARCH_R1_TEMPLATE,
+        reward: RewardKind = "em",
+        format_score: float = 0.0,
+        max_action_chars: int = 8192,
+        max_obs_chars: int = 32768,
+        render_mode: str | None = None,
+    ):
+        if topk < 1 or max_turns < 1:
+            raise ValueError(f"topk and max_turns must be >= 1, got topk={topk}, max_turns={max_turns}")
+        if "{question}" not in prompt_template:
+            raise ValueError("prompt_template must contain '{question}'")
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.records = load_env_records(data, split=split, config=data_config, hops=hops, limit=limit)
+        self.topk = topk
+        self.max_turns = max_turns
+        self.prompt_template = prompt_template
+        self.reward_config = RewardConfig(kind=reward, format_score=format_score)
+        self.max_action_chars = max_action_chars
+        self.max_obs_chars = max_obs_chars
+        self.render_mode = render_mode
+        self._owns_client = retriever is None
+        self.retriever = retriever or RetrieverClient(
+            retriever_url, timeout=retriever_timeout, retries=retriever_retries
+        )
+        self.observation_space = text_space(max_obs_chars)
+        self.action_space = text_space(max_action_chars)
+        self._record: QARecord | None = None
+        self._done = False
+        self._turn = 0
+        self._searches: list[str] = []
+        self._invalid = 0
+        self._transcript: list[str] = []
+
+    # -- reset ------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """Start an episode: `options` may give `{"index": i}`, `{"id": question_id}` or
+        `{"question": str, "golden_answers": [str, ...]}`; otherwise a question is drawn with the seed."""
+        super().reset(seed=seed)
+        self._record = self._pick(options or {})
+        self._done, self._turn, self._searches, self._invalid = False, 0, [], 0
+        prompt = format_question(self._record.question, self.prompt_template)
+        if len(prompt) > self.max_obs_chars:
+            raise ValueError(f"prompt of {len(prompt)} characters exceeds max_obs_chars={self.max_obs_chars}")
+        self._transcript = [prompt]
+        info = {
+            "question_id": self._record.id,
+            "question": self._record.question,
+            "data_source": self._record.data_source,
+            "hops": self._record.metadata.get("hops"),
+            "turn": 0,
+        }
+        return prompt, info
+
+    def _pick(self, options: dict[str, Any]) -> QARecord:
+        unknown = set(options) - {"index", "id", "question", "golden_answers"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}: use index, id, or question+golden_answers")
+        if "question" in options:
+            golds = options.get("golden_answers")
+            if not golds or not all(isinstance(g, str) for g in golds):
+                raise ValueError("reset option 'question' needs 'golden_answers', a non-empty list of strings")
+            custom_id = str(options.get("id", "custom"))
+            return QARecord(id=custom_id, question=str(options["question"]), golden_answers=golds)
+        if "id" in options:
+            for record in self.records:
+                if record.id == str(options["id"]):
+                    return record
+            raise ValueError(f"no question with id {options['id']!r}")
+        if "index" in options:
+            index = options["index"]
+            if not isinstance(index, int) or not 0 <= index < len(self.records):
+                raise ValueError(f"index must be an int in [0, {len(self.records)}), got {index!r}")
+            return self.records[index]
+        return self.records[int(self.np_random.integers(len(self.records)))]
+
+    # -- step -------------------------------------------------------------------------------------
+    def plan_step(self, action: str) -> StepPlan:
+        """Check and parse an action without changing the episode (raises on a bad call)."""
+        if not isinstance(action, str):
+            raise TypeError(f"an action is the text of one turn (str), got {type(action).__name__}")
+        if len(action) > self.max_action_chars:
+            raise ActionTooLong(f"action of {len(action)} characters exceeds max_action_chars={self.max_action_chars}")
+        if self._record is None:
+            raise EpisodeNotStarted("step() before reset(): call reset() first")
+        if self._done:
+            raise EpisodeOver("the episode has ended: call reset() to start another")
+        return StepPlan(parse_action(action))
+
+    def apply_step(self, plan: StepPlan, documents: Sequence[ScoredDocument] | None = None) -> StepResult:
+        """Advance the episode by a planned step; `documents` are the search's results, if it searched."""
+        assert self._record is not None
+        kind = plan.action.kind
+        self._turn += 1
+        info: dict[str, Any] = {
+            "turn": self._turn,
+            "action_type": kind,
+            "valid_action": kind != "invalid",
+            "is_search": kind == "search",
+            "query": plan.query,
+            "retrieved_ids": [],
+        }
+        reward: float = 0.0
+        terminated = False
+        if kind == "search":
+            docs = list(documents or [])
+            self._searches.append(plan.action.content)
+            info["retrieved_ids"] = [d.document.id for d in docs]
+            observation = information_block([d.document.contents for d in docs], self.max_obs_chars)
+        elif kind == "answer":
+            observation, terminated = "", True
+        else:
+            self._invalid += 1
+            observation = INVALID_ACTION_MESSAGE
+        truncated = not terminated and self._turn >= self.max_turns
+        info["searches"] = list(self._searches)
+        info["num_searches"] = len(self._searches)
+        info["invalid_actions"] = self._invalid
+        if terminated or truncated:
+            self._done = True
+            answer = plan.action.content if terminated else None
+            metrics = answer_metrics(answer, self._record.golden_answers)
+            reward = episode_reward(metrics, answered=answer is not None, config=self.reward_config)
+            info |= metrics | {
+                "answer": answer,
+                "well_formed": bool(answer),
+                "golden_answers": list(self._record.golden_answers),
+                "question_id": self._record.id,
+            }
+        self._transcript.append(f"[turn {self._turn}: {kind}]{observation}")
+        return observation, reward, terminated, truncated, info
+
+    def step(self, action: str) -> StepResult:
+        plan = self.plan_step(action)
+        docs = self.retriever.retrieve([plan.query], self.topk)[0] if plan.query is not None else None
+        return self.apply_step(plan, docs)
+
+    async def astep(self, action: str) -> StepResult:
+        """step() for asyncio callers: the search is awaited, not blocking the loop."""
+        plan = self.plan_step(action)
+        docs = (await self.retriever.aretrieve([plan.query], self.topk))[0] if plan.query is not None else None
+        return self.apply_step(plan, docs)
+
+    # -- the rest ---------------------------------------------------------------------------------
+    @property
+    def question(self) -> QARecord | None:
+        return self._record
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def turn(self) -> int:
+        return self._turn
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            return "\n".join(self._transcript)
+        return None
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.retriever.close()
+        super().close()
+
+
+def batched_step(
+    envs: Sequence[SearchQAEnv], actions: Sequence[str], retriever: RetrieverClient | None = None
+) -> list[StepResult]:
+    """Step many envs with ONE `/retrieve` request for all their searches (per distinct topk).
+
+    Every action is checked before anything is sent, and a failed retrieval raises before any env
+    changes, so the whole batch can be retried.
+    """
+    if len(envs) != len(actions):
+        raise ValueError(f"{len(envs)} envs but {len(actions)} actions")
+    plans = [env.plan_step(a) for env, a in zip(envs, actions, strict=True)]
+    docs: list[list[ScoredDocument] | None] = [None] * len(envs)
+    by_topk: dict[int, list[int]] = {}
+    for i, plan in enumerate(plans):
+        if plan.query is not None:
+            by_topk.setdefault(envs[i].topk, []).append(i)
+    client = retriever or (envs[0].retriever if envs else None)
+    for topk, idx in by_topk.items():
+        assert client is not None
+        results = client.retrieve([plans[i].query or "" for i in idx], topk)
+        for i, found in zip(idx, results, strict=True):
+            docs[i] = found
+    return [env.apply_step(plan, d) for env, plan, d in zip(envs, plans, docs, strict=True)]

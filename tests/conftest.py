@@ -1,0 +1,73 @@
+"""Session fixtures: an isolated SEARCHGYM_HOME, the small embedded world, and live retrieval servers.
+
+Indexes are built once per session (BM25 in seconds, dense ~20 s for the small world on 2 cores);
+each server is a real uvicorn process on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_server.server_process import ServerProcess
+
+TEST_WORLD = "small"
+
+# Nothing may come from a model hub in tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def searchgym_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test (and every server it starts) builds into a fresh home, unless the caller set one
+    (`SEARCHGYM_TEST_HOME`) to reuse indexes across runs while developing."""
+    home = Path(os.environ.get("SEARCHGYM_TEST_HOME") or tmp_path_factory.mktemp("searchgym-home"))
+    os.environ["SEARCHGYM_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def small_world(searchgym_home: Path):
+    from search_env.world.store import ensure_world
+
+    return ensure_world(TEST_WORLD)
+
+
+def _serve(backend: str, tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("logs") / f"retriever-{backend}.log"
+    server = ServerProcess(["retriever", "--backend", backend, "--world", TEST_WORLD, *extra], log).start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def bm25_server(small_world, tmp_path_factory) -> Iterator[ServerProcess]:
+    yield from _serve("bm25", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def dense_server(small_world, tmp_path_factory) -> Iterator[ServerProcess]:
+    yield from _serve("dense", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def hybrid_server(small_world, dense_server, tmp_path_factory) -> Iterator[ServerProcess]:
+    # After dense_server: the dense index is then built, so this one only loads it.
+    yield from _serve("hybrid", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def env_server(bm25_server, tmp_path_factory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("logs") / "env-server.log"
+    args = ["env", "--retriever-url", bm25_server.url, "--max-sessions", "64", "--max-action-chars", "2000"]
+    server = ServerProcess(args, log).start()
+    try:
+        yield server.wait_ready(timeout=120)
+    finally:
+        server.stop()
