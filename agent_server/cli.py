@@ -61,29 +61,23 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
 
 def _retriever_loader(args: argparse.Namespace):
     """What the server calls in its loading thread: heavy imports and index builds happen there."""
-    from agent_server.embedded_indexes import ensure_index, load_retriever
 
     def load():
-        bm25_index, dense_index, corpus = args.bm25_index, args.dense_index, args.corpus
-        needs_bm25 = args.backend in ("bm25", "hybrid") and bm25_index is None
-        needs_dense = args.backend in ("dense", "hybrid") and dense_index is None
-        if needs_bm25 or needs_dense:
-            if corpus is not None:  # a corpus without an index: build one into $SEARCHGYM_HOME once
-                source = corpus
-                log.info("serving %s (indexes built on first use)", source)
-            else:
-                from search_env.world.store import ensure_world
+        from agent_server.embedded_indexes import load_retriever
 
-                source = ensure_world(args.world).corpus
-                log.info("serving the embedded world %r (%s)", args.world, source)
-            if needs_bm25:
-                bm25_index = ensure_index("bm25", source)
-            if needs_dense:
-                dense_index = ensure_index("dense", source, encoder=args.encoder)
+        corpus = args.corpus
+        needs_bm25 = args.backend in ("bm25", "hybrid") and args.bm25_index is None
+        needs_dense = args.backend in ("dense", "hybrid") and args.dense_index is None
+        if corpus is None and (needs_bm25 or needs_dense):
+            from search_env.world.store import ensure_world
+
+            corpus = ensure_world(args.world).corpus
+            log.info("serving the embedded world %r (%s)", args.world, corpus)
+        # Missing indexes are built from the corpus on first use, into $SEARCHGYM_HOME, and reused.
         return load_retriever(
             args.backend,
-            bm25_index=bm25_index,
-            dense_index=dense_index,
+            bm25_index=args.bm25_index,
+            dense_index=args.dense_index,
             corpus=corpus,
             encoder=args.encoder,
             threads=args.threads,

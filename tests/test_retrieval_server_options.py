@@ -39,7 +39,7 @@ def test_token_guards_every_endpoint_but_health(guarded_server):
         assert r.headers["www-authenticate"] == "Bearer"
     wrong = httpx.post(url + "/retrieve", json={"queries": ["x"]}, headers=_auth("wrong"))
     assert wrong.status_code == 401
-    ok = httpx.post(url + "/retrieve", json={"queries": ["x"], "topk": 2}, headers=_auth())
+    ok = httpx.post(url + "/retrieve", json={"queries": ["river"], "topk": 2}, headers=_auth())
     assert ok.status_code == 200 and len(ok.json()["result"][0]) == 2
 
 
