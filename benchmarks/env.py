@@ -10,6 +10,7 @@ The retriever runs with its result cache off so that every search is really sear
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent_server.server_process import ServerProcess  # noqa: E402
+from search_env.evaluation.benchmark import run_benchmark  # noqa: E402
+from search_env.evaluation.datasets import parse_data_specs  # noqa: E402
+from search_env.evaluation.scripted import ScriptedPolicy  # noqa: E402
+from search_env.evaluation.table import render_table  # noqa: E402
 from search_env.qa_data import load_qa  # noqa: E402
 from search_env.remote_env import RemoteSearchEnv  # noqa: E402
 from search_env.search_qa_env import SearchQAEnv, batched_step  # noqa: E402
@@ -108,10 +113,13 @@ def main() -> None:
 
 
 def scripted_em(retriever_url: str, args: argparse.Namespace) -> None:
-    """The scripted reference policy on the test split, through the benchmark harness."""
-    from search_env.evaluation.cli_support import evaluate_for_benchmark
-
-    evaluate_for_benchmark(retriever_url, f"world:{args.world}", limit=args.eval_limit or None, console=console)
+    """The scripted reference policies on the test split, through the benchmark harness."""
+    sets = parse_data_specs([f"world:{args.world}", f"world:{args.world}:single", f"world:{args.world}:multi"], "test")
+    for policy in (ScriptedPolicy(answer="title"), ScriptedPolicy(answer="entity")):
+        result = asyncio.run(
+            run_benchmark(policy, sets, retriever_url=retriever_url, concurrency=8, limit=args.eval_limit or None)
+        )
+        console.print(render_table(result.metrics, title=f"scripted baseline '{policy.name}' (BM25, top-3)"))
 
 
 if __name__ == "__main__":

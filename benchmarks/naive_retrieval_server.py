@@ -10,6 +10,7 @@ at a time in a Python loop, with no result cache and no coalescing. Same backend
 from __future__ import annotations
 
 import argparse
+import threading
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,6 +28,8 @@ def build_app(backend: str, world: str) -> FastAPI:
         dense_index=ensure_index("dense", corpus) if backend in ("dense", "hybrid") else None,
     )
     app = FastAPI()
+    # Backends take one call at a time (their contract); the thread pool may run several requests.
+    lock = threading.Lock()
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -36,7 +39,8 @@ def build_app(backend: str, world: str) -> FastAPI:
     def retrieve(req: RetrieveRequest) -> dict:
         result = []
         for query in req.batch:  # one search per query, as Search-R1's BM25 server does
-            hits = retriever.search([query], req.topk or 3)[0]
+            with lock:
+                hits = retriever.search([query], req.topk or 3)[0]
             result.append([{"document": {"id": h.id, "contents": h.contents}, "score": h.score} for h in hits])
         return {"result": result}
 

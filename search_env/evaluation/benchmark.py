@@ -1,0 +1,111 @@
+"""A benchmark run: one policy (and optionally a reference policy) on several data sets, with the
+episodes streamed to JSONL, the aggregates to `<out>.summary.json`, and one metrics row per set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from search_env.evaluation.datasets import EvalSet, load_eval_records
+from search_env.evaluation.env_factory import LocalEnvFactory, RemoteEnvFactory
+from search_env.evaluation.policy import Policy
+from search_env.evaluation.results import EpisodeResult, SetMetrics, aggregate, summary_path, write_summary
+from search_env.evaluation.runner import evaluate, select_indices
+from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
+
+
+@dataclass
+class BenchmarkResult:
+    metrics: list[SetMetrics]
+    episodes: list[EpisodeResult]
+    out: Path | None = None
+    summary: Path | None = None
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+async def run_benchmark(
+    policy: Policy,
+    sets: Sequence[EvalSet],
+    *,
+    retriever_url: str = DEFAULT_RETRIEVER_URL,
+    env_url: str | None = None,
+    max_turns: int = 4,
+    topk: int = 3,
+    concurrency: int = 1,
+    limit: int | None = None,
+    seed: int | None = None,
+    reference: Policy | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    env_options: dict[str, Any] | None = None,
+) -> BenchmarkResult:
+    """Evaluate `policy` (then `reference`, if given) on every set, in order.
+
+    Local envs (the default) search `retriever_url`; with `env_url` each episode runs in a session of
+    that env server instead. The same questions (`limit`, `seed`) are played by both policies.
+    `env_options` go to every env (e.g. the `prompt_template` or `reward` a trained policy expects).
+    """
+    env_options = dict(env_options or {})
+    config = {
+        "policy": policy.name,
+        "reference": reference.name if reference else None,
+        "data": [s.name for s in sets],
+        "retriever_url": None if env_url else retriever_url,
+        "env_url": env_url,
+        "max_turns": max_turns,
+        "topk": topk,
+        "concurrency": concurrency,
+        "limit": limit,
+        "seed": seed,
+        "env_options": env_options,
+    }
+    started = time.perf_counter()
+    handle: TextIO | None = None
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = out_path.open("w", encoding="utf-8")
+
+    def write(result: EpisodeResult) -> None:
+        if handle is not None:
+            handle.write(result.to_json() + "\n")
+            handle.flush()  # a long run killed halfway keeps what it finished
+
+    episodes: list[EpisodeResult] = []
+    try:
+        for eval_set in sets:
+            if env_url:
+                factory: Any = RemoteEnvFactory(env_url, eval_set, topk=topk, max_turns=max_turns, **env_options)
+                indices = None  # the server owns the questions: its count decides
+            else:
+                records = load_eval_records(eval_set)
+                factory = LocalEnvFactory(records, retriever_url, topk=topk, max_turns=max_turns, **env_options)
+                indices = select_indices(len(records), limit, seed)
+            try:
+                for player in (policy, reference) if reference else (policy,):
+                    episodes += await evaluate(
+                        player,
+                        factory,
+                        data_set=eval_set.name,
+                        indices=indices,
+                        limit=limit,
+                        seed=seed,
+                        concurrency=concurrency,
+                        on_episode=write,
+                        progress=progress,
+                    )
+            finally:
+                if isinstance(factory, LocalEnvFactory):
+                    await factory.aclose()
+    finally:
+        if handle is not None:
+            handle.close()
+    metrics = aggregate(episodes)
+    result = BenchmarkResult(metrics, episodes, out_path, seconds=time.perf_counter() - started, config=config)
+    if out_path is not None:
+        result.summary = write_summary(summary_path(out_path), metrics, config | {"seconds": result.seconds})
+    return result

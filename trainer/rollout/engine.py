@@ -1,0 +1,243 @@
+"""`RolloutEngine`: plays groups of multi-turn episodes against Gym envs, tokens in, tokens out.
+
+Each round, every active episode's transcript (prompt + all turns so far, as token ids) goes into ONE
+batched `generate` call; each turn's sampled ids are kept as they are, decoded only to step the env,
+and the env's observation is tokenised (`encode_text`) and appended. Search-R1's loop (A2 of the
+research notes) with its gotchas fixed: stop strings end each turn, the trained ids are the sampled
+ids, and the policy/env token split is an explicit mask (`Transcript.gen_mask`).
+
+Envs are stepped in one batch when they are `SearchQAEnv` instances (`batched_step`: one
+`/retrieve` request for all of a round's searches); any other env (`RemoteSearchEnv`, a wrapped env,
+any gymnasium.Env) is stepped one by one. An episode ends when its env ends it, or when its token
+budget (`max_total_tokens`, prompt included) is spent: then it is truncated with reward 0 and its env
+is not stepped further.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+
+from search_env.search_qa_env import SearchQAEnv, batched_step
+from trainer.rollout.generation import STOP_STRINGS, Generated, Generator
+from trainer.rollout.stats import RolloutStats
+from trainer.transcript import Transcript, encode_prompt, encode_text
+
+EnvSource = Sequence[gym.Env] | Callable[[], gym.Env]
+TruncatedBy = Literal["env", "budget", "prompt_too_long", "max_turns"]
+
+
+@dataclass
+class Episode:
+    """One played episode. Episodes with the same `group_id` (the question index) form a GRPO group."""
+
+    group_id: int
+    sample: int  # its number within the group
+    transcript: Transcript
+    prompt: str
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    #: why it was truncated: by the env (its max turns), or by the engine (token budget, max_turns)
+    truncated_by: TruncatedBy | None = None
+    #: the env's info of the last step (em, f1, num_searches, invalid_actions, answer... at the end),
+    #: plus the engine's own records ("truncated_by", "observation_tokens_cut")
+    info: dict[str, Any] = field(default_factory=dict)
+    #: decoded texts for logging: each turn's action, and each observation as appended (after any cut)
+    actions: list[str] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    steps: int = 0
+    valid_actions: int = 0
+    searches: int = 0
+    observations_cut: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+    @property
+    def turns(self) -> int:
+        return self.transcript.turns
+
+    def text(self) -> str:
+        """The whole episode as text (prompt, then each action and the observation after it)."""
+        parts = [self.prompt]
+        for i, action in enumerate(self.actions):
+            parts.append(action)
+            if i < len(self.observations):
+                parts.append(self.observations[i])
+        return "".join(parts)
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        generator: Generator,
+        tokenizer: Any,
+        *,
+        group_size: int,
+        max_new_tokens_per_turn: int = 500,
+        max_total_tokens: int = 4096,
+        max_obs_tokens: int | None = None,
+        max_turns: int | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop_strings: Sequence[str] = STOP_STRINGS,
+    ):
+        """`max_total_tokens` bounds prompt + response of one episode; `max_obs_tokens` optionally cuts
+        each observation (Search-R1's max_obs_length); `max_turns` is a safety net for envs that never
+        end (the env's own max turns normally decides)."""
+        if group_size < 1 or max_new_tokens_per_turn < 1 or max_total_tokens < 2:
+            raise ValueError("need group_size >= 1, max_new_tokens_per_turn >= 1 and max_total_tokens >= 2")
+        self.generator = generator
+        self.tokenizer = tokenizer
+        self.group_size = group_size
+        self.max_new_tokens_per_turn = max_new_tokens_per_turn
+        self.max_total_tokens = max_total_tokens
+        self.max_obs_tokens = max_obs_tokens
+        self.max_turns = max_turns
+        self.temperature = temperature
+        self.top_p = top_p
+        self.stop_strings = list(stop_strings)
+        self.last_stats: RolloutStats | None = None
+        # Envs made by a factory, kept and reused across collect() calls (one pool per factory).
+        self._pools: dict[Callable[[], gym.Env], list[gym.Env]] = {}
+
+    # -- envs ---------------------------------------------------------------------------------------
+    def _envs(self, source: EnvSource, n: int) -> list[gym.Env]:
+        if isinstance(source, Sequence):
+            if len(source) < n:
+                raise ValueError(f"{n} episodes (questions x group_size) need {n} envs, got a pool of {len(source)}")
+            return list(source[:n])
+        if not callable(source):
+            raise TypeError("pass a sequence of envs or a zero-argument factory that makes one")
+        pool = self._pools.setdefault(source, [])
+        while len(pool) < n:
+            pool.append(source())
+        return pool[:n]
+
+    def close(self) -> None:
+        """Close the envs this engine made with factories."""
+        for pool in self._pools.values():
+            for env in pool:
+                env.close()
+        self._pools.clear()
+
+    @staticmethod
+    def _step(envs: Sequence[gym.Env], actions: Sequence[str]) -> list[tuple[Any, ...]]:
+        results: list[tuple[Any, ...] | None] = [None] * len(envs)
+        # An env refuses an action longer than its action space allows; the action ends at its stop
+        # string anyway, so a runaway tail is what goes.
+        limits = [getattr(env.action_space, "max_length", None) for env in envs]
+        actions = [a[:lim] if lim else a for a, lim in zip(actions, limits, strict=True)]
+        # SearchQAEnvs sharing a retriever client: one /retrieve request for all their searches.
+        batches: dict[int, list[int]] = {}
+        for i, env in enumerate(envs):
+            if isinstance(env, SearchQAEnv):
+                batches.setdefault(id(env.retriever), []).append(i)
+            else:
+                results[i] = tuple(env.step(actions[i]))
+        for idx in batches.values():
+            stepped = batched_step([envs[i] for i in idx], [actions[i] for i in idx])  # type: ignore[misc]
+            for i, result in zip(idx, stepped, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    # -- episodes -----------------------------------------------------------------------------------
+    def _room(self, ep: Episode) -> int:
+        return self.max_total_tokens - len(ep.transcript.prompt_ids) - len(ep.transcript.response_ids)
+
+    @staticmethod
+    def _cut_short(ep: Episode, why: TruncatedBy) -> None:
+        ep.truncated, ep.truncated_by, ep.reward = True, why, 0.0
+        ep.info["truncated_by"] = why
+
+    def collect(self, envs: EnvSource, question_indices: Sequence[int]) -> list[Episode]:
+        """`group_size` episodes for each question (`reset(options={"index": q})`), in order: the
+        episodes of question_indices[0], then of [1], ... Statistics go to `self.last_stats`."""
+        started = time.perf_counter()
+        gen_s = env_s = 0.0
+        calls = 0
+        n = len(question_indices) * self.group_size
+        pool = self._envs(envs, n)
+        episodes: list[Episode] = []
+        t0 = time.perf_counter()
+        for k, q in enumerate(question_indices):
+            for g in range(self.group_size):
+                prompt, info = pool[k * self.group_size + g].reset(options={"index": int(q)})
+                ep = Episode(int(q), g, Transcript(encode_prompt(self.tokenizer, prompt)), prompt, info=dict(info))
+                if self._room(ep) < 1:
+                    self._cut_short(ep, "prompt_too_long")
+                episodes.append(ep)
+        env_s += time.perf_counter() - t0
+
+        while active := [i for i, ep in enumerate(episodes) if not ep.done]:
+            rooms = [self._room(episodes[i]) for i in active]
+            t0 = time.perf_counter()
+            generated = self.generator.generate(
+                [episodes[i].transcript.input_ids for i in active],
+                min(self.max_new_tokens_per_turn, max(rooms)),
+                temperature=self.temperature,
+                top_p=self.top_p,
+                stop_strings=self.stop_strings,
+            )
+            gen_s += time.perf_counter() - t0
+            calls += 1
+            actions = [self._add_turn(episodes[i], out, room) for i, out, room in zip(active, generated, rooms,
+                                                                                      strict=True)]
+            t0 = time.perf_counter()
+            results = self._step([pool[i] for i in active], actions)
+            env_s += time.perf_counter() - t0
+            for i, result in zip(active, results, strict=True):
+                self._observe(episodes[i], *result)
+
+        self.last_stats = RolloutStats.from_episodes(
+            episodes,
+            wall_time_s=time.perf_counter() - started,
+            generation_time_s=gen_s,
+            env_time_s=env_s,
+            generate_calls=calls,
+        )
+        return episodes
+
+    def _add_turn(self, ep: Episode, out: Generated, room: int) -> str:
+        """Append a sampled turn (cut to the episode's room: one generate call serves rows with
+        different budgets) and return its text for the env."""
+        ids, logprobs, reason = out.token_ids, out.logprobs, out.finish_reason
+        if len(ids) > room:
+            ids, logprobs, reason = ids[:room], logprobs[:room], "length"
+        ep.transcript.add_action(list(ids), list(logprobs))
+        ep.finish_reasons.append(reason)
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        ep.actions.append(text)
+        return text
+
+    def _observe(self, ep: Episode, obs: Any, reward: Any, terminated: bool, truncated: bool, info: dict) -> None:
+        ep.steps += 1
+        ep.info = dict(info)
+        ep.valid_actions += bool(info.get("valid_action", False))
+        # The env's own count when it keeps one (SearchQAEnv does), else count the search steps.
+        ep.searches = int(info["num_searches"]) if "num_searches" in info else ep.searches + bool(info.get("is_search"))
+        if terminated or truncated:
+            # The observation that comes with the end is not appended: no turn follows to read it.
+            ep.reward, ep.terminated, ep.truncated = float(reward), bool(terminated), bool(truncated)
+            ep.truncated_by = "env" if truncated and not terminated else None
+            return
+        ids = encode_text(self.tokenizer, str(obs))
+        limit = self._room(ep) if self.max_obs_tokens is None else min(self._room(ep), self.max_obs_tokens)
+        if len(ids) > limit:
+            ep.observations_cut += 1
+            ep.info["observation_tokens_cut"] = len(ids) - max(limit, 0)
+            ids = ids[: max(limit, 0)]
+            obs = self.tokenizer.decode(ids, skip_special_tokens=False)
+        ep.transcript.add_observation(ids)
+        ep.observations.append(str(obs))
+        if self._room(ep) < 1:
+            self._cut_short(ep, "budget")
+        elif self.max_turns is not None and ep.turns >= self.max_turns:
+            self._cut_short(ep, "max_turns")

@@ -1,0 +1,276 @@
+"""Supervised warm start of the tiny policy on scripted transcripts, and the cached embedded policy.
+
+The loss is the policy's own: next-token cross-entropy on generated tokens only (`gen_mask`), so the
+model learns to act, never to predict retrieved passages, exactly the tokens RL will later score.
+The warm start is deliberately short (`steps`, `fraction`): the policy should know the protocol and
+answer some questions, leaving the rest for GRPO to win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from search_env.world.store import WorldPaths
+from trainer.transcript import Transcript
+
+IGNORE = -100
+POLICY_META = "tiny_policy.json"  # the cache key and build report, saved with the policy
+BUILD_VERSION = "1"  # bump when the tokenizer, model, script or SFT change what a setting builds
+
+
+def transcript_tensors(transcripts: Sequence[Transcript], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (IGNORE except on generated tokens)."""
+    rows = []
+    for t in transcripts:
+        ids = t.input_ids[:max_len]
+        labels = [IGNORE] * len(t.prompt_ids) + [i if g else IGNORE for i, g in zip(t.response_ids, t.gen_mask,
+                                                                                      strict=True)]
+        rows.append((ids, labels[:max_len]))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, : len(lab)] = torch.tensor(lab)
+        mask[r, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def generated_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the generated tokens of the batch.
+
+    The output head runs only at the positions that predict a generated token (about a tenth of
+    them): on CPU the full-vocabulary head and its softmax otherwise cost as much as the layers.
+    """
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def _batches(n: int, lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar length (sorted inside windows of 8 batches) to waste little padding."""
+    order = list(range(n))
+    rng.shuffle(order)
+    window = batch_size * 8
+    batches = []
+    for w in range(0, n, window):
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def first_action_prefix(transcript: Transcript) -> Transcript:
+    """The transcript cut after its first action: prompt and first search, no observation."""
+    end = transcript.action_ids.count(1) if transcript.turns else 0
+    return Transcript(
+        prompt_ids=list(transcript.prompt_ids),
+        response_ids=transcript.response_ids[:end],
+        gen_mask=transcript.gen_mask[:end],
+        action_ids=transcript.action_ids[:end],
+        sampler_logprobs=transcript.sampler_logprobs[:end],
+        turns=min(1, transcript.turns),
+    )
+
+
+def _fit(
+    model: Any,
+    pad_id: int,
+    data: list[Transcript],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    max_len: int,
+    rng: random.Random,
+    warmup_steps: int,
+    weight_decay: float,
+    desc: str,
+    progress: bool,
+) -> list[float]:
+    """`steps` AdamW steps over `data` (reshuffled each pass), linear warmup then cosine to 10% of lr."""
+    lengths = [min(len(t.input_ids), max_len) for t in data]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    warmup = min(warmup_steps, max(1, steps // 4))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    losses: list[float] = []
+    queue: list[list[int]] = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        if not queue:
+            queue = _batches(len(data), lengths, batch_size, rng)
+        batch = transcript_tensors([data[i] for i in queue.pop(0)], pad_id, max_len)
+        loss = generated_token_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+def warm_start(
+    model: Any,
+    tokenizer: Any,
+    transcripts: Sequence[Transcript],
+    *,
+    epochs: float = 1.0,
+    lr: float = 3e-3,
+    batch_size: int = 8,
+    max_len: int = 1024,
+    seed: int = 0,
+    steps: int | None = None,
+    fraction: float = 1.0,
+    first_action_steps: int = 0,
+    first_action_batch_size: int = 32,
+    warmup_steps: int = 20,
+    weight_decay: float = 0.01,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune `model` in place on the first `fraction` of `transcripts` (after a seeded shuffle).
+
+    A curriculum in two stages, each AdamW with warmup and cosine decay: first `first_action_steps`
+    steps on the transcripts cut after their first action (a few dozen tokens each, so cheap: this
+    is where the model learns to copy the question into a search), then `steps` steps (or `epochs`
+    passes, fractional allowed) on the whole transcripts, where it learns to read the observations.
+    Returns loss history and timing.
+    """
+    if not transcripts:
+        raise ValueError("no transcripts to warm-start on")
+    rng = random.Random(seed)
+    data = list(transcripts)
+    rng.shuffle(data)
+    data = data[: max(1, round(len(data) * fraction))]
+    per_epoch = math.ceil(len(data) / batch_size)
+    total = steps if steps is not None else max(1, round(epochs * per_epoch))
+    torch.manual_seed(seed)
+    started = time.monotonic()
+    fit = dict(max_len=max_len, rng=rng, warmup_steps=warmup_steps, weight_decay=weight_decay, progress=progress)
+    model.train()
+    first_losses: list[float] = []
+    if first_action_steps > 0:
+        prefixes = [first_action_prefix(t) for t in data]
+        first_losses = _fit(model, tokenizer.pad_token_id, prefixes, steps=first_action_steps, lr=lr,
+                            batch_size=first_action_batch_size, desc="warm start: first actions", **fit)
+    first_seconds = time.monotonic() - started
+    losses = _fit(model, tokenizer.pad_token_id, data, steps=total, lr=lr, batch_size=batch_size,
+                  desc="warm start", **fit) if total > 0 else []
+    model.eval()
+    return {
+        "steps": total,
+        "first_action_steps": first_action_steps,
+        "examples": len(data),
+        "epochs": total / per_epoch,
+        "first_action_loss_last": _tail_mean(first_losses),
+        "loss_first": losses[0] if losses else None,
+        "loss_last": _tail_mean(losses),
+        "losses": losses,
+        "first_action_losses": first_losses,
+        "first_action_seconds": first_seconds,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def _tail_mean(values: list[float], n: int = 10) -> float | None:
+    return sum(values[-n:]) / len(values[-n:]) if values else None
+
+
+def _retriever_identity(retriever_url: str) -> dict[str, Any]:
+    """What of the retriever shapes the observations (backend and its parameters), not where it runs."""
+    from search_env.retriever_client import RetrieverClient
+
+    client = RetrieverClient(retriever_url)
+    try:
+        backend = dict(client.info().get("backend") or {})
+    finally:
+        client.close()
+    if "index" in backend:
+        backend["index"] = Path(str(backend["index"])).name  # content-hashed folder name, not the home
+    return {k: v for k, v in backend.items() if k not in {"corpus", "threads", "java"}}
+
+
+def build_embedded_policy(
+    world: WorldPaths,
+    retriever_url: str,
+    out_dir: str | Path,
+    *,
+    sft_examples: int | None = 600,
+    sft_epochs: float = 2.0,
+    sft_steps: int | None = None,
+    sft_lr: float = 3e-3,
+    sft_batch_size: int = 8,
+    size: str = "tiny",
+    vocab_size: int = 4096,
+    topk: int = 3,
+    max_len: int = 1024,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Train the tokenizer, build the model, script the SFT data, warm-start, save into `out_dir`.
+
+    `out_dir` is a cache: a complete policy there built with the same world, retriever and settings
+    is reused as is; anything else there is replaced. Load it with `AutoModelForCausalLM` /
+    `AutoTokenizer.from_pretrained(out_dir)`.
+    """
+    from trainer.tiny_policy.model import build_tiny_model
+    from trainer.tiny_policy.scripted_trajectories import scripted_trajectories
+    from trainer.tiny_policy.tokenizer import train_tokenizer
+
+    out = Path(out_dir)
+    settings = {
+        "version": BUILD_VERSION, "world": world.fingerprint, "retriever": _retriever_identity(retriever_url),
+        "sft_examples": sft_examples, "sft_epochs": sft_epochs, "sft_steps": sft_steps, "sft_lr": sft_lr,
+        "sft_batch_size": sft_batch_size, "size": size, "vocab_size": vocab_size, "topk": topk,
+        "max_len": max_len, "seed": seed,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    meta_path = out / POLICY_META
+    if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("key") == key:
+        return out
+    started = time.monotonic()
+    tokenizer = train_tokenizer(world, vocab_size)
+    model = build_tiny_model(tokenizer, size, seed=seed, max_positions=max_len)
+    transcripts, data_stats = scripted_trajectories(world, retriever_url, tokenizer, limit=sft_examples, topk=topk)
+    report = warm_start(model, tokenizer, transcripts, epochs=sft_epochs, steps=sft_steps, lr=sft_lr,
+                        batch_size=sft_batch_size, max_len=max_len, seed=seed, progress=progress)
+    # Written beside the target and renamed into place: readers see no policy or a complete one.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        meta = {"key": key, "settings": settings, "data": data_stats,
+                "sft": {k: v for k, v in report.items() if k != "losses"},
+                "build_seconds": time.monotonic() - started}
+        (staging / POLICY_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
