@@ -52,6 +52,9 @@ class RetrievalService:
         )
         self.started = time.time()
         self.load_seconds: float | None = None
+        # Every searching request, cached or not (the coalescer counts only what reaches the backend).
+        self.requests_served = 0
+        self.queries_served = 0
 
     # -- loading ----------------------------------------------------------------------------------
     def start_loading(self) -> threading.Thread:
@@ -86,6 +89,8 @@ class RetrievalService:
     async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Hits for each query: cached ones at once, the rest (deduplicated) in one coalesced batch."""
         assert self.retriever is not None
+        self.requests_served += 1
+        self.queries_served += len(queries)
         name = self.retriever.name
         found: dict[str, list[Hit]] = {}
         misses: list[str] = []
@@ -116,6 +121,7 @@ class RetrievalService:
             "passages": None if self.retriever is None else len(self.retriever),
             "load_seconds": self.load_seconds,
             "uptime_seconds": round(time.time() - self.started, 1),
+            "traffic": {"requests": self.requests_served, "queries": self.queries_served},
             "cache": self.cache.stats(),
             "batching": self.coalescer.stats.as_dict()
             | {"max_batch": self.coalescer.max_batch, "max_wait_ms": self.coalescer.max_wait_s * 1000},

@@ -67,7 +67,7 @@ def test_batched_step_searches_many_sessions_in_one_retrieve_request(env_server,
     ids = [_create(env_server.url) for _ in range(8)]
     for i, sid in enumerate(ids):
         httpx.post(f"{env_server.url}/sessions/{sid}/reset", json={"options": {"index": i}}).raise_for_status()
-    before = httpx.get(bm25_server.url + "/info").json()["batching"]["requests"]
+    before = httpx.get(bm25_server.url + "/info").json()["traffic"]["requests"]
     steps = [{"session_id": sid, "action": f"<search> query {i} </search>"} for i, sid in enumerate(ids)]
     steps.append({"session_id": "no-such-session", "action": "<answer>x</answer>"})
     r = httpx.post(env_server.url + "/sessions/step", json={"steps": steps})
@@ -75,7 +75,7 @@ def test_batched_step_searches_many_sessions_in_one_retrieve_request(env_server,
     results = r.json()["results"]
     assert all(x["result"]["observation"].startswith("\n\n<information>") for x in results[:8])
     assert results[8]["error"]["status"] == 404 and results[8]["result"] is None
-    after = httpx.get(bm25_server.url + "/info").json()["batching"]["requests"]
+    after = httpx.get(bm25_server.url + "/info").json()["traffic"]["requests"]
     assert after == before + 1
     for sid in ids:
         httpx.delete(f"{env_server.url}/sessions/{sid}")

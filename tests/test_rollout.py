@@ -344,7 +344,7 @@ def _gold(small_world) -> dict[str, str]:
 
 
 def _retrieve_requests(server) -> int:
-    return httpx.get(server.url + "/info").json()["batching"]["requests"]
+    return httpx.get(server.url + "/info").json()["traffic"]["requests"]
 
 
 def test_searches_of_a_round_go_in_one_retrieve_request(bm25_server, records, small_world, tokenizer):

@@ -27,7 +27,7 @@ def env(bm25_server):
 
 
 def _batches(server) -> int:
-    return httpx.get(server.url + "/info").json()["batching"]["requests"]
+    return httpx.get(server.url + "/info").json()["traffic"]["requests"]
 
 
 def test_parse_action_takes_the_first_complete_block():

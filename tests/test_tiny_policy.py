@@ -19,11 +19,22 @@ from trainer.tiny_policy.warm_start import (
     IGNORE,
     POLICY_META,
     build_embedded_policy,
+    first_action_prefix,
     generated_token_loss,
     transcript_tensors,
     warm_start,
 )
 from trainer.transcript import Transcript
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and with other processes busy (servers,
+    parallel tests) spinning OpenMP threads make each step 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +116,15 @@ def test_scripted_transcripts_mask_actions_and_hold_the_envs_text(small_world, b
         env.close()
 
 
+def test_first_action_prefix_is_prompt_and_first_search(tokenizer, scripted):
+    t = scripted[0][0]
+    cut = first_action_prefix(t)
+    assert cut.prompt_ids == t.prompt_ids and cut.turns == 1 and all(cut.gen_mask)
+    assert tokenizer.decode(cut.response_ids).startswith("<search>")
+    assert tokenizer.decode(cut.response_ids).endswith("</search>")
+    assert cut.response_ids == t.response_ids[: len(cut.response_ids)]
+
+
 def test_warm_start_lowers_the_loss_on_generated_tokens(tokenizer, scripted):
     transcripts = scripted[0][:6]
     model = build_tiny_model(tokenizer, "tiny", seed=0)
@@ -115,7 +135,7 @@ def test_warm_start_lowers_the_loss_on_generated_tokens(tokenizer, scripted):
                         warmup_steps=2, progress=False)
     with torch.no_grad():
         after = generated_token_loss(model, batch).item()
-    assert report["steps"] == 12 and after < before - 1.0
+    assert report["steps"] == 10 and after < before - 1.0
 
 
 def test_observation_tokens_give_no_gradient(tokenizer, scripted):
@@ -159,7 +179,8 @@ def test_embedded_policy_saves_loads_and_is_cached(small_world, bm25_server, tmp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "policy"
-    kwargs = dict(sft_examples=8, sft_steps=2, sft_batch_size=4, size="tiny", seed=0, progress=False)
+    kwargs = dict(sft_examples=8, sft_steps=2, sft_first_action_steps=2, sft_batch_size=4, size="tiny", seed=0,
+                  progress=False)
     path = build_embedded_policy(small_world, bm25_server.url, out, **kwargs)
     meta = json.loads((path / POLICY_META).read_text())
     assert meta["sft"]["steps"] == 2 and meta["data"]["played"] == 8
@@ -195,3 +216,4 @@ def test_greedy_evaluation_plays_the_env(small_world, bm25_server, tokenizer):
     result = evaluate_greedy(model, tokenizer, env_kwargs, 4, batch_size=3, max_new_tokens=6)
     assert result["n"] == 4 and sum(result["n_by_hops"].values()) == 4
     assert result["em"] == 0.0 and 1 <= result["mean_turns"] <= 2
+    assert [e["index"] for e in result["episodes"]] == [0, 1, 2, 3]

@@ -218,9 +218,10 @@ def build_embedded_policy(
     retriever_url: str,
     out_dir: str | Path,
     *,
-    sft_examples: int | None = 600,
-    sft_epochs: float = 2.0,
+    sft_examples: int | None = None,
+    sft_epochs: float = 5.0,
     sft_steps: int | None = None,
+    sft_first_action_steps: int = 400,
     sft_lr: float = 3e-3,
     sft_batch_size: int = 8,
     size: str = "tiny",
@@ -235,6 +236,10 @@ def build_embedded_policy(
     `out_dir` is a cache: a complete policy there built with the same world, retriever and settings
     is reused as is; anything else there is replaced. Load it with `AutoModelForCausalLM` /
     `AutoTokenizer.from_pretrained(out_dir)`.
+
+    Defaults (measured on the small world, BM25, greedy test EM 0.07 vs 0.00 untrained): all ~1000
+    train questions, 400 first-action steps, then ~600 full steps (5 epochs) at batch 8, lr 3e-3.
+    Fewer full steps leave the policy answering one memorised name (EM ~0); more keep improving.
     """
     from trainer.tiny_policy.model import build_tiny_model
     from trainer.tiny_policy.scripted_trajectories import scripted_trajectories
@@ -244,6 +249,7 @@ def build_embedded_policy(
     settings = {
         "version": BUILD_VERSION, "world": world.fingerprint, "retriever": _retriever_identity(retriever_url),
         "sft_examples": sft_examples, "sft_epochs": sft_epochs, "sft_steps": sft_steps, "sft_lr": sft_lr,
+        "sft_first_action_steps": sft_first_action_steps,
         "sft_batch_size": sft_batch_size, "size": size, "vocab_size": vocab_size, "topk": topk,
         "max_len": max_len, "seed": seed,
     }
@@ -256,7 +262,8 @@ def build_embedded_policy(
     model = build_tiny_model(tokenizer, size, seed=seed, max_positions=max_len)
     transcripts, data_stats = scripted_trajectories(world, retriever_url, tokenizer, limit=sft_examples, topk=topk)
     report = warm_start(model, tokenizer, transcripts, epochs=sft_epochs, steps=sft_steps, lr=sft_lr,
-                        batch_size=sft_batch_size, max_len=max_len, seed=seed, progress=progress)
+                        batch_size=sft_batch_size, first_action_steps=sft_first_action_steps, max_len=max_len,
+                        seed=seed, progress=progress)
     # Written beside the target and renamed into place: readers see no policy or a complete one.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -264,7 +271,7 @@ def build_embedded_policy(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         meta = {"key": key, "settings": settings, "data": data_stats,
-                "sft": {k: v for k, v in report.items() if k != "losses"},
+                "sft": {k: v for k, v in report.items() if not k.endswith("losses")},
                 "build_seconds": time.monotonic() - started}
         (staging / POLICY_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if out.exists():
