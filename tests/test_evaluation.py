@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from agent_server.server_process import ServerProcess, free_port
+from agent_server.server_process import ServerProcess
 from search_env.cli import main
 from search_env.evaluation import (
     FLASHRAG,
@@ -38,6 +36,7 @@ from search_env.evaluation import (
 from search_env.evaluation.openai_policy import OpenAIPolicy, restore_stop
 from search_env.protocol import SEARCH_R1_TEMPLATE
 from search_env.qa_data import write_qa_jsonl
+from tests.thread_server import serving
 
 EPISODE_FIELDS = {
     "data_set",
@@ -251,22 +250,10 @@ class FakeOpenAI:
 
 @pytest.fixture
 def fake_openai() -> Iterator[tuple[FakeOpenAI, str]]:
-    import uvicorn
 
     fake = FakeOpenAI()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "fake OpenAI server did not start"
-        time.sleep(0.02)
-    try:
-        yield fake, f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(fake.app) as url:
+        yield fake, f"{url}/v1"
 
 
 @pytest.mark.parametrize("mode", ["chat", "completions"])

@@ -10,8 +10,6 @@ loopback stands in for vLLM (which CI cannot run).
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from typing import Any
 
@@ -21,13 +19,13 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from agent_server.server_process import free_port
 from search_env.env_data import load_env_records
 from search_env.protocol import INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE
 from search_env.qa_data import load_qa
 from search_env.remote_env import RemoteSearchEnv
 from search_env.retriever_client import RetrieverClient
 from search_env.search_qa_env import SearchQAEnv
+from tests.thread_server import serving
 from trainer.rollout import (
     Episode,
     Generated,
@@ -439,21 +437,11 @@ class _FakeVLLM:
 
 @pytest.fixture(scope="module")
 def fake_vllm():
-    import uvicorn
 
     fake = _FakeVLLM()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "fake vLLM did not start"
-        time.sleep(0.05)
-    fake.url = f"http://127.0.0.1:{port}"
-    yield fake
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(fake.app) as url:
+        fake.url = url
+        yield fake
 
 
 def test_openai_generator_sends_token_ids_and_reads_them_back(fake_vllm):

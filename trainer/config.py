@@ -40,6 +40,18 @@ class ModelSection(_Section):
     #: settings of the embedded policy's warm start (ignored for other models)
     embedded_sft_examples: int = Field(600, ge=1)
     embedded_sft_epochs: float = Field(1.0, gt=0)
+    #: full-transcript SFT steps (overrides embedded_sft_epochs when set)
+    embedded_sft_steps: int | None = Field(None, ge=1)
+    #: SFT steps on the first action only (learning to copy the question into a search), run first
+    embedded_sft_first_action_steps: int = Field(400, ge=0)
+    embedded_sft_lr: float = Field(3e-3, gt=0)
+    #: SFT only on scripts of at most this many hops (None: all)
+    embedded_sft_max_hops: int | None = Field(None, ge=1)
+    #: extra first-action examples with the question's subject swapped for random names (teaches copying)
+    embedded_sft_copy_drill: int = Field(0, ge=0)
+    #: the tiny model's size (trainer.tiny_policy.model.SIZES) and tokenizer vocabulary
+    embedded_size: str = "tiny"
+    embedded_vocab_size: int = Field(4096, ge=512)
 
 
 class EnvSection(_Section):

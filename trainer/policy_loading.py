@@ -120,6 +120,13 @@ def build_embedded(env: EnvSection, model_cfg: ModelSection, seed: int, home: Pa
         out,
         sft_examples=model_cfg.embedded_sft_examples,
         sft_epochs=model_cfg.embedded_sft_epochs,
+        sft_steps=model_cfg.embedded_sft_steps,
+        sft_first_action_steps=model_cfg.embedded_sft_first_action_steps,
+        sft_lr=model_cfg.embedded_sft_lr,
+        sft_max_hops=model_cfg.embedded_sft_max_hops,
+        sft_copy_drill=model_cfg.embedded_sft_copy_drill,
+        size=model_cfg.embedded_size,
+        vocab_size=model_cfg.embedded_vocab_size,
         topk=env.topk,
         seed=seed,
     )

@@ -147,6 +147,7 @@ def warm_start(
     fraction: float = 1.0,
     first_action_steps: int = 0,
     first_action_batch_size: int = 32,
+    first_action_extra: Sequence[Transcript] = (),
     warmup_steps: int = 20,
     weight_decay: float = 0.01,
     progress: bool = True,
@@ -157,6 +158,7 @@ def warm_start(
     steps on the transcripts cut after their first action (a few dozen tokens each, so cheap: this
     is where the model learns to copy the question into a search), then `steps` steps (or `epochs`
     passes, fractional allowed) on the whole transcripts, where it learns to read the observations.
+    `first_action_extra` (prompt + first search transcripts, e.g. `copy_drill`) join the first stage.
     Returns loss history and timing.
     """
     if not transcripts:
@@ -173,7 +175,7 @@ def warm_start(
     model.train()
     first_losses: list[float] = []
     if first_action_steps > 0:
-        prefixes = [first_action_prefix(t) for t in data]
+        prefixes = [first_action_prefix(t) for t in data] + list(first_action_extra)
         first_losses = _fit(model, tokenizer.pad_token_id, prefixes, steps=first_action_steps, lr=lr,
                             batch_size=first_action_batch_size, desc="warm start: first actions", **fit)
     first_seconds = time.monotonic() - started
@@ -193,6 +195,37 @@ def warm_start(
         "first_action_seconds": first_seconds,
         "seconds": time.monotonic() - started,
     }
+
+
+def copy_drill(world: WorldPaths, tokenizer: Any, n: int, *, seed: int = 0) -> list[Transcript]:
+    """`n` first actions on train questions whose subject is swapped for a random corpus title.
+
+    Trained on the real questions alone, the first-action stage memorises them (its loss reaches ~0
+    on train while test questions come out garbled); with ever new names the cheap way to predict the
+    search is to copy the question, which is what the policy needs on unseen questions.
+    """
+    from search_env.qa_data import load_qa
+    from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
+    from trainer.tiny_policy.scripted_trajectories import search_action
+    from trainer.transcript import encode_prompt, encode_text
+
+    if n <= 0:
+        return []
+    rng = random.Random(seed)
+    with world.corpus.open(encoding="utf-8") as handle:
+        titles = [json.loads(line)["contents"].split("\n", 1)[0].strip('"') for line in handle]
+    records = [r for r in load_qa(world.qa["train"]) if r.metadata.get("entities")]
+    out: list[Transcript] = []
+    while len(out) < n:
+        record = rng.choice(records)
+        subject = str(record.metadata["entities"][0])
+        if subject not in record.question:
+            continue
+        question = record.question.replace(subject, rng.choice(titles), 1)
+        t = Transcript(prompt_ids=encode_prompt(tokenizer, TINY_PROMPT_TEMPLATE.format(question=question)))
+        t.add_action(encode_text(tokenizer, search_action(question)))
+        out.append(t)
+    return out
 
 
 def _tail_mean(values: list[float], n: int = 10) -> float | None:
@@ -224,6 +257,8 @@ def build_embedded_policy(
     sft_first_action_steps: int = 400,
     sft_lr: float = 3e-3,
     sft_batch_size: int = 8,
+    sft_max_hops: int | None = None,
+    sft_copy_drill: int = 0,
     size: str = "tiny",
     vocab_size: int = 4096,
     topk: int = 3,
@@ -250,7 +285,8 @@ def build_embedded_policy(
         "version": BUILD_VERSION, "world": world.fingerprint, "retriever": _retriever_identity(retriever_url),
         "sft_examples": sft_examples, "sft_epochs": sft_epochs, "sft_steps": sft_steps, "sft_lr": sft_lr,
         "sft_first_action_steps": sft_first_action_steps,
-        "sft_batch_size": sft_batch_size, "size": size, "vocab_size": vocab_size, "topk": topk,
+        "sft_batch_size": sft_batch_size, "sft_max_hops": sft_max_hops,
+        "sft_copy_drill": sft_copy_drill, "size": size, "vocab_size": vocab_size, "topk": topk,
         "max_len": max_len, "seed": seed,
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -261,8 +297,12 @@ def build_embedded_policy(
     tokenizer = train_tokenizer(world, vocab_size)
     model = build_tiny_model(tokenizer, size, seed=seed, max_positions=max_len)
     transcripts, data_stats = scripted_trajectories(world, retriever_url, tokenizer, limit=sft_examples, topk=topk)
+    if sft_max_hops is not None:  # a script of h hops has h searches and an answer: h + 1 turns
+        transcripts = [t for t in transcripts if t.turns <= sft_max_hops + 1]
+        data_stats["sft_kept_max_hops"] = len(transcripts)
     report = warm_start(model, tokenizer, transcripts, epochs=sft_epochs, steps=sft_steps, lr=sft_lr,
                         batch_size=sft_batch_size, first_action_steps=sft_first_action_steps, max_len=max_len,
+                        first_action_extra=copy_drill(world, tokenizer, sft_copy_drill, seed=seed),
                         seed=seed, progress=progress)
     # Written beside the target and renamed into place: readers see no policy or a complete one.
     out.parent.mkdir(parents=True, exist_ok=True)
