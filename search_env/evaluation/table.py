@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+from rich.console import Console
+from rich.table import Table
+
 from search_env.evaluation.results import SetMetrics
 
 HEADERS = ("data set", "policy", "n", "EM", "F1", "mean turns", "mean searches", "invalid-action rate")
@@ -27,20 +30,11 @@ def table_rows(metrics: Sequence[SetMetrics]) -> list[tuple[str, ...]]:
 
 
 def render_table(metrics: Sequence[SetMetrics], title: str = "searchgym eval") -> str:
-    """The table as text: drawn by rich when it is installed, else plain aligned columns."""
-    rows = table_rows(metrics)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-        lines = [title, "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        return "\n".join(lines) + "\n"
+    """The table as text, drawn by rich (a core dependency)."""
     table = Table(title=title)
     for i, header in enumerate(HEADERS):
         table.add_column(header, justify="left" if i < 2 else "right")
-    for row in rows:
+    for row in table_rows(metrics):
         table.add_row(*row)
     buffer = io.StringIO()
     Console(file=buffer, width=120, force_terminal=False, color_system=None).print(table)
