@@ -14,7 +14,7 @@ from trainer.tiny_policy.evaluate import evaluate_greedy
 from trainer.tiny_policy.model import build_tiny_model
 from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
 from trainer.tiny_policy.scripted_trajectories import scripted_actions, scripted_trajectories
-from trainer.tiny_policy.tokenizer import PROTOCOL_TAGS, train_tokenizer
+from trainer.tiny_policy.tokenizer import PROTOCOL_TAGS, train_tokenizer, world_entity_names
 from trainer.tiny_policy.warm_start import (
     IGNORE,
     POLICY_META,
@@ -81,6 +81,29 @@ def test_tokenizer_round_trips_and_keeps_tags_whole(small_world, tokenizer):
     assert tokenizer.pad_token == "<|pad|>" and tokenizer.eos_token == "<|eos|>"
     assert not tokenizer.chat_template
     assert train_tokenizer(small_world).get_vocab() == tokenizer.get_vocab()  # deterministic
+
+
+def test_world_names_are_one_token_each_and_still_round_trip(small_world, tokenizer):
+    from search_env.qa_data import load_qa
+
+    names = world_entity_names(small_world)
+    assert names == sorted(set(names))
+    # Every test answer that names a passage is one token: copying it out of a passage is one lookup.
+    titles = {json.loads(line)["contents"].split("\n", 1)[0].strip('"')
+              for line in small_world.corpus.read_text(encoding="utf-8").splitlines()}
+    answers = [a for r in load_qa(small_world.qa["test"]) for a in r.golden_answers if a in titles]
+    assert answers and set(answers) <= set(names)
+    for answer in answers[:20]:
+        ids = tokenizer(f"<answer> {answer} </answer>", add_special_tokens=False)["input_ids"]
+        assert tokenizer.convert_tokens_to_ids(answer) in ids
+        assert tokenizer.decode(ids) == f"<answer> {answer} </answer>"
+    # Sentence starts are not names; a name inside a longer word stays BPE (and round-trips).
+    assert not any(n.startswith(("The city", "In ")) for n in names)
+    name = next(n for n in names if n.isalpha() and len(n) > 4)
+    ids = tokenizer(f"{name}ians", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_tokens_to_ids(name) not in ids and tokenizer.decode(ids) == f"{name}ians"
+    plain = train_tokenizer(small_world, entity_tokens=False)
+    assert len(tokenizer) - len(plain) == len(set(names) - set(plain.get_vocab()))
 
 
 def test_scripted_transcripts_mask_actions_and_hold_the_envs_text(small_world, bm25_server, tokenizer, scripted):

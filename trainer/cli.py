@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("rest", nargs=argparse.REMAINDER)
     demo = sub.add_parser("demo", help="the embedded default run: servers, warm start, GRPO+LLDS, before/after")
     _add_train_args(demo)
-    demo.add_argument("--world", default="default")
+    demo.add_argument("--world", default="small")
     return parser
 
 

@@ -52,6 +52,8 @@ class ModelSection(_Section):
     #: the tiny model's size (trainer.tiny_policy.model.SIZES) and tokenizer vocabulary
     embedded_size: str = "tiny"
     embedded_vocab_size: int = Field(4096, ge=512)
+    #: one token per name of the world (see trainer.tiny_policy.tokenizer); off: plain BPE
+    embedded_entity_tokens: bool = True
 
 
 class EnvSection(_Section):

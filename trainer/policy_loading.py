@@ -127,6 +127,7 @@ def build_embedded(env: EnvSection, model_cfg: ModelSection, seed: int, home: Pa
         sft_copy_drill=model_cfg.embedded_sft_copy_drill,
         size=model_cfg.embedded_size,
         vocab_size=model_cfg.embedded_vocab_size,
+        entity_tokens=model_cfg.embedded_entity_tokens,
         topk=env.topk,
         seed=seed,
     )
