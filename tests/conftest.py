@@ -30,6 +30,19 @@ def searchgym_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules that run tiny models (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`):
+    a model this small is all per-op overhead, and on a shared 2-core box torch's intra-op threads
+    make each tiny matmul many times slower than one thread does."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def small_world(searchgym_home: Path):
     from search_env.world.store import ensure_world

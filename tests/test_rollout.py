@@ -43,14 +43,7 @@ transformers = pytest.importorskip("transformers")
 DATA = "world:small"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A model this small is all per-op overhead: on a shared 2-core box, torch's intra-op threads
-    make each tiny matmul ~50x slower than one thread does."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- a tiny real policy -------------------------------------------------------------------------------

@@ -26,15 +26,7 @@ from trainer.tiny_policy.warm_start import (
 )
 from trainer.transcript import Transcript
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and with other processes busy (servers,
-    parallel tests) spinning OpenMP threads make each step 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +76,13 @@ def test_tokenizer_round_trips_and_keeps_tags_whole(small_world, tokenizer):
 
 
 def test_world_names_are_one_token_each_and_still_round_trip(small_world, tokenizer):
+    from search_env.corpus import iter_corpus
     from search_env.qa_data import load_qa
 
     names = world_entity_names(small_world)
     assert names == sorted(set(names))
     # Every test answer that names a passage is one token: copying it out of a passage is one lookup.
-    titles = {json.loads(line)["contents"].split("\n", 1)[0].strip('"')
-              for line in small_world.corpus.read_text(encoding="utf-8").splitlines()}
+    titles = {passage.title for passage in iter_corpus(small_world.corpus)}
     answers = [a for r in load_qa(small_world.qa["test"]) for a in r.golden_answers if a in titles]
     assert answers and set(answers) <= set(names)
     for answer in answers[:20]:

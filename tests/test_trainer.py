@@ -38,13 +38,7 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny policy's matmuls are far faster on one thread than fighting over two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(tmp_path: Path, server, *extra: str):

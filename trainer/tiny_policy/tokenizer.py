@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from search_env.corpus import iter_corpus, split_contents
 from search_env.protocol import INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE, format_passages, information_block
 from search_env.world.store import WorldPaths
 from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
@@ -33,9 +34,8 @@ PROTOCOL_TAGS = (
 def _world_texts(world: WorldPaths) -> Iterator[str]:
     """The texts the policy will read and write: passages as observations show them, train questions
     (never test: the tokenizer is part of the policy), and the protocol strings."""
-    with world.corpus.open(encoding="utf-8") as handle:
-        for line in handle:
-            yield format_passages([json.loads(line)["contents"]])
+    for passage in iter_corpus(world.corpus):
+        yield format_passages([passage.contents])
     with world.qa["train"].open(encoding="utf-8") as handle:
         for line in handle:
             question = json.loads(line)["question"]
@@ -61,14 +61,12 @@ def world_entity_names(world: WorldPaths) -> list[str]:
     runs: Counter[str] = Counter()
     lower: set[str] = set()
     numbers: set[str] = set()
-    with world.corpus.open(encoding="utf-8") as handle:
-        for line in handle:
-            contents = json.loads(line)["contents"]
-            title, _, text = contents.partition("\n")
-            titles.add(title.strip('"'))
-            runs.update(_MULTI_WORD_NAME.findall(text))
-            lower.update(_LOWER_WORD.findall(text))
-            numbers.update(_NUMBER.findall(text))
+    for passage in iter_corpus(world.corpus):
+        title, text = split_contents(passage.contents)
+        titles.add(title)
+        runs.update(_MULTI_WORD_NAME.findall(text))
+        lower.update(_LOWER_WORD.findall(text))
+        numbers.update(_NUMBER.findall(text))
     names = {run for run, count in runs.items() if count >= 2 and run.split(" ", 1)[0].lower() not in lower}
     return sorted(titles | names | numbers)
 

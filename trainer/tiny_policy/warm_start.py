@@ -204,6 +204,7 @@ def copy_drill(world: WorldPaths, tokenizer: Any, n: int, *, seed: int = 0) -> l
     on train while test questions come out garbled); with ever new names the cheap way to predict the
     search is to copy the question, which is what the policy needs on unseen questions.
     """
+    from search_env.corpus import iter_corpus
     from search_env.qa_data import load_qa
     from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
     from trainer.tiny_policy.scripted_trajectories import search_action
@@ -212,8 +213,7 @@ def copy_drill(world: WorldPaths, tokenizer: Any, n: int, *, seed: int = 0) -> l
     if n <= 0:
         return []
     rng = random.Random(seed)
-    with world.corpus.open(encoding="utf-8") as handle:
-        titles = [json.loads(line)["contents"].split("\n", 1)[0].strip('"') for line in handle]
+    titles = [passage.title for passage in iter_corpus(world.corpus)]
     records = [r for r in load_qa(world.qa["train"]) if r.metadata.get("entities")]
     out: list[Transcript] = []
     while len(out) < n:
