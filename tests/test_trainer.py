@@ -53,6 +53,8 @@ def test_unknown_key_and_bad_value_name_the_key(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match=r"optim\.lr: Input should be greater than 0"):
         load_config(None, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match=r"model\.embedded_entity_tokens: Input should be a valid boolean"):
+        load_config(None, ["model.embedded_entity_tokens=maybe"])
     toml = tmp_path / "ok.toml"
     toml.write_text("[llds]\nlam = 0.3\ngate = 'response'\n")
     assert load_config(toml).llds.gate == "response"
