@@ -2,10 +2,12 @@
 from the same weights, in the same run (the LLDS overhead as a ratio), and rollout tokens per second.
 
     python benchmarks/trainer.py [--model embedded|smollm2|NAME] [--world small] [--repeats 5]
+                                 [--retriever-url URL] [--set KEY=VALUE ...]
 
-It starts a BM25 retrieval server over the world, sets the trainer up (building the embedded policy
-on first use), collects rollout batches, then times update rounds alternating GRPO and GRPO+LLDS,
-restoring the weights and optimizer state before each round so both see identical inputs.
+It starts a BM25 retrieval server over the world (or uses the one at --retriever-url), sets the
+trainer up (building the embedded policy on first use), collects rollout batches, then times update
+rounds alternating GRPO and GRPO+LLDS, restoring the weights and optimizer state before each round so
+both see identical inputs.
 """
 
 from __future__ import annotations
@@ -41,17 +43,22 @@ def main() -> None:
     p.add_argument("--rollouts", type=int, default=3, help="rollout batches timed for tokens/s")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench-trainer"))
+    p.add_argument("--retriever-url", help="a running retrieval server to use instead of starting BM25")
     args = p.parse_args()
     args.log_dir.mkdir(parents=True, exist_ok=True)
 
-    retriever = ServerProcess(["retriever", "--backend", "bm25", "--world", args.world], args.log_dir / "r.log")
-    retriever.start()
+    retriever = None
+    if args.retriever_url is None:
+        retriever = ServerProcess(["retriever", "--backend", "bm25", "--world", args.world], args.log_dir / "r.log")
+        retriever.start()
     try:
-        retriever.wait_ready(timeout=1800)
+        if retriever is not None:
+            retriever.wait_ready(timeout=1800)
+        url = args.retriever_url or retriever.url
         template = "tiny" if args.model == "embedded" else "search-r1"
         config = load_config(ROOT / "configs" / "embedded.yaml", [
             f"model.name_or_path={args.model}",
-            f"env.retriever_url={retriever.url}",
+            f"env.retriever_url={url}",
             f"env.data=world:{args.world}",
             f"env.prompt_template={template}",
             f"run.out_dir={args.log_dir / 'run'}",
@@ -93,10 +100,12 @@ def main() -> None:
         table.add_row("update round, GRPO+LLDS (median s)", f"{llds:.3f}")
         table.add_row("LLDS overhead (ratio)", f"{llds / grpo:.3f}x")
         table.add_row("rollout tokens/s", f"{tokens / seconds:.0f}")
-        table.add_row("device", str(trainer.device))
+        table.add_row("device", torch.cuda.get_device_name() if trainer.device.type == "cuda" else str(trainer.device))
+        table.add_row("dtype", config.model.dtype)
         console.print(table)
     finally:
-        retriever.stop()
+        if retriever is not None:
+            retriever.stop()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class ModelSection(_Section):
     embedded_sft_max_hops: int | None = Field(None, ge=1)
     #: extra first-action examples with the question's subject swapped for random names (teaches copying)
     embedded_sft_copy_drill: int = Field(0, ge=0)
+    #: share of SFT examples whose names are renamed at random within their kind each time they are
+    #: drawn (trainer.tiny_policy.entity_swap): the warm start must read, it cannot recall
+    embedded_sft_entity_swap: float = Field(0.0, ge=0, le=1)
     #: the tiny model's size (trainer.tiny_policy.model.SIZES) and tokenizer vocabulary
     embedded_size: str = "tiny"
     embedded_vocab_size: int = Field(4096, ge=512)

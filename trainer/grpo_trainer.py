@@ -109,7 +109,9 @@ class GRPOTrainer:
 
         embedded_dir = None
         if cfg.model.name_or_path == "embedded":
-            embedded_dir = build_embedded(cfg.env, cfg.model, cfg.run.seed, searchgym_home())
+            # One process builds (or finds) the cached policy; the others then find it complete.
+            with self.accelerator.main_process_first():
+                embedded_dir = build_embedded(cfg.env, cfg.model, cfg.run.seed, searchgym_home())
         self.tokenizer = load_tokenizer(cfg.model, embedded_dir)
         check_tokenizer(self.tokenizer, cfg.model)
         source_cfg = cfg.model

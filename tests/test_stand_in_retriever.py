@@ -1,0 +1,42 @@
+"""benchmarks/stand_in_retriever.py (the retriever for machines without Java): our own client reads it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent_server.server_process import ServerProcess
+from search_env.corpus import iter_corpus
+from search_env.retriever_client import RetrieverClient
+from tests.conftest import TEST_WORLD
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "stand_in_retriever.py"
+
+
+@pytest.fixture(scope="module")
+def stand_in(small_world, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "stand-in.log"
+    server = ServerProcess(["--world", TEST_WORLD], log, command=[sys.executable, str(SCRIPT)]).start()
+    try:
+        yield server.wait_ready(timeout=120)
+    finally:
+        server.stop()
+
+
+def test_answers_the_wire_schema_with_the_passage_quoted_in_the_query(stand_in, small_world):
+    passages = list(iter_corpus(small_world.corpus))
+    target = passages[len(passages) // 2]
+    with RetrieverClient(stand_in.url) as client:
+        hits = client.retrieve([target.text, "no such words at all"], topk=2)
+    assert len(hits) == 2 and all(len(row) == 2 for row in hits)
+    assert hits[0][0].document.id == target.id
+    assert hits[0][0].score > hits[0][1].score
+
+
+def test_a_bad_request_is_a_422_with_a_message_and_the_server_keeps_serving(stand_in):
+    bad = httpx.post(stand_in.url + "/retrieve", json={"queries": "not a list"})
+    assert bad.status_code == 422 and "queries" in bad.json()["detail"]
+    assert httpx.get(stand_in.url + "/health").json() == {"status": "ready", "detail": None}
