@@ -7,7 +7,8 @@
 # MODEL_DIR holds a config.json and a tokenizer (weights optional: without them the model is built
 # from the config with random weights, which is what a machine with no model hub access can run).
 # The retriever is benchmarks/stand_in_retriever.py (no Java there), so the rewards mean nothing:
-# this checks mechanics, memory and speed, not learning.
+# this checks mechanics, memory and speed, not learning. A random-weight model never emits a stop tag,
+# so each turn runs to the token limit: its evaluations are slow (~100 s per 16 questions on an H100).
 set -euo pipefail
 MODEL_DIR=${1:?model dir}
 OUT=${2:?out dir}
