@@ -30,21 +30,6 @@ from search_env.retrieval_schema import (
 )
 
 
-def _check_limits(req: RetrieveRequest, limits: RetrievalLimits) -> str | None:
-    """The message for the first limit the request breaks, or None."""
-    if req.topk is not None and not 1 <= req.topk <= limits.max_topk:
-        return f"topk must be between 1 and {limits.max_topk}, got {req.topk}"
-    queries = req.batch
-    if not queries and not limits.allow_empty_batch:
-        return "queries is empty: send at least one query"
-    if len(queries) > limits.max_queries:
-        return f"too many queries in one request: {len(queries)} > limit {limits.max_queries}"
-    for i, q in enumerate(queries):
-        if len(q) > limits.max_query_chars:
-            return f"query {i} is {len(q)} characters long: limit is {limits.max_query_chars}"
-    return None
-
-
 def _document(hit: Hit) -> dict[str, str]:
     return {"id": hit.id, "contents": hit.contents}
 
@@ -149,7 +134,7 @@ def create_retrieval_app(
             req = RetrieveRequest.model_validate(payload)
         except ValidationError as err:
             return _error(422, validation_message(err), as_msgpack)
-        problem = _check_limits(req, limits)
+        problem = limits.violation(req)
         if problem:
             return _error(422, problem, as_msgpack)
         if service.state != "ready":

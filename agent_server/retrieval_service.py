@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from agent_server.backends.base import Hit, Retriever
 from agent_server.query_coalescer import QueryCoalescer
 from agent_server.result_cache import ResultCache
+from search_env.retrieval_schema import RetrieveRequest
 
 log = logging.getLogger("agent_server.retriever")
 
@@ -31,6 +32,20 @@ class RetrievalLimits(BaseModel):
     # Search-R1's trainer posts an empty list when no trajectory searched in a turn and reads
     # `result` from the answer: refusing it would crash that trainer mid-run.
     allow_empty_batch: bool = True
+
+    def violation(self, req: RetrieveRequest) -> str | None:
+        """The message for the first limit `req` breaks, or None."""
+        if req.topk is not None and not 1 <= req.topk <= self.max_topk:
+            return f"topk must be between 1 and {self.max_topk}, got {req.topk}"
+        queries = req.batch
+        if not queries and not self.allow_empty_batch:
+            return "queries is empty: send at least one query"
+        if len(queries) > self.max_queries:
+            return f"too many queries in one request: {len(queries)} > limit {self.max_queries}"
+        for i, q in enumerate(queries):
+            if len(q) > self.max_query_chars:
+                return f"query {i} is {len(q)} characters long: limit is {self.max_query_chars}"
+        return None
 
 
 class RetrievalService:

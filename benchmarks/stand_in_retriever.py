@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import ValidationError  # noqa: E402
 
+from agent_server.retrieval_service import RetrievalLimits  # noqa: E402
 from search_env.corpus import iter_corpus  # noqa: E402
 from search_env.retrieval_schema import (  # noqa: E402
     Document,
@@ -52,7 +53,9 @@ class OverlapIndex:
         return [ScoredDocument(document=self.documents[i], score=scores[i]) for i in best]
 
 
-def serve(index: OverlapIndex, port: int, default_k: int = 3) -> None:
+def serve(index: OverlapIndex, port: int, limits: RetrievalLimits | None = None) -> None:
+    limits = limits or RetrievalLimits()  # the real server's defaults and checks (no FastAPI needed)
+
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, body: str) -> None:
             data = body.encode()
@@ -72,12 +75,20 @@ def serve(index: OverlapIndex, port: int, default_k: int = 3) -> None:
             if self.path != "/retrieve":
                 self._send(404, json.dumps({"detail": f"no route {self.path}"}))
                 return
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit() or int(length) > limits.max_body_bytes:
+                self._send(411, json.dumps({"detail": f"need a Content-Length of at most {limits.max_body_bytes}"}))
+                return
             try:
-                request = RetrieveRequest.model_validate_json(self.rfile.read(int(self.headers["Content-Length"])))
+                request = RetrieveRequest.model_validate_json(self.rfile.read(int(length)))
             except ValidationError as err:
                 self._send(422, json.dumps({"detail": str(err)}))
                 return
-            hits = [index.search(q, request.topk or default_k) for q in request.batch]
+            problem = limits.violation(request)
+            if problem:
+                self._send(422, json.dumps({"detail": problem}))
+                return
+            hits = [index.search(q, request.topk or limits.default_topk) for q in request.batch]
             result = hits if request.return_scores else [[h.document for h in row] for row in hits]
             self._send(200, RetrieveResponse(result=result).model_dump_json())
 

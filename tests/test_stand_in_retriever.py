@@ -39,4 +39,6 @@ def test_answers_the_wire_schema_with_the_passage_quoted_in_the_query(stand_in, 
 def test_a_bad_request_is_a_422_with_a_message_and_the_server_keeps_serving(stand_in):
     bad = httpx.post(stand_in.url + "/retrieve", json={"queries": "not a list"})
     assert bad.status_code == 422 and "queries" in bad.json()["detail"]
+    zero = httpx.post(stand_in.url + "/retrieve", json={"queries": ["a"], "topk": 0})
+    assert zero.status_code == 422 and zero.json()["detail"] == "topk must be between 1 and 100, got 0"
     assert httpx.get(stand_in.url + "/health").json() == {"status": "ready", "detail": None}

@@ -55,6 +55,8 @@ def test_unknown_key_and_bad_value_name_the_key(tmp_path):
         load_config(None, ["optim.lr=-1"])
     with pytest.raises(ConfigError, match=r"model\.embedded_entity_tokens: Input should be a valid boolean"):
         load_config(None, ["model.embedded_entity_tokens=maybe"])
+    with pytest.raises(ConfigError, match=r"embedded_sft_entity_swap renames name tokens"):
+        load_config(None, ["model.embedded_sft_entity_swap=0.5", "model.embedded_entity_tokens=false"])
     toml = tmp_path / "ok.toml"
     toml.write_text("[llds]\nlam = 0.3\ngate = 'response'\n")
     assert load_config(toml).llds.gate == "response"

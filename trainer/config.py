@@ -58,6 +58,12 @@ class ModelSection(_Section):
     #: one token per name of the world (see trainer.tiny_policy.tokenizer); off: plain BPE
     embedded_entity_tokens: bool = True
 
+    @model_validator(mode="after")
+    def _swap_needs_entity_tokens(self) -> ModelSection:
+        if self.embedded_sft_entity_swap > 0 and not self.embedded_entity_tokens:
+            raise ValueError("embedded_sft_entity_swap renames name tokens: it needs embedded_entity_tokens true")
+        return self
+
 
 class EnvSection(_Section):
     retriever_url: str = "http://127.0.0.1:8000"
