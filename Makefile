@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-retrieval test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The embedded default run: servers, warm start, GRPO+LLDS, test EM before and after, the plot.
 demo: $(STAMP)
+	$(BIN)/search-trainer demo
+
+# The retrieval side alone: the default world's BM25 and dense indexes, served and queried over HTTP.
+demo-retrieval: $(STAMP)
 	$(BIN)/agent-server demo
 
 test: $(STAMP)

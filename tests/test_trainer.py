@@ -63,6 +63,14 @@ def test_unknown_key_and_bad_value_name_the_key(tmp_path):
     assert trainer_main(["train", "--config", str(bad)]) == 2
 
 
+@pytest.mark.parametrize("name", ["embedded.yaml", "smollm2.yaml"])
+def test_the_shipped_configs_load(name):
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / name)
+    assert config.llds.enabled and config.run.steps > 0
+    if name == "embedded.yaml":  # the demo's warm start has the closed-book habit GRPO must break
+        assert 0 < config.model.embedded_sft_closed_book < 1 and config.env.data == "world:small"
+
+
 def test_unreachable_env_fails_before_any_model_is_loaded(tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(EnvUnreachable, match=url):

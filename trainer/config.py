@@ -52,6 +52,9 @@ class ModelSection(_Section):
     #: share of SFT examples whose names are renamed at random within their kind each time they are
     #: drawn (trainer.tiny_policy.entity_swap): the warm start must read, it cannot recall
     embedded_sft_entity_swap: float = Field(0.0, ge=0, le=1)
+    #: share of SFT examples drawn as a closed-book guess, the question answered at once without a search
+    #: (trainer.tiny_policy.closed_book): the habit of an untuned model, which GRPO has to break
+    embedded_sft_closed_book: float = Field(0.0, ge=0, lt=1)
     #: the tiny model's size (trainer.tiny_policy.model.SIZES) and tokenizer vocabulary
     embedded_size: str = "tiny"
     embedded_vocab_size: int = Field(4096, ge=512)

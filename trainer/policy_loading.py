@@ -126,6 +126,7 @@ def build_embedded(env: EnvSection, model_cfg: ModelSection, seed: int, home: Pa
         sft_max_hops=model_cfg.embedded_sft_max_hops,
         sft_copy_drill=model_cfg.embedded_sft_copy_drill,
         sft_entity_swap=model_cfg.embedded_sft_entity_swap,
+        sft_closed_book=model_cfg.embedded_sft_closed_book,
         size=model_cfg.embedded_size,
         vocab_size=model_cfg.embedded_vocab_size,
         entity_tokens=model_cfg.embedded_entity_tokens,

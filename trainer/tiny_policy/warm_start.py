@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from search_env.qa_data import load_qa
 from search_env.world.store import WorldPaths
 from trainer.transcript import Transcript
 
@@ -159,6 +160,8 @@ def warm_start(
     weight_decay: float = 0.01,
     entity_swap: float = 0.0,
     swapper: Callable[[Transcript, random.Random], Transcript] | None = None,
+    closed_book: float = 0.0,
+    guesser: Callable[[Transcript, random.Random], Transcript] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune `model` in place on the first `fraction` of `transcripts` (after a seeded shuffle).
@@ -168,13 +171,16 @@ def warm_start(
     is where the model learns to copy the question into a search), then `steps` steps (or `epochs`
     passes, fractional allowed) on the whole transcripts, where it learns to read the observations.
     `first_action_extra` (prompt + first search transcripts, e.g. `copy_drill`) join the first stage.
-    With `swapper` (an `EntitySwapper`), each example drawn is renamed with probability `entity_swap`.
+    With `swapper` (an `EntitySwapper`), each example drawn is renamed with probability `entity_swap`;
+    with `guesser` (a `ClosedBookGuesser`), it is first replaced by a guess with probability `closed_book`.
     Returns loss history and timing.
     """
     if not transcripts:
         raise ValueError("no transcripts to warm-start on")
     if entity_swap > 0 and swapper is None:
         raise ValueError("entity_swap > 0 needs a swapper (an EntitySwapper over the tokenizer's names)")
+    if closed_book > 0 and guesser is None:
+        raise ValueError("closed_book > 0 needs a guesser (a ClosedBookGuesser over the train answers)")
     rng = random.Random(seed)
     data = list(transcripts)
     rng.shuffle(data)
@@ -184,20 +190,28 @@ def warm_start(
     torch.manual_seed(seed)
     started = time.monotonic()
 
-    def maybe_swap(t: Transcript, r: random.Random) -> Transcript:
-        return swapper(t, r) if swapper is not None and r.random() < entity_swap else t
+    # A draw only for a share that is on, so settings without it replay the same data.
+    def renamed(t: Transcript, r: random.Random) -> Transcript:
+        return swapper(t, r) if swapper is not None and entity_swap > 0 and r.random() < entity_swap else t
 
-    fit = dict(max_len=max_len, rng=rng, warmup_steps=warmup_steps, weight_decay=weight_decay, progress=progress,
-               augment=maybe_swap if entity_swap > 0 else None)
+    # Guesses join the full stage only: the first-action stage is where copying is learnt.
+    def renamed_or_guess(t: Transcript, r: random.Random) -> Transcript:
+        if guesser is not None and closed_book > 0 and r.random() < closed_book:
+            return guesser(t, r)
+        return renamed(t, r)
+
+    fit = dict(max_len=max_len, rng=rng, warmup_steps=warmup_steps, weight_decay=weight_decay, progress=progress)
     model.train()
     first_losses: list[float] = []
     if first_action_steps > 0:
         prefixes = [first_action_prefix(t) for t in data] + list(first_action_extra)
         first_losses = _fit(model, tokenizer.pad_token_id, prefixes, steps=first_action_steps, lr=lr,
-                            batch_size=first_action_batch_size, desc="warm start: first actions", **fit)
+                            batch_size=first_action_batch_size, desc="warm start: first actions",
+                            augment=renamed if entity_swap > 0 else None, **fit)
     first_seconds = time.monotonic() - started
     losses = _fit(model, tokenizer.pad_token_id, data, steps=total, lr=lr, batch_size=batch_size,
-                  desc="warm start", **fit) if total > 0 else []
+                  desc="warm start", augment=renamed_or_guess if entity_swap > 0 or closed_book > 0 else None,
+                  **fit) if total > 0 else []
     model.eval()
     return {
         "steps": total,
@@ -277,6 +291,7 @@ def build_embedded_policy(
     sft_max_hops: int | None = None,
     sft_copy_drill: int = 0,
     sft_entity_swap: float = 0.0,
+    sft_closed_book: float = 0.0,
     size: str = "tiny",
     vocab_size: int = 4096,
     entity_tokens: bool = True,
@@ -291,10 +306,13 @@ def build_embedded_policy(
     is reused as is; anything else there is replaced. Load it with `AutoModelForCausalLM` /
     `AutoTokenizer.from_pretrained(out_dir)`.
 
-    The settings of configs/embedded.yaml (small world, BM25 top-1, entity tokens, 20,000 copy-drill
-    examples, 300 first-action then 900 full steps at batch 8, lr 3e-3) reach greedy test EM 0.18
-    (0.00 untrained) in ~3 minutes on one CPU thread; with plain BPE, comparable SFT settings gave 0.02-0.07.
+    On the small world with BM25 top-1, entity tokens and 20,000 copy-drill examples, 300 first-action
+    then 900 full steps at batch 8, lr 3e-3, reach greedy test EM 0.18 (0.00 untrained) in ~3 minutes
+    on one CPU thread; with plain BPE, comparable SFT settings gave 0.02-0.07. configs/embedded.yaml
+    draws half the full-stage examples as closed-book guesses (1,500 + 1,800 steps, ~6 minutes): test
+    EM 0.05, as it mostly answers without searching, which is what its GRPO run has to unlearn.
     """
+    from trainer.tiny_policy.closed_book import ClosedBookGuesser
     from trainer.tiny_policy.entity_swap import EntitySwapper, world_entity_kinds
     from trainer.tiny_policy.model import build_tiny_model
     from trainer.tiny_policy.scripted_trajectories import scripted_trajectories
@@ -306,7 +324,8 @@ def build_embedded_policy(
         "sft_examples": sft_examples, "sft_epochs": sft_epochs, "sft_steps": sft_steps, "sft_lr": sft_lr,
         "sft_first_action_steps": sft_first_action_steps,
         "sft_batch_size": sft_batch_size, "sft_max_hops": sft_max_hops,
-        "sft_copy_drill": sft_copy_drill, "sft_entity_swap": sft_entity_swap, "size": size, "vocab_size": vocab_size,
+        "sft_copy_drill": sft_copy_drill, "sft_entity_swap": sft_entity_swap, "sft_closed_book": sft_closed_book,
+        "size": size, "vocab_size": vocab_size,
         "entity_tokens": entity_tokens, "topk": topk,
         "max_len": max_len, "seed": seed,
     }
@@ -324,10 +343,15 @@ def build_embedded_policy(
     swapper = None
     if sft_entity_swap > 0:
         swapper = EntitySwapper.from_tokenizer(tokenizer, world_entity_kinds(world, world_entity_names(world)))
+    guesser = None
+    if sft_closed_book > 0:
+        train_answers = [r.golden_answers[0] for r in load_qa(world.qa["train"]) if r.golden_answers]
+        guesser = ClosedBookGuesser.from_answers(tokenizer, train_answers)
     report = warm_start(model, tokenizer, transcripts, epochs=sft_epochs, steps=sft_steps, lr=sft_lr,
                         batch_size=sft_batch_size, first_action_steps=sft_first_action_steps, max_len=max_len,
                         first_action_extra=copy_drill(world, tokenizer, sft_copy_drill, seed=seed),
-                        entity_swap=sft_entity_swap, swapper=swapper, seed=seed, progress=progress)
+                        entity_swap=sft_entity_swap, swapper=swapper, closed_book=sft_closed_book,
+                        guesser=guesser, seed=seed, progress=progress)
     # Written beside the target and renamed into place: readers see no policy or a complete one.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
