@@ -75,9 +75,13 @@ def serve(index: OverlapIndex, port: int, limits: RetrievalLimits | None = None)
             if self.path != "/retrieve":
                 self._send(404, json.dumps({"detail": f"no route {self.path}"}))
                 return
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit() or int(length) > limits.max_body_bytes:
-                self._send(411, json.dumps({"detail": f"need a Content-Length of at most {limits.max_body_bytes}"}))
+            length = self.headers.get("Content-Length", "")
+            if not length.isdigit():  # the body is read by its declared length: no length, nothing to read
+                self._send(411, json.dumps({"detail": "a POST to /retrieve needs a Content-Length header"}))
+                return
+            if int(length) > limits.max_body_bytes:  # the real server's status and message
+                self._send(413, json.dumps({
+                    "detail": f"request body of {length} bytes exceeds the limit of {limits.max_body_bytes} bytes"}))
                 return
             try:
                 request = RetrieveRequest.model_validate_json(self.rfile.read(int(length)))

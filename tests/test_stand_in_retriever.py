@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -42,3 +44,23 @@ def test_a_bad_request_is_a_422_with_a_message_and_the_server_keeps_serving(stan
     zero = httpx.post(stand_in.url + "/retrieve", json={"queries": ["a"], "topk": 0})
     assert zero.status_code == 422 and zero.json()["detail"] == "topk must be between 1 and 100, got 0"
     assert httpx.get(stand_in.url + "/health").json() == {"status": "ready", "detail": None}
+
+
+def _raw_post(url: str, headers: str) -> tuple[int, str]:
+    """POST /retrieve with exactly these headers and no body (httpx always sets a true Content-Length)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(f"POST /retrieve HTTP/1.1\r\nHost: {parts.netloc}\r\n{headers}Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_a_missing_or_oversized_content_length_is_refused_before_reading(stand_in):
+    status, body = _raw_post(stand_in.url, "")
+    assert status == 411 and "needs a Content-Length" in body
+    status, body = _raw_post(stand_in.url, f"Content-Length: {10**12}\r\n")
+    assert status == 413 and f"request body of {10**12} bytes exceeds the limit" in body
+    assert httpx.get(stand_in.url + "/health").status_code == 200
