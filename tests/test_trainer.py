@@ -124,7 +124,8 @@ def test_llds_fires_only_after_the_first_optimizer_step_of_a_round(short_run):
     _, result = short_run
     records = read_metrics(result.run_dir)
     # Two optimizer steps per round: the first sees the rollout policy itself (nothing fell), the second can.
-    assert all(0.0 <= r["llds/activation_rate"] <= 0.5 + 1e-9 for r in records)
+    # The rate is a float32 mean over micro-batches: allow float32 rounding (eps 1.2e-7), not a third step.
+    assert all(0.0 <= r["llds/activation_rate"] <= 0.5 + 1e-6 for r in records)
 
 
 def test_checkpoint_is_refused_by_another_config(short_run, bm25_server, tmp_path):
