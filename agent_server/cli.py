@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from agent_server.auth import token_from_env
-from agent_server.retrieval_service import RetrievalLimits
+from search_env.retrieval_schema import RetrievalLimits
 
 log = logging.getLogger("agent_server")
 

@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import ValidationError  # noqa: E402
 
-from agent_server.retrieval_service import RetrievalLimits  # noqa: E402
 from search_env.corpus import iter_corpus  # noqa: E402
 from search_env.retrieval_schema import (  # noqa: E402
     Document,
     HealthResponse,
+    RetrievalLimits,
     RetrieveRequest,
     RetrieveResponse,
     ScoredDocument,

@@ -54,3 +54,35 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str = Field(description="'ready', 'loading' or 'failed'")
     detail: str | None = None
+
+
+class RetrievalLimits(BaseModel):
+    """The limits of one `/retrieve` request, published under `limits` in `GET /info`; each is a
+    command-line flag of `agent-server retriever`. Clients read them to cut or refuse as the server does."""
+
+    default_topk: int = Field(3, ge=1, description="topk when a request gives none (Search-R1's --topk)")
+    max_topk: int = Field(100, ge=1)
+    max_queries: int = Field(4096, ge=1, description="queries in one request")
+    max_query_chars: int = Field(4096, ge=1, description="a longer query is cut to this (refused when strict)")
+    max_query_terms: int = Field(
+        1024, ge=1, description="distinct terms searched per query (Lucene's clause limit); the first ones are kept"
+    )
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # Search-R1's trainer posts an empty list when no trajectory searched in a turn and reads
+    # `result` from the answer: refusing it would crash that trainer mid-run.
+    allow_empty_batch: bool = True
+    strict: bool = Field(False, description="refuse an awkward query with 422 instead of repairing it")
+
+    def violation(self, req: RetrieveRequest) -> str | None:
+        """The message for the first limit `req` breaks, or None."""
+        if req.topk is not None and not 1 <= req.topk <= self.max_topk:
+            return f"topk must be between 1 and {self.max_topk}, got {req.topk}"
+        queries = req.batch
+        if not queries and not self.allow_empty_batch:
+            return "queries is empty: send at least one query"
+        if len(queries) > self.max_queries:
+            return f"too many queries in one request: {len(queries)} > limit {self.max_queries}"
+        for i, q in enumerate(queries):
+            if len(q) > self.max_query_chars:
+                return f"query {i} is {len(q)} characters long: limit is {self.max_query_chars}"
+        return None
