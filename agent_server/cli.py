@@ -45,12 +45,26 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=d.default_topk, help="topk when a request gives none")
     p.add_argument("--max-topk", type=int, default=d.max_topk)
     p.add_argument("--max-queries", type=int, default=d.max_queries, help="queries in one request")
-    p.add_argument("--max-query-chars", type=int, default=d.max_query_chars)
+    p.add_argument(
+        "--max-query-chars", type=int, default=d.max_query_chars, help="a longer query is searched on its first ones"
+    )
+    p.add_argument(
+        "--max-query-terms",
+        type=int,
+        default=d.max_query_terms,
+        help="a query of more distinct terms is searched on its first ones (Lucene's clause limit is 1024)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument(
         "--reject-empty-batch",
         action="store_true",
         help="answer `queries: []` with 422 (default: an empty result, as Search-R1's trainer needs)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse an awkward query (too long, too many terms, a lone surrogate) with 422 instead of "
+        "repairing it and searching",
     )
     p.add_argument("--cache-size", type=int, default=100_000, help="LRU result cache entries (0: off)")
     p.add_argument("--coalesce-max-batch", type=int, default=1024, help="queries per coalesced batch")
@@ -99,8 +113,10 @@ def run_retriever(args: argparse.Namespace) -> None:
         max_topk=args.max_topk,
         max_queries=args.max_queries,
         max_query_chars=args.max_query_chars,
+        max_query_terms=args.max_query_terms,
         max_body_bytes=args.max_body_bytes,
         allow_empty_batch=not args.reject_empty_batch,
+        strict=args.strict,
     )
     app = create_retrieval_app(
         _retriever_loader(args),

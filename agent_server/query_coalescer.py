@@ -4,6 +4,8 @@ Hand-written because it is small and must fit our backends' `search(queries, k)`
 queue while the single search worker is busy, and the next round takes everything queued (up to
 `max_batch` queries) as one batch. Many single-query clients (SkyRL, GEM) thereby get pyserini's
 threaded batch_search / one faiss search instead of one search each, and the loop never blocks.
+A row of the answer is a query's hits or its QueryFailure (query_isolation): one query's failure is
+its own, and only an exception from the search function (BackendFailure) fails every request.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from agent_server.backends.base import Hit
+from agent_server.query_isolation import QueryFailure, Row
 
-SearchFn = Callable[[Sequence[str], int], list[list[Hit]]]
+SearchFn = Callable[[Sequence[str], int], list[Row]]
 
 
 @dataclass
 class _Pending:
     queries: list[str]
     k: int
-    future: asyncio.Future[list[list[Hit]]]
+    future: asyncio.Future[list[Row]]
+
+
+def _top(row: Row, k: int) -> Row:
+    return row if isinstance(row, QueryFailure) else row[:k]
 
 
 @dataclass
@@ -68,10 +74,10 @@ class QueryCoalescer:
             self._worker = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """Hits for `queries`, searched together with whatever else is queued."""
+    async def search(self, queries: list[str], k: int) -> list[Row]:
+        """Hits (or a QueryFailure) for each of `queries`, searched together with whatever else is queued."""
         self.start()
-        future: asyncio.Future[list[list[Hit]]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Row]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(queries, k, future))
         return await future
 
@@ -117,7 +123,7 @@ class QueryCoalescer:
                 part = results[start : start + len(p.queries)]
                 start += len(p.queries)
                 if not p.future.done():
-                    p.future.set_result([hits[: p.k] for hits in part])
+                    p.future.set_result([_top(row, p.k) for row in part])
 
     def _record(self, batch: list[_Pending], n_queries: int, seconds: float) -> None:
         s = self.stats

@@ -5,6 +5,11 @@ Every client dialect in use is answered in the shape it parses:
   - `{"query": "..."}` in JSON (SkyRL-gym) -> `{"result": [[...]]}`
   - `{"query": "..."}` in msgpack (GEM) -> `{"result": [...]}`, the flat list of its one query
 A msgpack request is answered in msgpack.
+
+Awkward query text (a lone surrogate, too long, too many terms) is repaired and searched, or with
+`strict` limits refused with a 422 naming the query, before any search (search_env.query_sanitizer).
+A query the backend still fails on gets an empty row and an entry in `errors`, and the rest of the
+batch its hits (query_isolation); only a backend that cannot search at all answers 503.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from pydantic import ValidationError
 from agent_server.auth import BearerTokenMiddleware
 from agent_server.backends.base import Hit, Retriever
 from agent_server.errors import install_error_handlers, validation_message
+from agent_server.query_isolation import BackendFailure
 from agent_server.request_body import BodyError, decode_body, encode_msgpack
-from agent_server.retrieval_service import RetrievalLimits, RetrievalService
+from agent_server.retrieval_service import RetrievalService
+from search_env.query_sanitizer import QueryRefused
 from search_env.retrieval_schema import (
     ErrorResponse,
     HealthResponse,
+    RetrievalLimits,
     RetrieveRequest,
     RetrieveResponse,
 )
@@ -65,6 +73,7 @@ def create_retrieval_app(
     limits = limits or RetrievalLimits()
     service = RetrievalService(
         loader,
+        limits=limits,
         cache_size=cache_size,
         coalesce_max_batch=coalesce_max_batch,
         coalesce_wait_ms=coalesce_wait_ms,
@@ -102,7 +111,7 @@ def create_retrieval_app(
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        """Backend, index size, encoder, limits, cache hit counts and batching figures."""
+        """Backend, index size, encoder, limits, cache hit counts, batching figures, awkward-query counts."""
         return service.info() | {"limits": limits.model_dump()}
 
     @app.post(
@@ -137,16 +146,26 @@ def create_retrieval_app(
         problem = limits.violation(req)
         if problem:
             return _error(422, problem, as_msgpack)
+        try:
+            queries = await service.prepare(req.batch)
+        except QueryRefused as err:
+            return _error(422, f"{err} (this server runs with --strict)", as_msgpack)
         if service.state != "ready":
             message = f"retriever is {service.state}" + (f": {service.error}" if service.error else "")
             return _error(503, message, as_msgpack)
 
-        hits = await service.search(req.batch, req.topk or limits.default_topk)
-        result: Any = _format(hits, req.return_scores)
+        try:
+            answer = await service.search(queries, req.topk or limits.default_topk)
+        except BackendFailure as err:
+            return _error(503, str(err), as_msgpack)
+        result: Any = _format(answer.hits, req.return_scores)
         if req.query is not None and is_msgpack:
             result = result[0]  # GEM parses `result` as the flat list of its one query
+        body: dict[str, Any] = {"result": result}
+        if answer.errors:  # only then: Search-R1's trainer and the field-for-field shape stay as they were
+            body["errors"] = [{"index": i, "detail": detail} for i, detail in sorted(answer.errors.items())]
         if as_msgpack:
-            return Response(encode_msgpack({"result": result}), media_type="application/msgpack")
-        return JSONResponse({"result": result})
+            return Response(encode_msgpack(body), media_type="application/msgpack")
+        return JSONResponse(body)
 
     return app

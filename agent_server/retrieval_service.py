@@ -1,25 +1,40 @@
 """The retrieval server's engine: loads a backend in the background, then serves searches through
-the result cache and the query coalescer. Knows nothing of HTTP."""
+the query sanitiser, the result cache and the query coalescer, with a backend failure kept to the
+query that causes it. Knows nothing of HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent_server.backends.base import Hit, Retriever
 from agent_server.query_coalescer import QueryCoalescer
+from agent_server.query_isolation import QueryFailure, Row, search_isolated
 from agent_server.result_cache import ResultCache
+from search_env.query_sanitizer import CHANGES, QueryRefused, sanitize_queries
 from search_env.retrieval_schema import RetrievalLimits
 
 # RetrievalLimits lived here before the env needed it too; its importers keep working.
-__all__ = ["RetrievalLimits", "RetrievalService"]
+__all__ = ["RetrievalLimits", "RetrievalService", "SearchAnswer"]
 
 log = logging.getLogger("agent_server.retriever")
 
 State = Literal["loading", "ready", "failed"]
+_INLINE_CHARS = 65_536  # a request with more query text is fitted in a thread, off the event loop
+
+
+@dataclass
+class SearchAnswer:
+    """Hits for each query; `errors` maps the index of a query the backend failed on (its hits: []) to why."""
+
+    hits: list[list[Hit]]
+    errors: dict[int, str] = field(default_factory=dict)
 
 
 class RetrievalService:
@@ -27,11 +42,13 @@ class RetrievalService:
         self,
         loader: Callable[[], Retriever],
         *,
+        limits: RetrievalLimits | None = None,
         cache_size: int = 100_000,
         coalesce_max_batch: int = 1024,
         coalesce_wait_ms: float = 1.0,
     ):
         self._loader = loader
+        self.limits = limits or RetrievalLimits()
         self.state: State = "loading"
         self.error: str | None = None
         self.retriever: Retriever | None = None
@@ -44,6 +61,8 @@ class RetrievalService:
         # Every searching request, cached or not (the coalescer counts only what reaches the backend).
         self.requests_served = 0
         self.queries_served = 0
+        # Queries repaired (by kind), refused (strict) and failed in the backend, for /info.
+        self.awkward: Counter[str] = Counter()
 
     # -- loading ----------------------------------------------------------------------------------
     def start_loading(self) -> threading.Thread:
@@ -71,17 +90,40 @@ class RetrievalService:
         )
 
     # -- searching --------------------------------------------------------------------------------
-    def _search_batch(self, queries: list[str], k: int) -> list[list[Hit]]:
-        assert self.retriever is not None
-        return self.retriever.search(queries, k)
+    async def prepare(self, queries: Sequence[str]) -> list[str]:
+        """The queries as they will be searched: fitted to the limits, each repair counted.
 
-    async def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        """Hits for each query: cached ones at once, the rest (deduplicated) in one coalesced batch."""
+        Raises QueryRefused (strict limits) for the first query that would need a repair, before
+        anything is searched, so other clients' coalesced requests never see it.
+        """
+        try:
+            if sum(len(q) for q in queries) > _INLINE_CHARS:
+                # Counting terms costs ~1 ms per long query: a big request must not stall the event loop.
+                fitted = await asyncio.to_thread(sanitize_queries, queries, self.limits)
+            else:
+                fitted = sanitize_queries(queries, self.limits)
+        except QueryRefused:
+            self.awkward["refused"] += 1
+            raise
+        for query in fitted:
+            self.awkward.update(query.changes)
+        return [query.text for query in fitted]
+
+    def _search_batch(self, queries: Sequence[str], k: int) -> list[Row]:
+        assert self.retriever is not None
+        return search_isolated(self.retriever.search, queries, k)
+
+    async def search(self, queries: list[str], k: int) -> SearchAnswer:
+        """Hits for each (prepared) query: cached ones at once, the rest (deduplicated) in one coalesced batch.
+
+        Raises BackendFailure when the backend cannot search at all; a query it fails on alone is
+        answered in `errors` instead, and not cached.
+        """
         assert self.retriever is not None
         self.requests_served += 1
         self.queries_served += len(queries)
         name = self.retriever.name
-        found: dict[str, list[Hit]] = {}
+        found: dict[str, Row] = {}
         misses: list[str] = []
         for q in queries:
             if q in found or q in misses:
@@ -92,10 +134,19 @@ class RetrievalService:
             else:
                 found[q] = cached
         if misses:
-            for q, hits in zip(misses, await self.coalescer.search(misses, k), strict=True):
-                self.cache.put(name, q, k, hits)
-                found[q] = hits
-        return [found[q] for q in queries]
+            for q, row in zip(misses, await self.coalescer.search(misses, k), strict=True):
+                if not isinstance(row, QueryFailure):
+                    self.cache.put(name, q, k, row)
+                found[q] = row
+        answer = SearchAnswer([])
+        for i, q in enumerate(queries):
+            row = found[q]
+            if isinstance(row, QueryFailure):
+                answer.errors[i] = f"the search backend failed on this query: {row.detail}"
+                self.awkward["failed"] += 1
+                row = []
+            answer.hits.append(row)
+        return answer
 
     async def close(self) -> None:
         await self.coalescer.stop()
@@ -111,6 +162,7 @@ class RetrievalService:
             "load_seconds": self.load_seconds,
             "uptime_seconds": round(time.time() - self.started, 1),
             "traffic": {"requests": self.requests_served, "queries": self.queries_served},
+            "awkward_queries": {kind: self.awkward[kind] for kind in (*CHANGES, "refused", "failed")},
             "cache": self.cache.stats(),
             "batching": self.coalescer.stats.as_dict()
             | {"max_batch": self.coalescer.max_batch, "max_wait_ms": self.coalescer.max_wait_s * 1000},

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from pydantic import ValidationError  # noqa: E402
 
 from search_env.corpus import iter_corpus  # noqa: E402
+from search_env.query_sanitizer import QueryRefused, sanitize_queries  # noqa: E402
 from search_env.retrieval_schema import (  # noqa: E402
     Document,
     HealthResponse,
@@ -92,7 +93,12 @@ def serve(index: OverlapIndex, port: int, limits: RetrievalLimits | None = None)
             if problem:
                 self._send(422, json.dumps({"detail": problem}))
                 return
-            hits = [index.search(q, request.topk or limits.default_topk) for q in request.batch]
+            try:  # queries repaired (or refused, when strict) as the real server does
+                queries = [q.text for q in sanitize_queries(request.batch, limits)]
+            except QueryRefused as err:
+                self._send(422, json.dumps({"detail": str(err)}))
+                return
+            hits = [index.search(q, request.topk or limits.default_topk) for q in queries]
             result = hits if request.return_scores else [[h.document for h in row] for row in hits]
             self._send(200, RetrieveResponse(result=result).model_dump_json())
 

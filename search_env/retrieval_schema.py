@@ -41,19 +41,22 @@ class RetrieveRequest(BaseModel):
         return self.queries if self.queries is not None else [self.query or ""]
 
 
-class RetrieveResponse(BaseModel):
-    """Nested per query; a msgpack `{"query": ...}` request (GEM) gets the flat list of its one query."""
+class QueryError(BaseModel):
+    """Why one query of a request has no documents: the backend failed on it (it alone, searched alone)."""
 
-    result: list[list[ScoredDocument]] | list[list[Document]] | list[ScoredDocument] | list[Document]
-
-
-class ErrorResponse(BaseModel):
+    index: int = Field(description="the query's position in the request")
     detail: str
 
 
-class HealthResponse(BaseModel):
-    status: str = Field(description="'ready', 'loading' or 'failed'")
-    detail: str | None = None
+class RetrieveResponse(BaseModel):
+    """Nested per query; a msgpack `{"query": ...}` request (GEM) gets the flat list of its one query.
+
+    `errors` appears only when a query could not be searched: its `result` row is then empty, so a
+    client that reads only `result` (Search-R1's trainer) still gets a well-formed answer.
+    """
+
+    result: list[list[ScoredDocument]] | list[list[Document]] | list[ScoredDocument] | list[Document]
+    errors: list[QueryError] | None = None
 
 
 class RetrievalLimits(BaseModel):
@@ -74,7 +77,10 @@ class RetrievalLimits(BaseModel):
     strict: bool = Field(False, description="refuse an awkward query with 422 instead of repairing it")
 
     def violation(self, req: RetrieveRequest) -> str | None:
-        """The message for the first limit `req` breaks, or None."""
+        """The message for the first request-level limit `req` breaks, or None.
+
+        The queries' own text (length, terms, surrogates) is search_env.query_sanitizer's to judge.
+        """
         if req.topk is not None and not 1 <= req.topk <= self.max_topk:
             return f"topk must be between 1 and {self.max_topk}, got {req.topk}"
         queries = req.batch
@@ -82,7 +88,13 @@ class RetrievalLimits(BaseModel):
             return "queries is empty: send at least one query"
         if len(queries) > self.max_queries:
             return f"too many queries in one request: {len(queries)} > limit {self.max_queries}"
-        for i, q in enumerate(queries):
-            if len(q) > self.max_query_chars:
-                return f"query {i} is {len(q)} characters long: limit is {self.max_query_chars}"
         return None
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="'ready', 'loading' or 'failed'")
+    detail: str | None = None

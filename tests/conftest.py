@@ -76,6 +76,12 @@ def hybrid_server(small_world, dense_server, tmp_path_factory) -> Iterator[Serve
 
 
 @pytest.fixture(scope="session")
+def strict_server(small_world, bm25_server, tmp_path_factory) -> Iterator[ServerProcess]:
+    """BM25 with `--strict`: awkward queries refused with a 422 (after bm25_server: it only loads the index)."""
+    yield from _serve("bm25", tmp_path_factory, "--strict")
+
+
+@pytest.fixture(scope="session")
 def env_server(bm25_server, tmp_path_factory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("logs") / "env-server.log"
     args = ["env", "--retriever-url", bm25_server.url, "--max-sessions", "64", "--max-action-chars", "2000"]

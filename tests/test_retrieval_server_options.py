@@ -48,15 +48,19 @@ def test_configured_limits_apply(guarded_server):
     cases = [
         ({"queries": ["q"] * 9}, "too many queries in one request: 9 > limit 8"),
         ({"queries": ["q"], "topk": 6}, "topk must be between 1 and 5"),
-        ({"queries": ["z" * 51]}, "query 0 is 51 characters long: limit is 50"),
         ({"queries": []}, "queries is empty"),
     ]
     for body, message in cases:
         r = httpx.post(url, json=body, headers=h)
         assert r.status_code == 422 and message in r.json()["detail"], r.text
     assert httpx.post(url, json={"queries": ["q"] * 8, "topk": 5}, headers=h).status_code == 200
+    cut_before = httpx.get(guarded_server.url + "/info", headers=h).json()["awkward_queries"]["cut"]
+    # Not strict: a query over --max-query-chars is searched on its first 50 characters.
+    long = httpx.post(url, json={"queries": ["river " * 9, "river " * 9 + "tail"], "topk": 2}, headers=h)
+    assert long.status_code == 200 and long.json()["result"][0] == long.json()["result"][1]
     info = httpx.get(guarded_server.url + "/info", headers=h).json()
     assert info["limits"]["max_queries"] == 8 and info["cache"]["capacity"] == 0
+    assert info["limits"]["max_query_chars"] == 50 and info["awkward_queries"]["cut"] == cut_before + 2
 
 
 def test_health_says_loading_until_the_index_is_ready(searchgym_home, tmp_path_factory):
