@@ -2,7 +2,9 @@
 
 Searches of all sessions go to one retrieval server through one shared client. A step that fails
 because the retriever is down answers 503 and leaves its session exactly as it was, so the client
-can retry the same step once the retriever is back.
+can retry the same step once the retriever is back. A search the retriever refuses or fails on is
+that session's observation (search_env.env_search), as in SearchQAEnv: the other sessions of a
+batch get their documents.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from search_env.env_schema import (
     StepRequest,
     StepResponse,
 )
+from search_env.env_search import SearchOutcome, asearch_queries
 from search_env.registration import ENV_IDS
-from search_env.retrieval_schema import ScoredDocument
-from search_env.retriever_client import RetrieverClient, RetrieverRequestError, RetrieverUnavailable
+from search_env.retriever_client import RetrieverClient
 from search_env.search_qa_env import ActionTooLong, EpisodeNotStarted, EpisodeOver, StepPlan, StepResult
 
 _ERRORS = {
@@ -66,13 +68,13 @@ def _as_response(result: StepResult) -> StepResponse:
     return StepResponse(observation=obs, reward=float(reward), terminated=terminated, truncated=truncated, info=info)
 
 
-async def _search(retriever: RetrieverClient, queries: Sequence[str], topk: int) -> list[list[ScoredDocument]]:
-    try:
-        return await retriever.aretrieve(queries, topk)
-    except RetrieverUnavailable as err:
-        raise StepFailed(503, f"{err}; the session is unchanged, retry the step") from err
-    except RetrieverRequestError as err:
-        raise StepFailed(422, f"the retrieval server refused the search: {err.message}") from err
+async def _search(retriever: RetrieverClient, queries: Sequence[str], topk: int) -> list[SearchOutcome]:
+    """Outcomes of the searches; StepFailed 503 (before any session changes) if the retriever is down."""
+    outcomes = await asearch_queries(retriever, queries, topk)
+    for outcome in outcomes:
+        if outcome.outage:
+            raise StepFailed(503, f"{outcome.error}; the session is unchanged, retry the step")
+    return outcomes
 
 
 def create_env_app(
@@ -183,8 +185,8 @@ def create_env_app(
         session = manager.get(session_id)
         async with session.lock:
             plan = _plan(session, req.action)
-            docs = (await _search(retriever, [plan.query], session.env.topk))[0] if plan.query is not None else None
-            return _as_response(session.env.apply_step(plan, docs))
+            search = (await _search(retriever, [plan.query], session.env.topk))[0] if plan.query is not None else None
+            return _as_response(session.env.apply_step(plan, search))
 
     @app.post("/sessions/step", response_model=BatchStepResponse, responses=_ERRORS)
     async def batch_step(req: BatchStepRequest) -> BatchStepResponse:
@@ -218,16 +220,16 @@ def create_env_app(
                     plans[i] = _plan(session, req.steps[i].action)
                 except StepFailed as err:
                     results[i].error = StepError(status=err.status, detail=err.detail)
-            docs: dict[int, list[ScoredDocument]] = {}
+            searches: dict[int, SearchOutcome] = {}
             by_topk: dict[int, list[int]] = {}
             for i, plan in plans.items():
                 if plan.query is not None:
                     by_topk.setdefault(sessions[i].env.topk, []).append(i)
             for topk, idx in by_topk.items():
                 found = await _search(retriever, [plans[i].query or "" for i in idx], topk)
-                docs.update(zip(idx, found, strict=True))
+                searches.update(zip(idx, found, strict=True))
             for i, plan in plans.items():
-                results[i].result = _as_response(sessions[i].env.apply_step(plan, docs.get(i)))
+                results[i].result = _as_response(sessions[i].env.apply_step(plan, searches.get(i)))
         return BatchStepResponse(results=results)
 
     return app

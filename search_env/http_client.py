@@ -4,6 +4,7 @@ and the remote env (sync and async)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from typing import Any
@@ -36,13 +37,24 @@ def error_message(response: httpx.Response) -> str:
         return response.text
 
 
+def _json_body(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`json=` encoded here with non-ASCII escaped: httpx encodes UTF-8, which cannot carry a lone
+    surrogate, so a str the caller holds (a policy's garbled output...) would fail before it was sent."""
+    if "json" not in kwargs:
+        return kwargs
+    kwargs = dict(kwargs)
+    content = json.dumps(kwargs.pop("json"), separators=(",", ":"), allow_nan=False).encode("ascii")
+    headers = {**kwargs.pop("headers", {}), "Content-Type": "application/json"}
+    return kwargs | {"content": content, "headers": headers}
+
+
 class JsonHttpClient:
     """`request()` / `arequest()` return the decoded JSON body of a 2xx answer.
 
     Connection errors, timeouts and 502/503/504 are retried `retries` times, sleeping `backoff`, 2x,
     4x... seconds between attempts; then `unavailable` (a ServiceUnavailable subclass) is raised.
     A 4xx raises `refused` (a RequestRefused subclass) at once. The bearer token defaults to
-    `$SEARCHGYM_API_TOKEN`.
+    `$SEARCHGYM_API_TOKEN`. A `json=` body may hold any str, lone surrogates included (sent escaped).
     """
 
     def __init__(
@@ -97,6 +109,7 @@ class JsonHttpClient:
 
     def request(self, method: str, path: str, *, retries: int | None = None, **kwargs: Any) -> Any:
         retries = self.retries if retries is None else retries
+        kwargs = _json_body(kwargs)
         last = ""
         for attempt in range(retries + 1):
             try:
@@ -112,6 +125,7 @@ class JsonHttpClient:
 
     async def arequest(self, method: str, path: str, *, retries: int | None = None, **kwargs: Any) -> Any:
         retries = self.retries if retries is None else retries
+        kwargs = _json_body(kwargs)
         last = ""
         for attempt in range(retries + 1):
             try:

@@ -81,3 +81,13 @@ def information_block(contents: Sequence[str], max_chars: int | None = None) -> 
     if max_chars is not None and len(head) + len(body) + len(tail) > max_chars:
         body = body[: max(0, max_chars - len(head) - len(tail))]
     return f"{head}{body}{tail}"
+
+
+def search_error_block(message: str, max_chars: int | None = None) -> str:
+    """The observation after a search that brought no documents because it failed: what went wrong,
+    in the `<information>` block a policy reads search results from (cut to `max_chars` like it)."""
+    head, tail = "\n\n<information>", "</information>\n\n"
+    body = f"Search failed: {message}"
+    if max_chars is not None and len(head) + len(body) + len(tail) > max_chars:
+        body = body[: max(0, max_chars - len(head) - len(tail))]
+    return f"{head}{body}{tail}"

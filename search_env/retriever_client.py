@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from search_env.http_client import TOKEN_ENV, JsonHttpClient, RequestRefused, ServiceUnavailable
-from search_env.retrieval_schema import RetrieveRequest, RetrieveResponse, ScoredDocument
+from search_env.retrieval_schema import RetrievalLimits, RetrieveRequest, RetrieveResponse, ScoredDocument
 
-__all__ = ["TOKEN_ENV", "RetrieverClient", "RetrieverRequestError", "RetrieverUnavailable", "retrieve_url"]
+__all__ = [
+    "TOKEN_ENV",
+    "RetrievalAnswer",
+    "RetrieverClient",
+    "RetrieverRequestError",
+    "RetrieverUnavailable",
+    "retrieve_url",
+]
 
 
 class RetrieverUnavailable(ServiceUnavailable):
@@ -20,6 +29,24 @@ class RetrieverUnavailable(ServiceUnavailable):
 
 class RetrieverRequestError(RequestRefused):
     """The retrieval server refused the request (4xx); `status` and its message are kept."""
+
+
+@dataclass
+class RetrievalAnswer:
+    """Documents for each query; `errors` maps the index of a query the server could not search
+    (its documents: []) to the server's reason."""
+
+    results: list[list[ScoredDocument]]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def _limits_of(info: Any) -> RetrievalLimits:
+    """The `limits` of an /info body; the defaults for what it lacks or garbles (a server of another kind)."""
+    published = info.get("limits") if isinstance(info, dict) else None
+    try:
+        return RetrievalLimits.model_validate(published if isinstance(published, dict) else {})
+    except ValidationError:
+        return RetrievalLimits()
 
 
 def retrieve_url(url: str) -> str:
@@ -33,7 +60,8 @@ class RetrieverClient:
 
     Connection errors, timeouts and 502/503/504 are retried `retries` times with exponential backoff
     (`backoff`, 2x, 4x... seconds); after that `RetrieverUnavailable` is raised. A 4xx raises
-    `RetrieverRequestError` at once, carrying the server's message.
+    `RetrieverRequestError` at once, carrying the server's message. `limits` are the server's as
+    its `/info` publishes them, read once; give them to override (a server that publishes none).
     """
 
     def __init__(
@@ -44,8 +72,10 @@ class RetrieverClient:
         retries: int = 3,
         backoff: float = 0.5,
         token: str | None = None,
+        limits: RetrievalLimits | None = None,
     ):
         self.url = retrieve_url(url)
+        self._limits = limits
         self.base_url = self.url[: -len("/retrieve")]
         self.http = JsonHttpClient(
             self.base_url,
@@ -63,22 +93,60 @@ class RetrieverClient:
         return RetrieveRequest(queries=list(queries), topk=topk, return_scores=True).model_dump(exclude_none=True)
 
     @staticmethod
-    def _parse(body: dict[str, Any]) -> list[list[ScoredDocument]]:
-        return RetrieveResponse.model_validate(body).result  # type: ignore[return-value]
+    def _parse(body: dict[str, Any]) -> RetrievalAnswer:
+        response = RetrieveResponse.model_validate(body)
+        errors = {e.index: e.detail for e in response.errors or []}
+        return RetrievalAnswer(response.result, errors)  # type: ignore[arg-type]
 
     def retrieve(self, queries: Sequence[str], topk: int = 3) -> list[list[ScoredDocument]]:
-        """Top-k scored documents for each query, in one request."""
-        if not queries:
-            return []
-        return self._parse(self.http.request("POST", "/retrieve", json=self._payload(queries, topk)))
+        """Top-k scored documents for each query, in one request ([] for a query the server could not search)."""
+        return self.retrieve_detailed(queries, topk).results
 
     async def aretrieve(self, queries: Sequence[str], topk: int = 3) -> list[list[ScoredDocument]]:
+        return (await self.aretrieve_detailed(queries, topk)).results
+
+    def retrieve_detailed(self, queries: Sequence[str], topk: int = 3) -> RetrievalAnswer:
+        """retrieve(), with the server's reason for each query it could not search.
+
+        Raises RetrieverRequestError (4xx) or RetrieverUnavailable (after the retries).
+        """
         if not queries:
-            return []
+            return RetrievalAnswer([])
+        return self._parse(self.http.request("POST", "/retrieve", json=self._payload(queries, topk)))
+
+    async def aretrieve_detailed(self, queries: Sequence[str], topk: int = 3) -> RetrievalAnswer:
+        if not queries:
+            return RetrievalAnswer([])
         return self._parse(await self.http.arequest("POST", "/retrieve", json=self._payload(queries, topk)))
 
     def info(self) -> dict[str, Any]:
         return self.http.request("GET", "/info")
+
+    def limits(self) -> RetrievalLimits:
+        """The server's limits, from its /info the first time they are asked for (once, no retry).
+
+        A server with no /info, or no limits in it (Search-R1's own), gets the defaults; one that
+        cannot be reached now gets them too, and is asked again next time. Never raises.
+        """
+        if self._limits is None:
+            try:
+                self._limits = _limits_of(self.http.request("GET", "/info", retries=0))
+            except (RequestRefused, ValueError):
+                self._limits = RetrievalLimits()  # no /info here (or not JSON): a server of another kind
+            except ServiceUnavailable:
+                return RetrievalLimits()
+        return self._limits
+
+    async def alimits(self) -> RetrievalLimits:
+        """limits() for asyncio callers."""
+        if self._limits is None:
+            try:
+                self._limits = _limits_of(await self.http.arequest("GET", "/info", retries=0))
+            except (RequestRefused, ValueError):
+                self._limits = RetrievalLimits()
+            except ServiceUnavailable:
+                return RetrievalLimits()
+        return self._limits
 
     def wait_ready(self, timeout: float = 600.0, interval: float = 0.5) -> None:
         """Block until `/health` says ready; `RetrieverUnavailable` after `timeout` seconds."""

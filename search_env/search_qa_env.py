@@ -6,9 +6,13 @@ policy to read (an `<information>` block, the invalid-action message, or "" afte
 Searches go over HTTP to a retrieval server (`agent-server retriever`).
 
 Every step is split in two, `plan_step` (check and parse; no state changes) and `apply_step` (update
-with the retrieved documents), so that several envs can share one `/retrieve` request
-(`batched_step`, `SearchQAVectorEnv`), asyncio callers can await the search (`astep`), and a failed
-retrieval leaves the episode exactly as it was, ready for the same step to be retried.
+with the search's outcome), so that several envs can share one `/retrieve` request (`batched_step`,
+`SearchQAVectorEnv`) and asyncio callers can await the search (`astep`).
+
+A search never raises out of a step (env_search): its query is fitted to the retriever's limits
+(read from its /info), and a search the retriever refuses, fails, or cannot be reached for becomes
+an `<information>` observation that says so; the turn is used, and info's `search_error` holds the
+reason. One env's bad query thus never costs the other envs of a batch their documents.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 
 from search_env.env_data import load_env_records
+from search_env.env_search import SearchOutcome, asearch_queries, search_queries
 from search_env.protocol import (
     INVALID_ACTION_MESSAGE,
     SEARCH_R1_TEMPLATE,
@@ -28,9 +33,10 @@ from search_env.protocol import (
     format_question,
     information_block,
     parse_action,
+    search_error_block,
 )
 from search_env.qa_data import QARecord
-from search_env.retrieval_schema import ScoredDocument
+from search_env.query_sanitizer import replace_lone_surrogates
 from search_env.retriever_client import RetrieverClient
 from search_env.rewards import RewardConfig, RewardKind, answer_metrics, episode_reward
 from search_env.text_spaces import text_space
@@ -142,7 +148,8 @@ class SearchQAEnv(gym.Env[str, str]):
             if not golds or not all(isinstance(g, str) for g in golds):
                 raise ValueError("reset option 'question' needs 'golden_answers', a non-empty list of strings")
             custom_id = str(options.get("id", "custom"))
-            return QARecord(id=custom_id, question=str(options["question"]), golden_answers=golds)
+            question = replace_lone_surrogates(str(options["question"]))  # it goes into the prompt: text only
+            return QARecord(id=custom_id, question=question, golden_answers=golds)
         if "id" in options:
             for record in self.records:
                 if record.id == str(options["id"]):
@@ -157,7 +164,12 @@ class SearchQAEnv(gym.Env[str, str]):
 
     # -- step -------------------------------------------------------------------------------------
     def plan_step(self, action: str) -> StepPlan:
-        """Check and parse an action without changing the episode (raises on a bad call)."""
+        """Check and parse an action without changing the episode.
+
+        Raises TypeError (not a str), ActionTooLong, EpisodeNotStarted or EpisodeOver. Lone
+        surrogates in the action become U+FFFD: they are not text, and neither a retriever nor a
+        JSON answer (the env server's) can carry them.
+        """
         if not isinstance(action, str):
             raise TypeError(f"an action is the text of one turn (str), got {type(action).__name__}")
         if len(action) > self.max_action_chars:
@@ -166,28 +178,37 @@ class SearchQAEnv(gym.Env[str, str]):
             raise EpisodeNotStarted("step() before reset(): call reset() first")
         if self._done:
             raise EpisodeOver("the episode has ended: call reset() to start another")
-        return StepPlan(parse_action(action))
+        return StepPlan(parse_action(replace_lone_surrogates(action)))
 
-    def apply_step(self, plan: StepPlan, documents: Sequence[ScoredDocument] | None = None) -> StepResult:
-        """Advance the episode by a planned step; `documents` are the search's results, if it searched."""
+    def apply_step(self, plan: StepPlan, search: SearchOutcome | None = None) -> StepResult:
+        """Advance the episode by a planned step; `search` is its search's outcome, if it searched."""
         assert self._record is not None
         kind = plan.action.kind
         self._turn += 1
+        if kind != "search":
+            search = None
+        elif search is None:
+            search = SearchOutcome(plan.action.content)  # not searched: no documents
         info: dict[str, Any] = {
             "turn": self._turn,
             "action_type": kind,
             "valid_action": kind != "invalid",
             "is_search": kind == "search",
-            "query": plan.query,
+            "query": search.query if search else None,  # as searched, fitted to the retriever's limits
+            "query_changes": list(search.changes) if search else [],
+            "search_error": search.error if search else None,
             "retrieved_ids": [],
         }
         reward: float = 0.0
         terminated = False
-        if kind == "search":
-            docs = list(documents or [])
-            self._searches.append(plan.action.content)
-            info["retrieved_ids"] = [d.document.id for d in docs]
-            observation = information_block([d.document.contents for d in docs], self.max_obs_chars)
+        if search is not None:
+            self._searches.append(search.query)
+            info["retrieved_ids"] = [d.document.id for d in search.documents]
+            if search.error is not None:
+                observation = search_error_block(search.error, self.max_obs_chars)
+            else:
+                contents = [d.document.contents for d in search.documents]
+                observation = information_block(contents, self.max_obs_chars)
         elif kind == "answer":
             observation, terminated = "", True
         else:
@@ -212,15 +233,18 @@ class SearchQAEnv(gym.Env[str, str]):
         return observation, reward, terminated, truncated, info
 
     def step(self, action: str) -> StepResult:
+        """One turn. Raises only for a bad call (see plan_step); a failed search is the observation."""
         plan = self.plan_step(action)
-        docs = self.retriever.retrieve([plan.query], self.topk)[0] if plan.query is not None else None
-        return self.apply_step(plan, docs)
+        search = search_queries(self.retriever, [plan.query], self.topk)[0] if plan.query is not None else None
+        return self.apply_step(plan, search)
 
     async def astep(self, action: str) -> StepResult:
         """step() for asyncio callers: the search is awaited, not blocking the loop."""
         plan = self.plan_step(action)
-        docs = (await self.retriever.aretrieve([plan.query], self.topk))[0] if plan.query is not None else None
-        return self.apply_step(plan, docs)
+        search = None
+        if plan.query is not None:
+            search = (await asearch_queries(self.retriever, [plan.query], self.topk))[0]
+        return self.apply_step(plan, search)
 
     # -- the rest ---------------------------------------------------------------------------------
     @property
@@ -251,13 +275,14 @@ def batched_step(
 ) -> list[StepResult]:
     """Step many envs with ONE `/retrieve` request for all their searches (per distinct topk).
 
-    Every action is checked before anything is sent, and a failed retrieval raises before any env
-    changes, so the whole batch can be retried.
+    Every action is checked before anything is sent (plan_step raises for a bad call, and then no
+    env has changed). A search the retriever refuses or fails is that env's observation alone; the
+    other envs get their documents (env_search).
     """
     if len(envs) != len(actions):
         raise ValueError(f"{len(envs)} envs but {len(actions)} actions")
     plans = [env.plan_step(a) for env, a in zip(envs, actions, strict=True)]
-    docs: list[list[ScoredDocument] | None] = [None] * len(envs)
+    searches: list[SearchOutcome | None] = [None] * len(envs)
     by_topk: dict[int, list[int]] = {}
     for i, plan in enumerate(plans):
         if plan.query is not None:
@@ -265,7 +290,7 @@ def batched_step(
     client = retriever or (envs[0].retriever if envs else None)
     for topk, idx in by_topk.items():
         assert client is not None
-        results = client.retrieve([plans[i].query or "" for i in idx], topk)
-        for i, found in zip(idx, results, strict=True):
-            docs[i] = found
-    return [env.apply_step(plan, d) for env, plan, d in zip(envs, plans, docs, strict=True)]
+        outcomes = search_queries(client, [plans[i].query or "" for i in idx], topk)
+        for i, outcome in zip(idx, outcomes, strict=True):
+            searches[i] = outcome
+    return [env.apply_step(plan, search) for env, plan, search in zip(envs, plans, searches, strict=True)]

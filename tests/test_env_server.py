@@ -129,6 +129,43 @@ def test_bad_inputs_get_4xx_and_leave_other_sessions_untouched(env_server):
         httpx.delete(f"{url}/sessions/{sid}")
 
 
+def test_a_lone_surrogate_in_an_action_is_answered(env_server):
+    sid = _create(env_server.url)
+    httpx.post(f"{env_server.url}/sessions/{sid}/reset", json={"options": {"index": 0}}).raise_for_status()
+    raw = b'{"action": "<search> Name \\ud83d river </search>"}'  # valid JSON, not text
+    r = httpx.post(f"{env_server.url}/sessions/{sid}/step", content=raw, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["info"]["query"] == "Name \ufffd river" and r.json()["info"]["search_error"] is None
+    httpx.delete(f"{env_server.url}/sessions/{sid}")
+    env = RemoteSearchEnv(env_server.url, **DATA)  # its client sends any str, escaped
+    env.reset(options={"index": 1})
+    obs, _, _, _, info = env.step("<search> river \udc00 founded </search>")
+    assert obs.startswith("\n\n<information>Doc 1(Title:") and info["query"] == "river \ufffd founded"
+    env.close()
+
+
+def test_a_refused_search_is_that_sessions_observation_in_a_batch(strict_server, tmp_path):
+    args = ["env", "--retriever-url", strict_server.url, "--max-action-chars", "8192"]
+    server = ServerProcess(args, tmp_path / "env.log").start().wait_ready(timeout=120)
+    try:
+        ids = [_create(server.url) for _ in range(3)]
+        for i, sid in enumerate(ids):
+            httpx.post(f"{server.url}/sessions/{sid}/reset", json={"options": {"index": i}}).raise_for_status()
+        actions = ["<search> river founded </search>", "<search> " + "harbour " * 1000 + "</search>",
+                   "<search> painted ceiling </search>"]
+        steps = [{"session_id": sid, "action": a} for sid, a in zip(ids, actions, strict=True)]
+        r = httpx.post(server.url + "/sessions/step", json={"steps": steps})
+        assert r.status_code == 200, r.text
+        results = [x["result"] for x in r.json()["results"]]
+        assert results[1]["observation"].startswith("\n\n<information>Search failed: the retrieval server (strict)")
+        assert results[1]["info"]["search_error"] and results[1]["info"]["turn"] == 1
+        for i in (0, 2):
+            assert results[i]["observation"].startswith("\n\n<information>Doc 1(Title:")
+            assert results[i]["info"]["search_error"] is None and results[i]["info"]["retrieved_ids"]
+    finally:
+        server.stop()
+
+
 def test_remote_env_raises_the_servers_refusal(env_server):
     env = RemoteSearchEnv(env_server.url, **DATA)
     with pytest.raises(EnvServerRefused, match="call reset"):

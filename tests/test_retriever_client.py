@@ -8,6 +8,7 @@ import time
 import pytest
 
 from agent_server.server_process import free_port
+from search_env.retrieval_schema import RetrievalLimits
 from search_env.retriever_client import (
     RetrieverClient,
     RetrieverRequestError,
@@ -58,3 +59,13 @@ def test_wait_ready_and_info(bm25_server):
     with RetrieverClient(bm25_server.url) as client:
         client.wait_ready(timeout=5)
         assert client.info()["state"] == "ready"
+
+
+def test_limits_come_from_info_and_fall_back_to_the_defaults(strict_server):
+    with RetrieverClient(strict_server.url) as client:
+        limits = client.limits()
+        assert limits.strict and limits.max_query_chars == 4096 and client.limits() is limits  # read once
+    nobody = RetrieverClient(f"http://127.0.0.1:{free_port()}", retries=3, timeout=2)
+    assert nobody.limits() == RetrievalLimits()  # unreachable: the defaults, without retrying or raising
+    given = RetrievalLimits(max_query_chars=10)
+    assert RetrieverClient(strict_server.url, limits=given).limits() is given

@@ -459,3 +459,24 @@ def test_openai_generator_needs_token_ids(fake_vllm):
         OpenAIGeneratorError, match="return_tokens_as_token_ids"
     ):
         gen.generate([[1, 2]], 8)
+
+
+def test_engine_step_survives_a_search_the_retriever_refuses(strict_server, records):
+    # An action at the env's full 8,192 characters whose query the (strict) retriever refuses, among
+    # ordinary searches: that episode reads why, the others their documents, and the rollout goes on.
+    client = RetrieverClient(strict_server.url)
+    envs = [SearchQAEnv(records, split="test", retriever=client, max_turns=3) for _ in range(3)]
+    for i, env in enumerate(envs):
+        env.reset(options={"index": i})
+    head, tail = "<search> ", " </search>"
+    query = ("river " * 2000)[: envs[0].max_action_chars - len(head) - len(tail)]
+    runaway = head + query + tail + " and on and on" * 100  # the engine cuts it to the 8,192 the env takes
+    actions = [f"<search> {envs[0].question.question} </search>", runaway, "<answer> x </answer>"]
+    results = RolloutEngine._step(envs, actions)
+    assert results[0][0].startswith("\n\n<information>Doc 1(Title:") and results[0][4]["search_error"] is None
+    assert results[1][0].startswith("\n\n<information>Search failed: the retrieval server (strict) refuses")
+    assert results[1][4]["turn"] == 1 and not results[1][2] and not results[1][3]
+    assert results[2][2] and results[2][4]["answer"] == "x"
+    for env in envs:
+        env.close()
+    client.close()

@@ -13,7 +13,8 @@ from gymnasium.utils.env_checker import check_env
 import search_env  # noqa: F401 - registers the ids
 from agent_server.server_process import free_port
 from search_env.protocol import INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE, parse_action
-from search_env.retriever_client import RetrieverUnavailable
+from search_env.retrieval_schema import RetrievalLimits
+from search_env.retriever_client import RetrieverClient
 from search_env.search_qa_env import ActionTooLong, EpisodeNotStarted, EpisodeOver, SearchQAEnv, batched_step
 
 DATA = "world:small"
@@ -185,16 +186,117 @@ def test_astep_for_asyncio_callers(bm25_server):
     assert asyncio.run(run()) == [1.0] * 8
 
 
-def test_retriever_down_raises_and_leaves_the_episode_unchanged(small_world):
+def test_retriever_down_is_the_observation_and_the_turn_is_used(small_world):
     env = SearchQAEnv(DATA, split="test", retriever_url=f"http://127.0.0.1:{free_port()}", retriever_retries=1)
     env.retriever.http.backoff = 0.01
     env.reset(options={"index": 0})
-    with pytest.raises(RetrieverUnavailable):
-        env.step("<search> anything </search>")
-    assert env.turn == 0 and not env.done
+    obs, reward, terminated, truncated, info = env.step("<search> anything </search>")
+    assert obs.startswith("\n\n<information>Search failed: retrieval server at") and "unavailable" in obs
+    assert obs.endswith("</information>\n\n") and info["search_error"] in obs
+    assert env.turn == 1 and info["turn"] == 1 and info["retrieved_ids"] == [] and info["searches"] == ["anything"]
+    assert (reward, terminated, truncated) == (0.0, False, False)
     _, reward, terminated, _, _ = env.step(f"<answer>{env.records[0].golden_answers[0]}</answer>")
     assert terminated and reward == 1.0
     env.close()
+
+
+# -- limits agree end to end: what the retriever refuses or fails is one env's observation -------------
+def _long_search(chars: int = 8192) -> str:
+    """A search action of exactly `chars` characters: its query is far over the retriever's 4,096."""
+    head, tail = "<search> ", " </search>"
+    words = ("river founded city " * chars)[: chars - len(head) - len(tail)]
+    return head + words + tail
+
+
+def _envs(client: RetrieverClient, n: int) -> list[SearchQAEnv]:
+    envs = [SearchQAEnv(DATA, split="test", retriever=client) for _ in range(n)]
+    for i, env in enumerate(envs):
+        env.reset(options={"index": i})
+    return envs
+
+
+def _normal_actions(envs: list[SearchQAEnv]) -> list[str]:
+    return [f"<search> {env.question.question} </search>" for env in envs]
+
+
+def _alone(server, envs: list[SearchQAEnv]) -> list[list[str]]:
+    with RetrieverClient(server.url) as client:
+        return [[d.document.id for d in client.retrieve([e.question.question], 3)[0]] for e in envs]
+
+
+def test_vector_env_cuts_an_8192_char_search_to_the_retrievers_limit(bm25_server):
+    envs = gymnasium.make_vec("searchgym/SearchQA-v0", num_envs=4, data=DATA, split="test",
+                              retriever_url=bm25_server.url)
+    obs, _ = envs.reset(seed=5)
+    questions = [o.rsplit("Question: ", 1)[1].strip() for o in obs]
+    actions = [f"<search> {q} </search>" for q in questions]
+    actions[2] = _long_search()
+    before = _batches(bm25_server)
+    obs, rewards, term, trunc, info = envs.step(tuple(actions))
+    assert _batches(bm25_server) == before + 1  # still one request for the four searches
+    assert all(o.startswith("\n\n<information>Doc 1(Title:") for o in obs)
+    assert info["query_changes"][2] == ["cut"] and len(info["query"][2]) == 4096
+    assert [info["query_changes"][i] for i in (0, 1, 3)] == [[], [], []]
+    assert list(info["search_error"]) == [None] * 4 and not term.any() and not trunc.any()
+    envs.close()
+
+
+def test_a_strict_retriever_refusal_is_one_envs_observation(strict_server):
+    with RetrieverClient(strict_server.url) as client:
+        envs = _envs(client, 4)
+        actions = _normal_actions(envs)
+        actions[1] = _long_search()
+        before = _batches(strict_server)
+        results = batched_step(envs, actions)
+        # The env knew the server's limits (from /info) and did not send what it would refuse.
+        assert _batches(strict_server) == before + 1
+    obs, reward, terminated, truncated, info = results[1]
+    assert obs == (
+        "\n\n<information>Search failed: the retrieval server (strict) refuses a query that is 8173 characters "
+        "long: limit is 4096</information>\n\n"
+    )
+    assert info["search_error"] in obs and info["turn"] == 1 and envs[1].turn == 1 and info["retrieved_ids"] == []
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    others = [results[i] for i in (0, 2, 3)]
+    assert [r[4]["retrieved_ids"] for r in others] == _alone(strict_server, [envs[i] for i in (0, 2, 3)])
+    assert all(r[4]["search_error"] is None for r in others)
+
+
+def test_a_request_the_retriever_refuses_is_asked_again_query_by_query(strict_server):
+    # A client that believes the limits are wider than the server's (as with a server that publishes
+    # none): the server refuses the batch for one query, and only that query goes without.
+    with RetrieverClient(strict_server.url, limits=RetrievalLimits(max_query_chars=100_000)) as client:
+        envs = _envs(client, 4)
+        actions = _normal_actions(envs)
+        actions[3] = _long_search()
+        results = batched_step(envs, actions)
+    obs, _, _, _, info = results[3]
+    assert obs.startswith("\n\n<information>Search failed: the retrieval server refused the query (422): query 0 is "
+                          "8173 characters long: limit is 4096")
+    assert info["turn"] == 1 and info["retrieved_ids"] == []
+    assert [r[4]["retrieved_ids"] for r in results[:3]] == _alone(strict_server, envs[:3])
+
+
+def test_astep_cuts_a_long_search_too(bm25_server):
+    async def run() -> dict:
+        env = SearchQAEnv(DATA, split="test", retriever_url=bm25_server.url)
+        env.reset(options={"index": 0})
+        _, _, _, _, info = await env.astep(_long_search())
+        await env.retriever.aclose()
+        return info
+
+    info = asyncio.run(run())
+    assert info["query_changes"] == ["cut"] and len(info["query"]) == 4096 and len(info["retrieved_ids"]) == 3
+
+
+def test_a_lone_surrogate_in_an_action_is_replaced(env):
+    env.reset(options={"index": 0})
+    obs, _, _, _, info = env.step("<search> river \ud83d founded </search>")
+    assert info["query"] == "river \ufffd founded" and info["search_error"] is None
+    assert obs.startswith("\n\n<information>Doc 1(Title:")
+    _, _, terminated, _, info = env.step("<answer> Name \udc00 </answer>")
+    assert terminated and info["answer"] == "Name \ufffd"
+    assert "\ud83d" not in env.render()
 
 
 def test_spaces_hold_real_text(env):

@@ -12,6 +12,7 @@ import pytest
 
 from agent_server.server_process import ServerProcess
 from search_env.corpus import iter_corpus
+from search_env.retrieval_schema import RetrievalLimits
 from search_env.retriever_client import RetrieverClient
 from tests.conftest import TEST_WORLD
 
@@ -33,6 +34,7 @@ def test_answers_the_wire_schema_with_the_passage_quoted_in_the_query(stand_in, 
     target = passages[len(passages) // 2]
     with RetrieverClient(stand_in.url) as client:
         hits = client.retrieve([target.text, "no such words at all"], topk=2)
+        assert client.limits() == RetrievalLimits()  # it publishes none (no /info): the defaults
     assert len(hits) == 2 and all(len(row) == 2 for row in hits)
     assert hits[0][0].document.id == target.id
     assert hits[0][0].score > hits[0][1].score
