@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the embedded default run: servers, warm start, GRPO+LLDS, before/after")
     _add_train_args(demo)
     demo.add_argument("--world", default="small")
+    from trainer.death_spiral.runner import add_arguments
+
+    spiral = sub.add_parser("death-spiral", help="plain GRPO vs GRPO+LLDS on the same seeds where GRPO collapses")
+    add_arguments(spiral)
     return parser
 
 
@@ -122,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return run_train(args)
+    if args.command == "death-spiral":
+        from trainer.death_spiral.runner import run_death_spiral
+
+        return run_death_spiral(args)
     if args.command == "demo":
         from trainer.embedded_demo import run_demo
 

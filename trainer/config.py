@@ -55,6 +55,8 @@ class ModelSection(_Section):
     #: share of SFT examples drawn as a closed-book guess, the question answered at once without a search
     #: (trainer.tiny_policy.closed_book): the habit of an untuned model, which GRPO has to break
     embedded_sft_closed_book: float = Field(0.0, ge=0, lt=1)
+    #: seed of the warm start (None: run.seed); fix it to start GRPO runs of several seeds from one policy
+    embedded_seed: int | None = Field(None, ge=0)
     #: the tiny model's size (trainer.tiny_policy.model.SIZES) and tokenizer vocabulary
     embedded_size: str = "tiny"
     embedded_vocab_size: int = Field(4096, ge=512)
@@ -161,6 +163,10 @@ class DiagnosticsSection(_Section):
     #: likelihood displacement
     displacement: bool = True
     monitor_window: int = Field(10, ge=3)
+    #: every this many RL steps, the paper's one-step probe (trainer.diagnostics.update_probe; 0: never)
+    probe_every: int = Field(0, ge=0)
+    #: questions (mixed groups of the rollout batch) probed each time
+    probe_questions: int = Field(8, ge=1)
 
 
 class TrainConfig(_Section):

@@ -43,6 +43,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig
 from trainer.diagnostics import CollapseMonitor, MetricsLogger, MonitorConfig, StepMetrics, plot_metrics, read_metrics
+from trainer.diagnostics.update_probe import mixed_groups, probe_questions
 from trainer.losses import LossOptions, answer_weight_schedule, group_advantages, grpo_llds_loss
 from trainer.policy_loading import build_embedded, check_tokenizer, load_model, load_tokenizer, resolve_device
 from trainer.preflight import check_env_reachable
@@ -111,7 +112,8 @@ class GRPOTrainer:
         if cfg.model.name_or_path == "embedded":
             # One process builds (or finds) the cached policy; the others then find it complete.
             with self.accelerator.main_process_first():
-                embedded_dir = build_embedded(cfg.env, cfg.model, cfg.run.seed, searchgym_home())
+                warm_seed = cfg.run.seed if cfg.model.embedded_seed is None else cfg.model.embedded_seed
+                embedded_dir = build_embedded(cfg.env, cfg.model, warm_seed, searchgym_home())
         self.tokenizer = load_tokenizer(cfg.model, embedded_dir)
         check_tokenizer(self.tokenizer, cfg.model)
         source_cfg = cfg.model
@@ -233,6 +235,9 @@ class GRPOTrainer:
         old_logp = self._logprobs(self.model, batch)
         ref_logp = self._reference_logprobs(batch)
         metrics.likelihood(old_logp, batch.loss_mask, rewards=batch.rewards, advantages=advantages)
+        if cfg.diagnostics.probe_every and step % cfg.diagnostics.probe_every == 0:
+            for key, value in self._probe(batch, old_logp, ref_logp, advantages, options).items():
+                metrics.set(key, value)
         self.model.train()
         shuffle = torch.Generator().manual_seed(cfg.run.seed * 100_003 + step)
         for _ in range(cfg.optim.epochs):
@@ -244,6 +249,39 @@ class GRPOTrainer:
             self.model.eval()
             new_logp = self._logprobs(self.model, batch)
             metrics.displacement(old_logp, new_logp, batch.loss_mask, rewards=batch.rewards, group_ids=batch.group_ids)
+
+    def _probe(
+        self,
+        batch: RolloutBatch,
+        old_logp: torch.Tensor,
+        ref_logp: torch.Tensor | None,
+        advantages: torch.Tensor,
+        options: LossOptions,
+    ) -> dict[str, float]:
+        """The paper's one-step probe on this batch's mixed groups (trainer.diagnostics.update_probe)."""
+        micro = self.config.optim.micro_batch_size
+
+        def update(rows: torch.Tensor) -> None:
+            self.model.train()
+            self._optimizer_step(batch, rows, old_logp, ref_logp, advantages, options)
+
+        @torch.no_grad()
+        def logprobs_after(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.model.eval()
+            sub = batch.select(rows)
+            return token_logprobs(self.model, sub, micro)[0], sub.loss_mask
+
+        groups = mixed_groups(batch.rewards, batch.group_ids, self.config.diagnostics.probe_questions)
+        return probe_questions(
+            self.accelerator.unwrap_model(self.model),
+            self.optimizer,
+            self.scheduler,
+            groups,
+            update=update,
+            logprobs_after=logprobs_after,
+            old_logp=old_logp,
+            rewards=batch.rewards,
+        )
 
     def rl_step(self, step: int) -> dict[str, Any]:
         metrics = StepMetrics(step)

@@ -81,6 +81,11 @@ METRIC_KEYS: dict[str, str] = {
     "likelihood/displacement_incorrect": "mean over incorrect responses of Δ",
     "likelihood/displacement_correct_neg_share": "share of correct responses with Δ < 0 (Fig. 3a; > 0.5 is alarming)",
     "likelihood/displacement_question_neg_share": "share of questions whose mean Δ over correct responses is < 0",
+    # the paper's one-step probe (trainer.diagnostics.update_probe), on steps where it runs
+    "likelihood/probe_neg_share": "share of probed questions whose correct responses lost likelihood in one "
+    "GRPO step on that question alone (Fig. 3a, Eq. 3)",
+    "likelihood/probe_delta_mean": "mean over probed questions of Δ(x), the mean Σ_t Δ logp of its correct responses",
+    "likelihood/probe_questions": "questions probed (groups with both correct and incorrect responses)",
     # timings
     "time/rollout_s": "wall seconds spent rolling out",
     "time/update_s": "wall seconds spent in the update round",
