@@ -66,7 +66,7 @@ def test_unknown_key_and_bad_value_name_the_key(tmp_path):
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["embedded.yaml", "smollm2.yaml"])
+@pytest.mark.parametrize("name", ["embedded.yaml", "smollm2.yaml", "paper-qwen2.5-3b.yaml"])
 def test_the_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.llds.enabled and config.run.steps > 0
@@ -79,6 +79,20 @@ def test_the_shipped_configs_load(name):
             config.loss.entropy_coef == 0 and config.lr_warmup_optimizer_steps == 0 and config.optim.weight_decay == 0
         )
         assert config.rollout.top_p == 1.0
+
+
+def test_the_paper_config_is_the_authors_run():
+    """Validation only (no download): 512 questions x 5 in mini-batches of 52 questions is the authors' 10
+    optimizer steps per round (their 256-trajectory mini-batches), and the warm-up is 28.5% of the run."""
+    config = load_config(CONFIGS / "paper-qwen2.5-3b.yaml")
+    assert config.model.name_or_path == "Qwen/Qwen2.5-3B-Instruct" and config.env.data == "PeterJinGo/nq_hotpotqa_train"
+    assert config.rollout.questions_per_step * config.rollout.group_size == 2560
+    assert config.optimizer_steps_per_round == 10
+    assert config.lr_warmup_optimizer_steps == int(0.285 * 1005 * 10)
+    assert (config.env.max_turns, config.env.eval_max_turns, config.env.topk) == (3, 4, 3)
+    assert (config.rollout.max_new_tokens, config.rollout.max_obs_tokens, config.rollout.top_p) == (500, 500, 0.95)
+    assert (config.loss.kl_estimator, config.loss.kl_coef, config.loss.entropy_coef) == ("low_var_kl", 0.001, 0.001)
+    assert (config.llds.lam, config.llds.gate, config.llds.normalization) == (0.2, "action", "code")
 
 
 def test_defaults_follow_the_authors_run_in_verl_names():
