@@ -147,6 +147,7 @@ def test_step_metrics_builds_documented_keys() -> None:
     assert out["eval/f1"] == pytest.approx(3.5 / 6) and out["env/searches_mean"] == pytest.approx(8 / 6)
     assert out["response/gen_tokens_mean"] == 35 and out["response/gen_tokens_max"] == 60
     assert out["llds/activation_rate"] == pytest.approx(0.4) and out["llds/magnitude"] == pytest.approx(0.3)
+    assert out["llds/first_step_activation_rate"] == pytest.approx(0.2)  # the round's first step alone
     assert out["grad/norm"] == pytest.approx(2.0) and out["grad/norm_max"] == 3.0  # the inf step is counted apart
     assert out["grad/nonfinite_steps"] == 1 and out["optim/steps"] == 3 and out["optim/lr"] == 3e-6
     assert out["likelihood/displacement_correct"] == pytest.approx(-0.05)  # 5 tokens x -0.01

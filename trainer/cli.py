@@ -32,10 +32,19 @@ SHORTHANDS = {
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML or TOML file (sections: model, env, rollout, optim, loss, "
-                   "llds, run, diagnostics)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set optim.mini_batches=4 (repeatable)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML or TOML file (sections: model, env, rollout, optim, loss, llds, run, diagnostics)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.ppo_mini_batch_size=4 (repeatable)",
+    )
     p.add_argument("--model", help="embedded | smollm2 | a Hugging Face model name or path")
     p.add_argument("--retriever-url")
     p.add_argument("--env-url", help="an env server: episodes run there")

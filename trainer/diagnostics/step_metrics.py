@@ -2,7 +2,8 @@
 
 Keys are flat slash-separated strings, documented in `METRIC_KEYS` (the one table the README links).
 A step has one rollout batch and one update round of several optimizer steps; the loss's per-optimizer-step
-stats are averaged over the round (the grad norm also keeps its max: a spike inside the round matters).
+stats are averaged over the round (the grad norm also keeps its max: a spike inside the round matters), and
+the LLDS activation rate of the first step is kept apart (the policy there is the rollout policy).
 Undefined values (no correct response in the batch, say) are NaN; the JSONL log writes them as null.
 
 Order in the loop, all optional:
@@ -56,7 +57,10 @@ METRIC_KEYS: dict[str, str] = {
     "policy/ratio_mean": "mean importance ratio pi/pi_old over generated tokens",
     "policy/loss": "policy (PPO clip) loss",
     "kl/ref": "KL to the frozen reference model over generated tokens (the estimator the loss uses)",
-    "llds/activation_rate": "share of preserving-set (A >= 0) action tokens whose LLDS gate fired",
+    "llds/activation_rate": "share of preserving-set (A >= 0) actions (responses, tokens for those gates) whose "
+    "LLDS gate fired: summed displacement above llds.gate_tol x their tokens",
+    "llds/first_step_activation_rate": "llds/activation_rate on the round's first optimizer step, where the policy "
+    "is the rollout policy: above 0 only if llds.gate_tol is below the log-prob recompute noise",
     "llds/magnitude": "mean hinge max(0, old_logp - logp) over the tokens where LLDS is active",
     "llds/loss": "LLDS regulariser value (before lambda unless the loss reports otherwise)",
     "loss/total": "total loss optimised",
@@ -226,6 +230,8 @@ class StepMetrics:
         """One optimizer step of the round: the loss's stats dict (any keys; averaged over the round),
         the gradient norm before clipping (clip_grad_norm_'s return value) and the learning rate."""
         self._opt_steps += 1
+        if self._opt_steps == 1 and stats is not None and "llds/activation_rate" in stats:
+            self._values["llds/first_step_activation_rate"] = _scalar(stats["llds/activation_rate"])
         for key, value in (stats or {}).items():
             if not isinstance(value, str):
                 self._round[key].append(_scalar(value))
