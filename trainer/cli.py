@@ -1,5 +1,5 @@
-"""`search-trainer`: train with GRPO(+LLDS) (`train`), draw the diagnostics (`plot`), and the
-embedded default run end to end (`demo`)."""
+"""`search-trainer`: train with GRPO(+LLDS) (`train`), draw the diagnostics (`plot`), run the collapse
+monitor over a training log (`monitor`), and the embedded default run end to end (`demo`)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(train)
     plot = sub.add_parser("plot", help="draw the diagnostics of a metrics file", add_help=False)
     plot.add_argument("rest", nargs=argparse.REMAINDER)
+    monitor = sub.add_parser(
+        "monitor", help="the collapse monitor over a training log (ours, verl, TRL, TensorBoard)", add_help=False
+    )
+    monitor.add_argument("rest", nargs=argparse.REMAINDER)
     demo = sub.add_parser("demo", help="the embedded default run: servers, warm start, GRPO+LLDS, before/after")
     _add_train_args(demo)
     demo.add_argument("--world", default="small")
@@ -132,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.diagnostics.plots import plot_main
 
         return plot_main(argv[1:])
+    if argv[:1] == ["monitor"]:
+        from trainer.monitor_cli import monitor_main
+
+        return monitor_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return run_train(args)

@@ -259,7 +259,9 @@ class DiagnosticsSection(_Section):
     #: log-probs of the rollout batch after the update round too (one more forward pass), for the
     #: likelihood displacement
     displacement: bool = True
-    monitor_window: int = Field(10, ge=3)
+    #: points in the collapse monitor's long trend window (MonitorConfig.window): with the likelihood's batch
+    #: noise (sd ~0.15 nats/token) a slow decay needs tens of points to stand out
+    monitor_window: int = Field(50, ge=5)
     #: every this many RL steps, the paper's one-step probe (trainer.diagnostics.update_probe; 0: never)
     probe_every: int = Field(0, ge=0)
     #: questions (mixed groups of the rollout batch) probed each time

@@ -99,13 +99,16 @@ METRIC_KEYS: dict[str, str] = {
     # collapse monitor (trainer.diagnostics.collapse_monitor)
     "monitor/phase": "CollapseMonitor's phase: warmup, healthy, stagnation, steady_decay, accelerated_collapse",
     "monitor/phase_id": "numeric phase: -1 warmup, 0 healthy, 1 stagnation, 2 steady_decay, 3 accelerated_collapse",
-    "monitor/warning": "1 when the monitor warns (decay or acceleration, or most correct responses lost likelihood)",
-    "monitor/likelihood_slope": "slope per step of the EMA-smoothed correct-response likelihood over the window",
-    "monitor/reward_slope": "slope per step of the EMA-smoothed reward over the window",
-    "monitor/grad_spike": "1 when grad norm > factor x its running median, or a norm in the round was inf/NaN",
-    "monitor/entropy_surge": "1 when entropy > running median + z x MAD",
-    "monitor/neg_displacement_majority": "1 when the share of correct responses with Δ < 0 exceeds 0.5 (Fig. 3a)",
-    "monitor/incorrect_below_correct": "1 once smoothed incorrect-response likelihood fell below correct's (Fig. 9a)",
+    "monitor/warning": "1 when the monitor warns (decay, acceleration, displacement majority, or reward falling)",
+    "monitor/likelihood_slope": "Theil-Sen slope per step of the correct-response likelihood over the long window",
+    "monitor/reward_slope": "Theil-Sen slope per step of the reward over the monitor's long window",
+    "monitor/grad_spike": "1 when grad norm > factor x running median and > z robust sds (log), or a norm was inf/NaN",
+    "monitor/entropy_surge": "1 when entropy > running median + z x robust sd",
+    "monitor/neg_displacement_majority": "1 when the recent mean share of correct responses with Δ < 0 is "
+    "significantly > 0.5 (Fig. 3a)",
+    "monitor/incorrect_below_correct": "1 when incorrect-response likelihood is significantly below correct's, once "
+    "above (Fig. 9a)",
+    "monitor/reward_falling": "1 when the reward's trend is significantly (and practically) falling",
 }
 
 
