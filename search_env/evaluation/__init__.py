@@ -19,7 +19,7 @@ from search_env.evaluation.datasets import (
     parse_data_specs,
 )
 from search_env.evaluation.env_factory import EnvFactory, LocalEnvFactory, RemoteEnvFactory
-from search_env.evaluation.policy import STOP_STRINGS, Policy, close_policy
+from search_env.evaluation.policy import STOP_STRINGS, EpisodePlayer, Policy, close_policy
 from search_env.evaluation.results import EpisodeResult, SetMetrics, aggregate, read_jsonl
 from search_env.evaluation.runner import EpisodeError, evaluate, play_episode, select_indices
 from search_env.evaluation.scripted import ScriptedPolicy
@@ -32,6 +32,7 @@ __all__ = [
     "STOP_STRINGS",
     "BenchmarkResult",
     "EnvFactory",
+    "EpisodePlayer",
     "EpisodeError",
     "EpisodeResult",
     "EvalDataError",

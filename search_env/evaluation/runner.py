@@ -69,25 +69,16 @@ async def play_episode(env: gym.Env, policy: Policy, index: int, *, data_set: st
             observation, reward, terminated, truncated, info = await asyncio.to_thread(env.step, action)
         if observation:
             transcript.add_observation(observation)
-    return EpisodeResult(
+    return EpisodeResult.from_env(
         data_set=data_set,
         policy=policy.name,
         index=index,
-        question_id=str(info.get("question_id", reset_info.get("question_id", index))),
-        question=str(reset_info.get("question", "")),
-        golden_answers=list(info.get("golden_answers", [])),
-        answer=info.get("answer"),
-        em=float(info.get("em", 0.0)),
-        subem=float(info.get("subem", 0.0)),
-        f1=float(info.get("f1", 0.0)),
-        reward=float(reward),
-        turns=int(info.get("turn", len(transcript.actions))),
-        num_searches=int(info.get("num_searches", 0)),
-        invalid_actions=int(info.get("invalid_actions", 0)),
-        terminated=bool(terminated),
-        truncated=bool(truncated),
-        searches=list(info.get("searches", [])),
-        hops=reset_info.get("hops"),
+        reset_info=reset_info,
+        info=info,
+        reward=reward,
+        terminated=terminated,
+        truncated=truncated,
+        turns=len(transcript.actions),
         transcript=transcript.to_json(),
     )
 
