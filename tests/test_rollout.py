@@ -461,6 +461,49 @@ def test_evaluation_plays_the_token_stream_training_sees(bm25_server, records, m
     assert all(r["turns"] == 2 and r["num_searches"] == 1 and r["terminated"] for r in scripted)
 
 
+def test_search_trainer_eval_benchmarks_a_saved_model(bm25_server, model, tokenizer, tmp_path, capsys):
+    from search_env.evaluation import read_jsonl
+    from trainer.cli import main as trainer_main
+
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    out = tmp_path / "eval" / "hf.jsonl"
+    code = trainer_main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "policy"),
+            "--data",
+            "world:small:single",
+            "--limit",
+            "3",
+            "--retriever-url",
+            bm25_server.url,
+            "--max-turns",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--max-total-tokens",
+            "600",
+            "--with-reference",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "world:small:single" in printed and str(out) in printed
+    rows = read_jsonl(out)
+    assert sorted((r["policy"], r["index"]) for r in rows) == sorted(
+        (p, i) for p in (f"hf:{tmp_path / 'policy'}", "scripted") for i in range(3)
+    )
+    assert all(1 <= r["turns"] <= 2 for r in rows)
+    assert (tmp_path / "eval" / "hf.summary.json").exists()
+    assert trainer_main(["eval", "--model", "embedded", "--no-progress"]) == 2
+    assert "by its path" in capsys.readouterr().err
+
+
 # -- OpenAI-compatible backend (a fake vLLM) -------------------------------------------------------------
 class _FakeVLLM:
     def __init__(self):

@@ -5,7 +5,8 @@
                                        retriever_url="http://127.0.0.1:8000"))
     print(render_table(result.metrics))
 
-`OpenAIPolicy` and `HFPolicy` are imported from their modules (`HFPolicy` needs torch).
+`OpenAIPolicy` is imported from its module. Hugging Face models are played token by token by the
+trainer (`trainer.evaluation.EnginePlayer`, an `EpisodePlayer`), through this same harness.
 """
 
 from search_env.evaluation.benchmark import BenchmarkResult, run_benchmark

@@ -54,12 +54,6 @@ class EpisodePlayer(Protocol):
         ...
 
 
-def cut_at_stop(text: str, stop: Sequence[str] = STOP_STRINGS) -> str:
-    """The text up to and including the earliest stop string (generation may run a token past it)."""
-    ends = [text.find(s) + len(s) for s in stop if s in text]
-    return text[: min(ends)] if ends else text
-
-
 async def close_policy(policy: object) -> None:
     """Free a policy's resources (HTTP clients, models) if it has `aclose()` or `close()`."""
     for name in ("aclose", "close"):

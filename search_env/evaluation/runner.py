@@ -1,9 +1,14 @@
-"""The runner: play a policy on a data set's questions through the Gym API.
+"""The runner: the episode loop of text policies, played on a data set's questions through the Gym API.
+
+It serves policies that only exchange text (OpenAI-compatible endpoints, the scripted baselines):
+each turn the policy reads the transcript as text and writes the next action as text. Hugging Face
+models are not played here but token by token by the trainer's rollout engine
+(trainer.evaluation.EnginePlayer), the stream they are trained on.
 
 Each of `concurrency` workers owns one env and plays questions one after another, so the policy
-sees up to `concurrency` episodes at once (a remote policy serves them in parallel, `HFPolicy`
-batches their turns). In-process envs are stepped with `astep` (the search is awaited); envs
-without it (the remote env) step in a worker thread.
+sees up to `concurrency` episodes at once (a remote policy serves them in parallel). In-process envs
+are stepped with `astep` (the search is awaited); envs without it (the remote env) step in a worker
+thread.
 """
 
 from __future__ import annotations
