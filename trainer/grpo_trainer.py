@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from search_env.env_data import load_env_records
 from search_env.evaluation.benchmark import run_benchmark
 from search_env.evaluation.datasets import EvalSet, parse_data_specs
-from search_env.evaluation.hf_policy import HFPolicy
 from search_env.evaluation.results import SetMetrics
 from search_env.home import searchgym_home
 from search_env.protocol import SEARCH_R1_TEMPLATE
@@ -45,6 +44,7 @@ from trainer.checkpoint import (
 from trainer.config import TrainConfig
 from trainer.diagnostics import CollapseMonitor, MetricsLogger, MonitorConfig, StepMetrics, plot_metrics, read_metrics
 from trainer.diagnostics.update_probe import mixed_groups, probe_questions
+from trainer.evaluation import EnginePlayer
 from trainer.losses import LossOptions, answer_weight_schedule, group_advantages
 from trainer.mini_batches import accumulate_mini_batch, mini_batch_rows
 from trainer.policy_loading import build_embedded, check_tokenizer, load_model, load_tokenizer, resolve_device
@@ -355,20 +355,12 @@ class GRPOTrainer:
         return [EvalSet(name=f"{cfg.data}", data=cfg.data, split=cfg.eval_split, config=cfg.data_config)]
 
     def evaluate(self, tag: str) -> list[SetMetrics]:
-        """Greedy evaluation on the held-out split through the benchmark harness."""
+        """Greedy evaluation on the held-out split through the benchmark harness, played by the rollout
+        engine's generator with its budgets: the token stream training sees, at temperature 0."""
         cfg = self.config
-        model = self.accelerator.unwrap_model(self.model)
-        policy = HFPolicy(
-            model,
-            self.tokenizer,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            batch_size=cfg.rollout.generation_batch_size,
-            device=str(self.device),
-            name=tag,
-        )
         result = asyncio.run(
             run_benchmark(
-                policy,
+                EnginePlayer.like(self.engine, name=tag),
                 self.eval_sets(),
                 retriever_url=cfg.env.retriever_url,
                 env_url=cfg.env.env_url,
@@ -382,7 +374,6 @@ class GRPOTrainer:
                 env_options={"prompt_template": self.template, "reward": cfg.env.reward},
             )
         )
-        self.model.train()
         return result.metrics
 
     # -- the run ------------------------------------------------------------------------------------
