@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,7 +86,9 @@ def _command(run: Run, config: Path, overrides: list[str], retriever_url: str) -
 
 
 def _launch(run: Run, command: list[str], threads: int) -> None:
-    run.out.mkdir(parents=True, exist_ok=True)
+    if run.out.exists():  # an unfinished run starts again from scratch: its partial metrics would mislead
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with (run.out / "train.log").open("ab") as log:
         run.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -108,12 +111,12 @@ def execute(
     overrides: list[str],
     retriever_url: str,
     jobs: int,
+    threads: int,
     total_steps: int,
     poll_s: float = 20.0,
 ) -> list[Run]:
-    """Run every unfinished run, `jobs` at a time, printing progress every `poll_s` seconds. A run that
-    fails is recorded (its log says why) and the others go on."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    """Run every unfinished run, `jobs` at a time with `threads` torch threads each, printing progress
+    every `poll_s` seconds. A run that fails is recorded (its log says why) and the others go on."""
     pending = [r for r in runs if not r.done]
     active: list[Run] = []
     last_print = 0.0
@@ -151,7 +154,7 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
-    seeds = args.seeds if args.seeds else ([1] if args.quick else [1, 2, 3])
+    seeds = args.seeds if args.seeds else ([1] if args.quick else [1, 2, 3, 4, 5])
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -205,6 +208,7 @@ def run_death_spiral(args: argparse.Namespace) -> int:
             overrides=overrides,
             retriever_url=url or "",
             jobs=args.jobs,
+            threads=args.threads,
             total_steps=config.run.steps,
         )
     finally:
@@ -219,9 +223,12 @@ def run_death_spiral(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory (runs, summary.json, death-spiral.png)")
     p.add_argument("--quick", action="store_true", help="one seed of each arm, a few steps: the machinery in minutes")
-    p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 1 2 3; --quick: 1)")
+    p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 1 2 3 4 5; --quick: 1)")
     p.add_argument("--arms", default="grpo,llds", help="comma-separated: grpo (plain GRPO), llds (GRPO+LLDS)")
-    p.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets cpu_count / jobs threads)")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    # One thread: the embedded policy is all per-op overhead, and two runs with two threads each on a
+    # 2-core machine were measured 3-4x slower per step than with one thread each.
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per run")
     p.add_argument("--config", type=Path, default=CONFIG, help="the experiment's training config")
     p.add_argument("--steps", type=int, help="RL steps per run (overrides the config's run.steps)")
     p.add_argument(
