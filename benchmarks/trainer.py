@@ -56,14 +56,17 @@ def main() -> None:
             retriever.wait_ready(timeout=1800)
         url = args.retriever_url or retriever.url
         template = "tiny" if args.model == "embedded" else "search-r1"
-        config = load_config(ROOT / "configs" / "embedded.yaml", [
-            f"model.name_or_path={args.model}",
-            f"env.retriever_url={url}",
-            f"env.data=world:{args.world}",
-            f"env.prompt_template={template}",
-            f"run.out_dir={args.log_dir / 'run'}",
-            *args.overrides,
-        ])
+        config = load_config(
+            ROOT / "configs" / "embedded.yaml",
+            [
+                f"model.name_or_path={args.model}",
+                f"env.retriever_url={url}",
+                f"env.data=world:{args.world}",
+                f"env.prompt_template={template}",
+                f"run.out_dir={args.log_dir / 'run'}",
+                *args.overrides,
+            ],
+        )
         trainer = GRPOTrainer(config)
         trainer.setup()
 
@@ -72,8 +75,10 @@ def main() -> None:
             _, batch, _ = trainer.collect()
             tokens += trainer.engine.last_stats.generated_tokens
             seconds += trainer.engine.last_stats.wall_time_s
-        console.print(f"rollout: {tokens} generated tokens in {seconds:.1f}s over {args.rollouts} batches "
-                      f"of {len(batch)} episodes")
+        console.print(
+            f"rollout: {tokens} generated tokens in {seconds:.1f}s over {args.rollouts} batches "
+            f"of {len(batch)} episodes"
+        )
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         weights = copy.deepcopy(model.state_dict())
@@ -93,7 +98,7 @@ def main() -> None:
 
         grpo, llds = statistics.median(times["GRPO"]), statistics.median(times["GRPO+LLDS"])
         title = f"{args.model} on world '{args.world}': {len(batch)} episodes, {batch.num_generated} generated tokens"
-        table = Table(title=f"{title}, {config.optim.mini_batches} optimizer steps per round")
+        table = Table(title=f"{title}, {config.optimizer_steps_per_round} optimizer steps per round")
         for col in ("measure", "value"):
             table.add_column(col)
         table.add_row("update round, GRPO (median s)", f"{grpo:.3f}")

@@ -1,5 +1,6 @@
 """trainer.diagnostics: likelihood measures on hand-computed tensors, the step-metrics builder, the JSONL /
-TensorBoard log, the collapse monitor on synthetic Fig. 2-shaped series, and the diagnostics plot."""
+TensorBoard log, the collapse monitor on synthetic Fig. 2-shaped and project-noise series (and the robust
+statistics under it), and the diagnostics plot."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import math
 import random
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from trainer.diagnostics.likelihood import (
 )
 from trainer.diagnostics.metrics_log import MetricsLogger, read_metrics
 from trainer.diagnostics.plots import plot_main, plot_metrics
+from trainer.diagnostics.robust_trends import critical_value, diff_noise_sd, theil_sen, trend
 from trainer.diagnostics.step_metrics import METRIC_KEYS, StepMetrics, metric_table_markdown
 
 INF, NAN = math.inf, math.nan
@@ -147,6 +150,7 @@ def test_step_metrics_builds_documented_keys() -> None:
     assert out["eval/f1"] == pytest.approx(3.5 / 6) and out["env/searches_mean"] == pytest.approx(8 / 6)
     assert out["response/gen_tokens_mean"] == 35 and out["response/gen_tokens_max"] == 60
     assert out["llds/activation_rate"] == pytest.approx(0.4) and out["llds/magnitude"] == pytest.approx(0.3)
+    assert out["llds/first_step_activation_rate"] == pytest.approx(0.2)  # the round's first step alone
     assert out["grad/norm"] == pytest.approx(2.0) and out["grad/norm_max"] == 3.0  # the inf step is counted apart
     assert out["grad/nonfinite_steps"] == 1 and out["optim/steps"] == 3 and out["optim/lr"] == 3e-6
     assert out["likelihood/displacement_correct"] == pytest.approx(-0.05)  # 5 tokens x -0.01
@@ -164,7 +168,7 @@ def fig2_series(n: int = 170, seed: int = 0) -> list[dict]:
     """Shaped like the paper's Fig. 2: correct-response likelihood flat (steps 0-59) while reward rises, then
     slowly falling (60-119) while reward still rises and grad norm is stable, then falling sharply (120+)
     with an entropy surge and a grad-norm explosion (135+); reward turns down at step 130. Incorrect-
-    response likelihood starts above correct's and falls below it around step 90 (Fig. 9a)."""
+    response likelihood starts above correct's and falls below it around step 90 (Fig. 9a). Little noise."""
     rng = random.Random(seed)
     out = []
     for s in range(n):
@@ -210,15 +214,68 @@ def healthy_series(n: int = 170, seed: int = 1) -> list[dict]:
     return out
 
 
+def noisy_run(phases: bool, noise: float, seed: int, n: int = 260) -> list[dict]:
+    """Shaped like this project's runs (16 x 5 rollouts): likelihood batch noise `noise` nats/token, NaN on
+    ~4% of steps (no correct response), reward a mean of 80 draws. phases=False: flat and healthy.
+    phases=True: the paper's three phases, II from step 80 (-0.004 nats/token/step), III from 170 (sharp fall,
+    grad spikes, entropy surge), reward turning down at 180 (smoothed below half its best by ~200)."""
+    rng = random.Random(seed)
+    out = []
+    for s in range(n):
+        lik, reward, grad, entropy = -0.35, 0.3, 0.3, 0.5
+        if phases:
+            reward = 0.15 + 0.3 * min(s, 180) / 180 * (math.exp(-(s - 180) / 20) if s > 180 else 1.0)
+            lik -= 0.004 * max(s - 80, 0) + 4e-4 * max(s - 170, 0) ** 2
+            grad *= 1 + 0.3 * max(s - 180, 0)
+            entropy += 0.01 * max(s - 170, 0)
+        out.append(
+            {
+                "step": s,
+                "likelihood/correct_mean": math.nan if rng.random() < 0.04 else lik + rng.gauss(0, noise),
+                "reward/mean": sum(rng.random() < reward for _ in range(80)) / 80,
+                "grad/norm": grad * math.exp(rng.gauss(0, 0.25)),
+                "policy/entropy": entropy + rng.gauss(0, 0.02),
+            }
+        )
+    return out
+
+
 def test_healthy_series_stays_healthy(caplog: pytest.LogCaptureFixture) -> None:
     monitor = CollapseMonitor()
     with caplog.at_level(logging.WARNING):
         statuses = [monitor.update(record) for record in healthy_series()]
-    window = MonitorConfig().window
-    assert all(s.phase == WARMUP for s in statuses[: window - 1])
-    assert {s.phase for s in statuses[window - 1 :]} == {HEALTHY}
+    warmup = MonitorConfig().min_points - 1
+    assert all(s.phase == WARMUP for s in statuses[:warmup])
+    assert {s.phase for s in statuses[warmup:]} == {HEALTHY}
     assert not any(s.warning or s.flags for s in statuses)
-    assert not caplog.records
+    assert not caplog.records and monitor.first_warning_step() is None
+
+
+@pytest.mark.parametrize("noise", [0.01, 0.15, 0.2])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_flat_series_gives_no_warning(noise: float, seed: int) -> None:
+    """The old monitor called a flat likelihood with noise 0.01 "steady_decay" (an EMA slope against a fixed
+    5e-4 tolerance); the project's batch noise is ~0.15 at fixed weights."""
+    monitor = CollapseMonitor()
+    statuses = [monitor.update(record, announce=False) for record in noisy_run(False, noise, seed)]
+    assert [s.step for s in statuses if s.warning] == []
+    assert not {DECAY, ACCELERATED} & {s.phase for s in statuses}
+    noise_estimate = statuses[-1].likelihood_noise
+    assert noise_estimate is not None and noise_estimate == pytest.approx(noise, rel=0.25)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_three_phase_collapse_warns_after_decay_starts_and_before_reward_falls(seed: int) -> None:
+    series = noisy_run(True, 0.1, seed)
+    monitor = CollapseMonitor()
+    statuses = [monitor.update(record, announce=False) for record in series]
+    first = monitor.first_warning_step()
+    assert first == next(s.step for s in statuses if s.warning)
+    # reward falls: the trailing 10-step mean below half its running best
+    smooth = [sum(r["reward/mean"] for r in series[i - 9 : i + 1]) / 10 for i in range(9, len(series))]
+    falls = next(i + 9 for i, v in enumerate(smooth) if v < 0.5 * max(smooth[: i + 1]))
+    assert first is not None and 80 <= first < falls, (first, falls)
+    assert monitor.first_step(ACCELERATED) is not None and monitor.first_step(ACCELERATED) > first
 
 
 def test_fig2_series_walks_through_the_three_phases_and_warns_before_reward_falls(
@@ -239,14 +296,14 @@ def test_fig2_series_walks_through_the_three_phases_and_warns_before_reward_fall
     assert set(phases[150:]) == {ACCELERATED}
 
     first_warning = next(s for s in statuses if s.warning)
-    assert first_warning.phase == DECAY and first_warning.new_warnings == [DECAY]
-    assert first_warning.step < REWARD_FALLS_AT  # "before rewards fall"
-    assert "rising" in " ".join(first_warning.reasons)
+    assert first_warning.step == monitor.first_warning_step() == first[DECAY]
+    assert first_warning.new_warnings == [DECAY] and first_warning.step < REWARD_FALLS_AT  # "before rewards fall"
+    assert "(rising)" in first_warning.reasons[0]  # the case reward curves cannot show
     accel = statuses[first[ACCELERATED]]
     recent_events = {flag for status in statuses[first[ACCELERATED] - 10 :] for flag in status.flags}
     assert recent_events & {"grad_spike", "entropy_surge"}
     assert accel.warning and ACCELERATED in accel.new_warnings
-    # Fig. 9a: incorrect-response likelihood drops below correct's once, mid-decay.
+    # Fig. 9a: incorrect-response likelihood drops below correct's, mid-decay.
     crossing = next(s.step for s in statuses if "incorrect_below_correct" in s.flags)
     assert 80 <= crossing <= 110
     # Each warning is logged once, when first entered.
@@ -259,21 +316,53 @@ def test_fig2_series_walks_through_the_three_phases_and_warns_before_reward_fall
     assert metrics["monitor/warning"] == 1 and set(metrics) <= set(METRIC_KEYS)
 
 
-def test_negative_displacement_majority_rule() -> None:
+def test_negative_displacement_majority_needs_a_significant_run() -> None:
+    key = "likelihood/displacement_correct_neg_share"
+    # One batch's share of a handful of correct responses says little: a single 0.8 among 0.3s is no majority.
     monitor = CollapseMonitor()
-    below = monitor.update({"step": 0, "likelihood/displacement_correct_neg_share": 0.5})
-    above = monitor.update({"step": 1, "likelihood/displacement_correct_neg_share": 0.62})
-    assert "neg_displacement_majority" not in below.flags and not below.warning
-    assert "neg_displacement_majority" in above.flags and above.warning
-    assert above.new_warnings == ["neg_displacement_majority"] and "62%" in " ".join(above.reasons)
+    single = [monitor.update({"step": s, key: 0.8 if s == 12 else 0.3}) for s in range(20)]
+    assert not any("neg_displacement_majority" in s.flags or s.warning for s in single)
+    # A sustained majority is: the mean over the short window clears 0.5 by more than its standard error allows.
+    monitor = CollapseMonitor()
+    sustained = [monitor.update({"step": s, key: 0.62 + 0.02 * (-1) ** s}) for s in range(10)]
+    flagged = [s for s in sustained if "neg_displacement_majority" in s.flags]
+    assert flagged and flagged[0].step == 7 and flagged[0].warning  # 8 points needed
+    assert flagged[0].new_warnings == ["neg_displacement_majority"] and "62%" in " ".join(flagged[0].reasons)
+    # ... and not when the shares straddle 0.5 too widely to tell
+    monitor = CollapseMonitor()
+    noisy = [monitor.update({"step": s, key: 0.62 + 0.4 * (-1) ** s}) for s in range(15)]
+    assert not any("neg_displacement_majority" in s.flags for s in noisy)
     stricter = CollapseMonitor(MonitorConfig(neg_displacement_share=0.7))
-    assert not stricter.update({"step": 0, "likelihood/displacement_correct_neg_share": 0.62}).flags
+    assert not any(stricter.update({"step": s, key: 0.62}).flags for s in range(15))
+
+
+def test_reward_falling_is_a_warning_even_without_likelihood() -> None:
+    monitor = CollapseMonitor()
+    statuses = [monitor.update({"step": s, "reward/mean": 0.5 - 0.01 * max(s - 40, 0)}) for s in range(80)]
+    assert {s.phase for s in statuses} == {WARMUP}  # no likelihood: no phase
+    first = monitor.first_warning_step()
+    assert first is not None and 40 < first <= 55  # the short window (15 points), 3 steps running
+    assert "reward_falling" in statuses[first].flags and statuses[first].new_warnings == ["reward_falling"]
+    assert statuses[first].as_metrics()["monitor/reward_falling"] == 1
 
 
 def test_nonfinite_gradient_counts_as_a_spike() -> None:
     monitor = CollapseMonitor()
     assert not monitor.update({"step": 0, "grad/norm": 0.3, "grad/nonfinite_steps": 0.0}).flags
     assert monitor.update({"step": 1, "grad/nonfinite_steps": 2.0}).flags == ["grad_spike"]
+
+
+def test_grad_spike_needs_both_factor_and_robust_excess() -> None:
+    rng = random.Random(0)
+    # Heavy-tailed grad norms (log-sd 0.5): 3x the median is only ~2 log-sds, not a spike.
+    monitor = CollapseMonitor()
+    grads = [0.3 * math.exp(rng.gauss(0, 0.5)) for _ in range(60)]
+    noisy = [monitor.update({"step": s, "grad/norm": g}) for s, g in enumerate(grads)]
+    assert sum("grad_spike" in s.flags for s in noisy) <= 1
+    monitor = CollapseMonitor()
+    steady = [monitor.update({"step": s, "grad/norm": 0.3 * math.exp(rng.gauss(0, 0.05))}) for s in range(30)]
+    assert not any(s.flags for s in steady)
+    assert monitor.update({"step": 30, "grad/norm": 3.0}).flags == ["grad_spike"]
 
 
 def test_replay_restores_state_without_announcing(caplog: pytest.LogCaptureFixture) -> None:
@@ -283,13 +372,53 @@ def test_replay_restores_state_without_announcing(caplog: pytest.LogCaptureFixtu
         monitor.replay(series[:100])
         status = monitor.update(series[100])
     assert status.phase == DECAY and status.new_warnings == [] and not caplog.records
+    assert monitor.first_warning_step() is not None and monitor.first_warning_step() < 100
 
 
 def test_monitor_config_is_validated() -> None:
     with pytest.raises(ValueError):
-        MonitorConfig(window=2)
+        MonitorConfig(window=4)
     with pytest.raises(ValueError):
-        MonitorConfig(ema_alpha=0.0)
+        MonitorConfig(z=0.0)
+    with pytest.raises(ValueError):
+        MonitorConfig(exit_z=4.0)  # above z: a trend could hold where it could never enter
+    assert MonitorConfig(window=10).min_trend_points == 10  # the trainer's old window still works
+
+
+# ---------------------------------------------------------------- robust trend statistics
+
+
+def test_noise_estimate_ignores_a_trend_and_a_few_wild_points() -> None:
+    rng = random.Random(3)
+    values = [-0.01 * s + rng.gauss(0, 0.15) for s in range(100)]
+    values[10] += 5.0  # a batch with one odd correct response
+    sd = diff_noise_sd(values)
+    diffs = [b - a for a, b in zip(values[:-1], values[1:], strict=True)]
+    plain = statistics.stdev(diffs) / math.sqrt(2)  # ~0.5: the one point would triple it
+    assert sd is not None and 0.13 < sd < 0.21 and plain > 2.5 * sd
+    assert diff_noise_sd([1.0, 2.0, 3.0]) is None
+
+
+def test_trend_is_significant_only_beyond_the_noise() -> None:
+    rng = random.Random(4)
+    xs = list(range(50))
+    flat = [rng.gauss(0, 0.15) for _ in xs]
+    falling = [-0.01 * x + rng.gauss(0, 0.15) for x in xs]
+    t_flat = trend(xs, flat, 0.15, z=3.0, dof=60)
+    t_fall = trend(xs, falling, 0.15, z=3.0, dof=60)
+    assert t_flat is not None and t_fall is not None
+    assert not t_flat.falling(1e-3) and not t_flat.rising(1e-3)
+    assert t_fall.falling(1e-3) and t_fall.slope == pytest.approx(-0.01, abs=0.004)
+    assert not t_fall.falling(0.05)  # significant but below the practical tolerance
+    # Theil-Sen shrugs off one wild point that would tilt a least-squares line.
+    spiked = falling[:-1] + [falling[-1] - 3.0]
+    assert theil_sen(xs, spiked) == pytest.approx(t_fall.slope, abs=0.002)
+
+
+def test_critical_value_widens_for_few_degrees_of_freedom() -> None:
+    assert critical_value(3.0, 1e6) == pytest.approx(3.0, abs=1e-3)
+    assert critical_value(3.0, 20) == pytest.approx(3.42, abs=0.03)  # Student t(20) at the 3-sigma level
+    assert critical_value(3.0, 5) > critical_value(3.0, 10) > critical_value(3.0, 40)
 
 
 # ---------------------------------------------------------------- metrics log

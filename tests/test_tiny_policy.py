@@ -13,7 +13,7 @@ from search_env.search_qa_env import SearchQAEnv
 from trainer.tiny_policy.evaluate import evaluate_greedy
 from trainer.tiny_policy.model import build_tiny_model
 from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
-from trainer.tiny_policy.scripted_trajectories import scripted_actions, scripted_trajectories
+from trainer.tiny_policy.scripted_trajectories import ScriptedGenerator, scripted_actions, scripted_trajectories
 from trainer.tiny_policy.tokenizer import PROTOCOL_TAGS, train_tokenizer, world_entity_names
 from trainer.tiny_policy.warm_start import (
     IGNORE,
@@ -24,7 +24,7 @@ from trainer.tiny_policy.warm_start import (
     transcript_tensors,
     warm_start,
 )
-from trainer.transcript import Transcript
+from trainer.transcript import Transcript, encode_prompt, encode_text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -129,6 +129,26 @@ def test_scripted_transcripts_mask_actions_and_hold_the_envs_text(small_world, b
             assert t.action_ids == [a if g else 0 for a, g in zip(t.action_ids, t.gen_mask, strict=True)]
     finally:
         env.close()
+
+
+def test_scripted_generator_writes_each_prompts_script_turn_by_turn(tokenizer):
+    """The rollout engine's stand-in model for the SFT data: a script per prompt, EOS after the last turn."""
+    a, b = "Question: Who a?\n", "Question: Who b?\n"
+    scripts = [(a, ["<search> a </search>", "<answer> x </answer>"]), (b, ["<answer> y </answer>"])]
+    gen = ScriptedGenerator(tokenizer, scripts)
+    pa, pb = encode_prompt(tokenizer, a), encode_prompt(tokenizer, b)
+    first = gen.generate([pa, pb], 8)
+    assert [(tokenizer.decode(g.token_ids), g.finish_reason) for g in first] == [
+        ("<search> a </search>", "stop"),
+        ("<answer> y </answer><|eos|>", "eos"),
+    ]
+    (second,) = gen.generate([pa + first[0].token_ids + encode_text(tokenizer, "<information>x</information>")], 8)
+    assert tokenizer.decode(second.token_ids) == "<answer> x </answer><|eos|>"
+    assert second.logprobs == [0.0] * len(second)
+    with pytest.raises(KeyError):
+        gen.generate([encode_prompt(tokenizer, "Question: Who c?\n")], 8)
+    with pytest.raises(ValueError, match="two scripts for one prompt"):
+        ScriptedGenerator(tokenizer, [(a, ["<answer> x </answer>"]), (a, ["<answer> z </answer>"])])
 
 
 def test_first_action_prefix_is_prompt_and_first_search(tokenizer, scripted):

@@ -1,5 +1,7 @@
-"""`search-trainer`: train with GRPO(+LLDS) (`train`), draw the diagnostics (`plot`), and the
-embedded default run end to end (`demo`)."""
+"""`search-trainer`: train with GRPO(+LLDS) (`train`), benchmark a Hugging Face model the way the
+trainer plays it (`eval`), draw the diagnostics (`plot`), run the collapse monitor over a training log
+(`monitor`), the embedded default run end to end (`demo`), and the death-spiral experiment
+(`death-spiral`: plain GRPO vs GRPO+LLDS on the same seeds)."""
 
 from __future__ import annotations
 
@@ -32,10 +34,19 @@ SHORTHANDS = {
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML or TOML file (sections: model, env, rollout, optim, loss, "
-                   "llds, run, diagnostics)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set optim.mini_batches=4 (repeatable)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML or TOML file (sections: model, env, rollout, optim, loss, llds, run, diagnostics)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set optim.ppo_mini_batch_size=4 (repeatable)",
+    )
     p.add_argument("--model", help="embedded | smollm2 | a Hugging Face model name or path")
     p.add_argument("--retriever-url")
     p.add_argument("--env-url", help="an env server: episodes run there")
@@ -98,16 +109,106 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    from search_env.evaluation.command import add_benchmark_args
+
+    p.add_argument(
+        "--model",
+        required=True,
+        help="smollm2, or a Hugging Face model name or local path (a run's checkpoint model folder, "
+        "a built embedded policy under $SEARCHGYM_HOME/policies)",
+    )
+    p.add_argument("--gguf-file", help="load this GGUF file of --model")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pad-token", help="for a tokenizer without one (e.g. its EOS token)")
+    p.add_argument(
+        "--prompt-template",
+        default="search-r1",
+        help="search-r1, tiny (the embedded policy's), or a template with {question} (default: %(default)s)",
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens per turn (Search-R1: 500)")
+    p.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=4096,
+        help="prompt + all turns and observations; an episode past it ends with reward 0",
+    )
+    add_benchmark_args(p)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Load the model and play the benchmark through the rollout engine (trainer.evaluation)."""
+    from pydantic import ValidationError
+
+    from search_env.evaluation.command import DEFAULT_DATA, run_benchmark_command
+    from search_env.evaluation.datasets import EvalDataError, parse_data_specs
+    from trainer.config import ModelSection
+    from trainer.evaluation import EnginePlayer
+    from trainer.grpo_trainer import prompt_template
+    from trainer.policy_loading import PolicyError, check_tokenizer, load_model, load_tokenizer, resolve_device
+    from trainer.rollout.hf_generator import HFGenerator
+
+    try:
+        parse_data_specs(args.data or [DEFAULT_DATA], args.split)  # a bad spec fails before the model loads
+        if args.model == "embedded":
+            raise PolicyError("give a built embedded policy by its path ($SEARCHGYM_HOME/policies/embedded-...)")
+        cfg = ModelSection(
+            name_or_path=args.model,
+            gguf_file=args.gguf_file,
+            dtype=args.dtype,
+            device=args.device,
+            pad_token=args.pad_token,
+        )
+        tokenizer = load_tokenizer(cfg)
+        check_tokenizer(tokenizer, cfg)
+        model = load_model(cfg, resolve_device(cfg.device))
+    except (EvalDataError, PolicyError, ValidationError, OSError) as err:
+        print(f"search-trainer: {err}", file=sys.stderr)
+        return 2
+    concurrency = args.concurrency or 16
+    player = EnginePlayer(
+        HFGenerator(model, tokenizer, batch_size=concurrency),
+        tokenizer,
+        name="smollm2-135m-instruct" if args.model == "smollm2" else f"hf:{args.model}",
+        max_new_tokens_per_turn=args.max_new_tokens,
+        max_total_tokens=args.max_total_tokens,
+        temperature=args.temperature,
+    )
+    return run_benchmark_command(
+        player,
+        args,
+        label="hf",
+        concurrency=concurrency,
+        env_options={"prompt_template": prompt_template(args.prompt_template)},
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="search-trainer", description="GRPO + LLDS for search agents")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy with GRPO(+LLDS)")
     _add_train_args(train)
+    evaluate = sub.add_parser(
+        "eval",
+        help="benchmark a Hugging Face model as the trainer plays it (tokens in, tokens out, greedy) "
+        "on the world or the Search-R1 evaluation sets",
+    )
+    _add_eval_args(evaluate)
     plot = sub.add_parser("plot", help="draw the diagnostics of a metrics file", add_help=False)
     plot.add_argument("rest", nargs=argparse.REMAINDER)
+    monitor = sub.add_parser(
+        "monitor", help="the collapse monitor over a training log (ours, verl, TRL, TensorBoard)", add_help=False
+    )
+    monitor.add_argument("rest", nargs=argparse.REMAINDER)
     demo = sub.add_parser("demo", help="the embedded default run: servers, warm start, GRPO+LLDS, before/after")
     _add_train_args(demo)
     demo.add_argument("--world", default="small")
+    from trainer.death_spiral.runner import add_arguments
+
+    spiral = sub.add_parser("death-spiral", help="plain GRPO vs GRPO+LLDS on the same seeds where GRPO collapses")
+    add_arguments(spiral)
     return parser
 
 
@@ -119,9 +220,19 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.diagnostics.plots import plot_main
 
         return plot_main(argv[1:])
+    if argv[:1] == ["monitor"]:
+        from trainer.monitor_cli import monitor_main
+
+        return monitor_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return run_train(args)
+    if args.command == "death-spiral":
+        from trainer.death_spiral.runner import run_death_spiral
+
+        return run_death_spiral(args)
+    if args.command == "eval":
+        return run_eval(args)
     if args.command == "demo":
         from trainer.embedded_demo import run_demo
 

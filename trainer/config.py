@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
+
+# Sources named in the field descriptions below:
+# - "paper": arXiv 2512.04220 v2, App. B.2.1 (experimental setup).
+# - "authors' script": train_grpo_nqhot.sh of github.com/vengdeng/LLDS-On-Group-Relative-Policy-Optimization-
+#   Collapse-in-Search-R1 (HEAD c19a094); "authors' yaml": its verl/trainer/config/ppo_trainer.yaml;
+#   "authors' verl": its verl/workers (fsdp_workers.py, actor/dp_actor.py).
+# - "verl": volcengine/verl's own defaults (verl/trainer/config/{actor/actor,optim/fsdp}.yaml).
 
 
 class _Section(BaseModel):
@@ -55,6 +65,8 @@ class ModelSection(_Section):
     #: share of SFT examples drawn as a closed-book guess, the question answered at once without a search
     #: (trainer.tiny_policy.closed_book): the habit of an untuned model, which GRPO has to break
     embedded_sft_closed_book: float = Field(0.0, ge=0, lt=1)
+    #: seed of the warm start (None: run.seed); fix it to start GRPO runs of several seeds from one policy
+    embedded_seed: int | None = Field(None, ge=0)
     #: the tiny model's size (trainer.tiny_policy.model.SIZES) and tokenizer vocabulary
     embedded_size: str = "tiny"
     embedded_vocab_size: int = Field(4096, ge=512)
@@ -76,8 +88,13 @@ class EnvSection(_Section):
     data_config: str | None = None
     split: str = "train"
     eval_split: str = "test"
-    topk: int = Field(3, ge=1)
-    max_turns: int = Field(4, ge=1)
+    topk: int = Field(3, ge=1, description="passages per search (paper / authors' script: retriever.topk=3)")
+    max_turns: int = Field(
+        4, ge=1, description="turns per training episode (Search-R1's 4; the LLDS authors train with 3)"
+    )
+    eval_max_turns: int | None = Field(
+        None, ge=1, description="turns per evaluation episode; None: max_turns (paper: 3 to train, 4 to evaluate)"
+    )
     #: "search-r1" (Search-R1's instruction), "tiny" (the embedded policy's compact one), or a template
     prompt_template: str = "search-r1"
     reward: Literal["em", "subem", "f1"] = "em"
@@ -94,12 +111,25 @@ class RolloutSection(_Section):
     backend: Literal["hf", "openai"] = "hf"
     openai_base_url: str | None = None
     openai_model: str | None = None
-    group_size: int = Field(5, ge=2, description="episodes per question (G)")
-    questions_per_step: int = Field(16, ge=1)
-    max_new_tokens: int = Field(128, ge=1, description="per turn")
+    group_size: int = Field(5, ge=2, description="episodes per question, G (paper / authors' script: n_agent=5)")
+    questions_per_step: int = Field(
+        20,
+        ge=1,
+        description="prompts per RL step (verl's data.train_batch_size; the authors' 512 scaled down for a CPU, "
+        "keeping their 10 optimizer steps per round with optim.ppo_mini_batch_size 2)",
+    )
+    max_new_tokens: int = Field(128, ge=1, description="per turn (the authors' 500 in configs/paper-qwen2.5-3b.yaml)")
     max_total_tokens: int = Field(2048, ge=16, description="prompt + all turns and observations")
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    #: Search-R1's max_obs_length: each observation is cut to this many tokens (None: no cut)
+    max_obs_tokens: int | None = Field(None, ge=1, description="tokens per observation (None: no cut)")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature (authors' script: 1)")
+    top_p: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="nucleus sampling in training rollouts (authors' yaml rollout.top_p 0.95, which their vLLM "
+        "sampler uses; the paper says 1.0). Evaluation is greedy.",
+    )
     generation_batch_size: int = Field(64, ge=1)
 
     @model_validator(mode="after")
@@ -110,34 +140,103 @@ class RolloutSection(_Section):
 
 
 class OptimSection(_Section):
-    lr: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    #: optimizer steps per rollout batch and epoch: LLDS can only fire once the policy has moved within
-    #: an update round, so the default takes several (Search-R1: 512 prompts, mini-batch 256)
-    mini_batches: int = Field(2, ge=1)
-    epochs: int = Field(1, ge=1)
-    micro_batch_size: int = Field(8, ge=1)
+    """AdamW, and how a rollout batch is cut into optimizer steps, in verl's names.
+
+    One update round = ``ppo_epochs`` passes over the rollout batch, each in mini-batches of
+    ``ppo_mini_batch_size`` questions (all G episodes of each); one optimizer step per mini-batch, its
+    gradient accumulated over micro-batches of ``micro_batch_size`` episodes. LLDS compares the policy
+    with the rollout policy of the same round, so it can only act from a round's second optimizer step:
+    the defaults take 10, as the authors' run did (2,560 trajectories in mini-batches of 256).
+    """
+
+    lr: float = Field(1e-6, gt=0, description="peak learning rate (paper / authors' script: 1e-6)")
+    weight_decay: float = Field(
+        0.01,
+        ge=0,
+        description="AdamW weight decay (authors' verl fsdp_workers.py: optim_config.get('weight_decay', 1e-2), "
+        "their script sets none; verl optim/fsdp.yaml: 0.01)",
+    )
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (verl optim/fsdp.yaml)")
+    lr_warmup_steps_ratio: float = Field(
+        0.285,
+        ge=0,
+        le=1,
+        description="linear LR warm-up over this share of the run's optimizer steps (run.steps x optimizer steps "
+        "per round), constant after (authors' script: lr_warmup_steps_ratio=0.285, constant schedule; verl "
+        "counts the share of its total_training_steps and steps its scheduler once per RL step)",
+    )
+    lr_warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="warm-up length in optimizer steps; when set it overrides lr_warmup_steps_ratio, as verl's "
+        "lr_warmup_steps does (None: use the ratio)",
+    )
+    grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip (authors' yaml: grad_clip 1.0)")
+    ppo_mini_batch_size: int = Field(
+        2,
+        ge=1,
+        description="PROMPTS (questions) per optimizer step, each with its G episodes: verl's "
+        "actor.ppo_mini_batch_size (trajectories per optimizer step = this x rollout.group_size). With "
+        "questions_per_step 20 this gives 10 optimizer steps per round, as the authors' 512 prompts x 5 in "
+        "mini-batches of 256 trajectories",
+    )
+    ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch (verl / authors' yaml: 1)")
+    micro_batch_size: int = Field(
+        8,
+        ge=1,
+        description="trajectories per forward/backward (gradient accumulation within a mini-batch), verl's "
+        "ppo_micro_batch_size_per_gpu; the losses are normalised over the whole mini-batch, so the update "
+        "does not depend on it",
+    )
 
 
 class LossSection(_Section):
-    clip_low: float = Field(0.2, ge=0, lt=1)
-    clip_high: float = Field(0.2, ge=0)
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    kl_coef: float = Field(0.001, ge=0)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    entropy_coef: float = Field(0.0, ge=0)
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO clip, lower (authors' yaml: clip_ratio 0.2)")
+    clip_high: float = Field(0.2, ge=0, description="PPO clip, upper (authors' yaml: clip_ratio 0.2)")
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "token-mean", description="verl's loss_agg_mode (authors' code: a token mean)"
+    )
+    kl_coef: float = Field(0.001, ge=0, description="KL-to-reference coefficient (paper / authors' script: 0.001)")
+    kl_estimator: str = Field(
+        "low_var_kl",
+        description="k1 | k2 | k3 or verl's names kl | mse | low_var_kl (= k1, k2, k3); authors' script: low_var_kl",
+    )
+    entropy_coef: float = Field(0.001, ge=0, description="entropy bonus (authors' yaml: entropy_coeff 0.001)")
     #: False: Dr. GRPO's mean-only advantage centring
     scale_by_std: bool = True
+
+    @field_validator("kl_estimator")
+    @classmethod
+    def _known_estimator(cls, value: str) -> str:
+        if value not in KL_ESTIMATORS:
+            raise ValueError(f"unknown KL estimator {value!r}; one of {', '.join(KL_ESTIMATORS)}")
+        return value
 
 
 class LLDSSection(_Section):
     enabled: bool = True
-    lam: float = Field(0.2, ge=0, description="0.2 in the paper; 0.3 for Qwen2.5-7B-Instruct")
-    gate: Literal["action", "response", "token"] = "action"
-    normalization: Literal["paper", "code"] = "paper"
+    lam: float = Field(
+        0.2, ge=0, description="0.2 in the paper (App. B.2.1) and authors' script; 0.3 for Qwen2.5-7B-Instruct"
+    )
+    gate: Literal["action", "response", "token"] = Field(
+        "action", description="paper's default LLDS-A (authors' script: chunk_noreduce=true)"
+    )
+    normalization: Literal["paper", "code"] = Field(
+        "code",
+        description="'code': the authors' code, a mean over every generated token of the mini-batch (the form "
+        "that produced the published numbers); 'paper': Eq. 4's per-response mean over the preserving set, "
+        "stronger at the same lam by about (responses / preserving responses) when lengths are alike, e.g. "
+        "2.5x with 2 of 5 preserving per group (see trainer.losses.llds_loss)",
+    )
+    gate_tol: float = Field(
+        DEFAULT_GATE_TOL,
+        ge=0,
+        description="an action (response, token) fires only when its summed displacement exceeds gate_tol x its "
+        "token count, in nats per token; the paper and the authors' code fire at > 0 (gate_tol 0). 1e-5 is "
+        "above float32 recompute noise (embedded policy: per-token |diff| up to 2.9e-6, per-action mean up "
+        "to 6e-7) and far below a real update (~1e-3 per action at lr 1e-5); bf16 needs a larger one (its "
+        "recompute noise reaches 3e-3 per action)",
+    )
     #: LLDS-MA: weight of the final-answer tokens (1: plain LLDS)
     answer_weight: float = Field(1.0, ge=0)
     #: LLDS-MA's ramp of the answer weight by the mean number of valid searches (None: fixed weight)
@@ -160,7 +259,13 @@ class DiagnosticsSection(_Section):
     #: log-probs of the rollout batch after the update round too (one more forward pass), for the
     #: likelihood displacement
     displacement: bool = True
-    monitor_window: int = Field(10, ge=3)
+    #: points in the collapse monitor's long trend window (MonitorConfig.window): with the likelihood's batch
+    #: noise (sd ~0.15 nats/token) a slow decay needs tens of points to stand out
+    monitor_window: int = Field(50, ge=5)
+    #: every this many RL steps, the paper's one-step probe (trainer.diagnostics.update_probe; 0: never)
+    probe_every: int = Field(0, ge=0)
+    #: questions (mixed groups of the rollout batch) probed each time
+    probe_questions: int = Field(8, ge=1)
 
 
 class TrainConfig(_Section):
@@ -172,6 +277,19 @@ class TrainConfig(_Section):
     llds: LLDSSection = LLDSSection()
     run: RunSection = RunSection()
     diagnostics: DiagnosticsSection = DiagnosticsSection()
+
+    @property
+    def optimizer_steps_per_round(self) -> int:
+        """Optimizer steps per RL step: ppo_epochs x ceil(questions_per_step / ppo_mini_batch_size)."""
+        return self.optim.ppo_epochs * math.ceil(self.rollout.questions_per_step / self.optim.ppo_mini_batch_size)
+
+    @property
+    def lr_warmup_optimizer_steps(self) -> int:
+        """Warm-up length in optimizer steps: optim.lr_warmup_steps, else int(ratio x the run's optimizer
+        steps), as verl computes int(lr_warmup_steps_ratio * total_training_steps)."""
+        if self.optim.lr_warmup_steps is not None:
+            return self.optim.lr_warmup_steps
+        return int(self.optim.lr_warmup_steps_ratio * self.run.steps * self.optimizer_steps_per_round)
 
     def fingerprint(self) -> str:
         """What must match for a checkpoint to resume this run: everything but the run's length,

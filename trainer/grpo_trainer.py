@@ -3,9 +3,10 @@ on the batch with the clipped loss, KL to a frozen reference and LLDS, logging t
 the death spiral every step.
 
 One RL step = one rollout batch (`questions_per_step` x `group_size` episodes) + one update round of
-`epochs` x `mini_batches` optimizer steps. LLDS compares the current policy with the rollout policy
-of the same step, so it can only fire from the round's second optimizer step on: the default round
-has two (Search-R1's 512 prompts / 256 mini-batch).
+`ppo_epochs` x ceil(questions_per_step / `ppo_mini_batch_size`) optimizer steps (verl's names; see
+trainer.mini_batches). LLDS compares the current policy with the rollout policy of the same step, so
+it can only fire from the round's second optimizer step on: the default round has ten, as the
+authors' run (512 prompts x 5 episodes in mini-batches of 256 episodes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from tqdm.auto import tqdm
 from search_env.env_data import load_env_records
 from search_env.evaluation.benchmark import run_benchmark
 from search_env.evaluation.datasets import EvalSet, parse_data_specs
-from search_env.evaluation.hf_policy import HFPolicy
 from search_env.evaluation.results import SetMetrics
 from search_env.home import searchgym_home
 from search_env.protocol import SEARCH_R1_TEMPLATE
@@ -43,7 +43,10 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig
 from trainer.diagnostics import CollapseMonitor, MetricsLogger, MonitorConfig, StepMetrics, plot_metrics, read_metrics
-from trainer.losses import LossOptions, answer_weight_schedule, group_advantages, grpo_llds_loss
+from trainer.diagnostics.update_probe import mixed_groups, probe_questions
+from trainer.evaluation import EnginePlayer
+from trainer.losses import LossOptions, answer_weight_schedule, group_advantages
+from trainer.mini_batches import accumulate_mini_batch, mini_batch_rows
 from trainer.policy_loading import build_embedded, check_tokenizer, load_model, load_tokenizer, resolve_device
 from trainer.preflight import check_env_reachable
 from trainer.rollout.batch import RolloutBatch, token_logprobs
@@ -111,7 +114,8 @@ class GRPOTrainer:
         if cfg.model.name_or_path == "embedded":
             # One process builds (or finds) the cached policy; the others then find it complete.
             with self.accelerator.main_process_first():
-                embedded_dir = build_embedded(cfg.env, cfg.model, cfg.run.seed, searchgym_home())
+                warm_seed = cfg.run.seed if cfg.model.embedded_seed is None else cfg.model.embedded_seed
+                embedded_dir = build_embedded(cfg.env, cfg.model, warm_seed, searchgym_home())
         self.tokenizer = load_tokenizer(cfg.model, embedded_dir)
         check_tokenizer(self.tokenizer, cfg.model)
         source_cfg = cfg.model
@@ -125,8 +129,15 @@ class GRPOTrainer:
         optimizer = torch.optim.AdamW(
             params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
-        warmup = cfg.optim.warmup_steps * cfg.optim.mini_batches * cfg.optim.epochs
+        # Linear warm-up then constant, stepped once per optimizer step. verl's starts at lr 0 (s / W);
+        # (s + 1) / W makes the first step count.
+        warmup = cfg.lr_warmup_optimizer_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+        if cfg.llds.enabled and cfg.optimizer_steps_per_round < 2:
+            log.warning(
+                "one optimizer step per round: LLDS compares the policy with the rollout policy of the round, so "
+                "it never fires; lower optim.ppo_mini_batch_size below rollout.questions_per_step"
+            )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.start_step = 0
         if self.resume_from is not None:
@@ -150,6 +161,7 @@ class GRPOTrainer:
             group_size=cfg.rollout.group_size,
             max_new_tokens_per_turn=cfg.rollout.max_new_tokens,
             max_total_tokens=cfg.rollout.max_total_tokens,
+            max_obs_tokens=cfg.rollout.max_obs_tokens,
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
         )
@@ -200,6 +212,7 @@ class GRPOTrainer:
             llds_lambda=cfg.llds.lam,
             llds_gate=cfg.llds.gate,
             llds_normalization=cfg.llds.normalization,
+            llds_gate_tol=cfg.llds.gate_tol,
             answer_weight=weight,
         )
 
@@ -226,24 +239,60 @@ class GRPOTrainer:
         return episodes, batch, time.perf_counter() - started
 
     def update(self, batch: RolloutBatch, options: LossOptions, metrics: StepMetrics, step: int) -> None:
-        """The update round on one rollout batch: `epochs` x `mini_batches` optimizer steps."""
+        """The update round on one rollout batch: `ppo_epochs` passes, one optimizer step per mini-batch of
+        `ppo_mini_batch_size` questions."""
         cfg = self.config
         advantages = group_advantages(batch.rewards, batch.group_ids, scale_by_std=cfg.loss.scale_by_std)
         self.model.eval()
         old_logp = self._logprobs(self.model, batch)
         ref_logp = self._reference_logprobs(batch)
         metrics.likelihood(old_logp, batch.loss_mask, rewards=batch.rewards, advantages=advantages)
+        if cfg.diagnostics.probe_every and step % cfg.diagnostics.probe_every == 0:
+            for key, value in self._probe(batch, old_logp, ref_logp, advantages, options).items():
+                metrics.set(key, value)
         self.model.train()
         shuffle = torch.Generator().manual_seed(cfg.run.seed * 100_003 + step)
-        for _ in range(cfg.optim.epochs):
-            order = torch.randperm(len(batch), generator=shuffle)
-            for rows in order.chunk(cfg.optim.mini_batches):
+        for _ in range(cfg.optim.ppo_epochs):
+            for rows in mini_batch_rows(batch.group_ids, cfg.optim.ppo_mini_batch_size, shuffle):
                 stats = self._optimizer_step(batch, rows, old_logp, ref_logp, advantages, options)
                 metrics.optimizer_step(stats["loss"], grad_norm=stats["grad_norm"], lr=self.scheduler.get_last_lr()[0])
         if cfg.diagnostics.displacement:
             self.model.eval()
             new_logp = self._logprobs(self.model, batch)
             metrics.displacement(old_logp, new_logp, batch.loss_mask, rewards=batch.rewards, group_ids=batch.group_ids)
+
+    def _probe(
+        self,
+        batch: RolloutBatch,
+        old_logp: torch.Tensor,
+        ref_logp: torch.Tensor | None,
+        advantages: torch.Tensor,
+        options: LossOptions,
+    ) -> dict[str, float]:
+        """The paper's one-step probe on this batch's mixed groups (trainer.diagnostics.update_probe)."""
+        micro = self.config.optim.micro_batch_size
+
+        def update(rows: torch.Tensor) -> None:
+            self.model.train()
+            self._optimizer_step(batch, rows, old_logp, ref_logp, advantages, options)
+
+        @torch.no_grad()
+        def logprobs_after(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.model.eval()
+            sub = batch.select(rows)
+            return token_logprobs(self.model, sub, micro)[0], sub.loss_mask
+
+        groups = mixed_groups(batch.rewards, batch.group_ids, self.config.diagnostics.probe_questions)
+        return probe_questions(
+            self.accelerator.unwrap_model(self.model),
+            self.optimizer,
+            self.scheduler,
+            groups,
+            update=update,
+            logprobs_after=logprobs_after,
+            old_logp=old_logp,
+            rewards=batch.rewards,
+        )
 
     def rl_step(self, step: int) -> dict[str, Any]:
         metrics = StepMetrics(step)
@@ -277,26 +326,18 @@ class GRPOTrainer:
     ) -> dict[str, Any]:
         """One optimizer step over the mini-batch `rows`, accumulating gradients over micro-batches."""
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        micro = self.config.optim.micro_batch_size
-        for part in rows.split(micro):
-            sub = batch.select(part)
-            width = sub.input_ids.shape[1]
-            logp, entropy = token_logprobs(self.model, sub, micro, with_entropy=True)
-            loss, stats = grpo_llds_loss(
-                logp,
-                old_logp[part.to(old_logp.device), :width],
-                advantages[part.to(advantages.device)],
-                sub.loss_mask,
-                ref_logp=None if ref_logp is None else ref_logp[part.to(ref_logp.device), :width],
-                action_ids=sub.action_ids,
-                answer_mask=sub.answer_mask,
-                entropy=entropy,
-                options=options,
-            )
-            self.accelerator.backward(loss * len(part) / len(rows))
-            for key, value in stats.items():
-                sums[_STAT_KEYS.get(key, key)] = sums.get(_STAT_KEYS.get(key, key), 0.0) + value * len(part) / len(rows)
+        stats = accumulate_mini_batch(
+            self.model,
+            batch,
+            rows,
+            old_logp=old_logp,
+            advantages=advantages,
+            options=options,
+            micro_batch_size=self.config.optim.micro_batch_size,
+            ref_logp=ref_logp,
+            backward=self.accelerator.backward,
+        )
+        sums = {_STAT_KEYS.get(key, key): value for key, value in stats.items()}
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         grad_norm = float(grad_norm)
         if math.isfinite(grad_norm):
@@ -314,24 +355,16 @@ class GRPOTrainer:
         return [EvalSet(name=f"{cfg.data}", data=cfg.data, split=cfg.eval_split, config=cfg.data_config)]
 
     def evaluate(self, tag: str) -> list[SetMetrics]:
-        """Greedy evaluation on the held-out split through the benchmark harness."""
+        """Greedy evaluation on the held-out split through the benchmark harness, played by the rollout
+        engine's generator with its budgets: the token stream training sees, at temperature 0."""
         cfg = self.config
-        model = self.accelerator.unwrap_model(self.model)
-        policy = HFPolicy(
-            model,
-            self.tokenizer,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            batch_size=cfg.rollout.generation_batch_size,
-            device=str(self.device),
-            name=tag,
-        )
         result = asyncio.run(
             run_benchmark(
-                policy,
+                EnginePlayer.like(self.engine, name=tag),
                 self.eval_sets(),
                 retriever_url=cfg.env.retriever_url,
                 env_url=cfg.env.env_url,
-                max_turns=cfg.env.max_turns,
+                max_turns=cfg.env.eval_max_turns or cfg.env.max_turns,
                 topk=cfg.env.topk,
                 concurrency=cfg.rollout.generation_batch_size,
                 limit=cfg.run.eval_questions,
@@ -341,7 +374,6 @@ class GRPOTrainer:
                 env_options={"prompt_template": self.template, "reward": cfg.env.reward},
             )
         )
-        self.model.train()
         return result.metrics
 
     # -- the run ------------------------------------------------------------------------------------
@@ -351,8 +383,13 @@ class GRPOTrainer:
             self.setup()
         evaluate = self.is_main and cfg.run.eval_before_after
         before = self.evaluate("before") if evaluate and self.start_step == 0 else []
-        progress = tqdm(range(self.start_step, cfg.run.steps), desc="GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
-                        initial=self.start_step, total=cfg.run.steps, disable=not self.is_main)
+        progress = tqdm(
+            range(self.start_step, cfg.run.steps),
+            desc="GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
+            initial=self.start_step,
+            total=cfg.run.steps,
+            disable=not self.is_main,
+        )
         for step in progress:
             metrics = self.rl_step(step + 1)
             if self.is_main:
@@ -382,8 +419,11 @@ class GRPOTrainer:
         plot = None
         if self.is_main:
             self.logger.close()
-            plot = plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "diagnostics.png",
-                                title=f"{cfg.model.name_or_path}: GRPO" + ("+LLDS" if cfg.llds.enabled else ""))
+            plot = plot_metrics(
+                self.run_dir / "metrics.jsonl",
+                self.run_dir / "diagnostics.png",
+                title=f"{cfg.model.name_or_path}: GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
+            )
             summary = {
                 "steps": cfg.run.steps,
                 "before": [m.__dict__ for m in before],

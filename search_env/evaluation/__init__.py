@@ -5,7 +5,8 @@
                                        retriever_url="http://127.0.0.1:8000"))
     print(render_table(result.metrics))
 
-`OpenAIPolicy` and `HFPolicy` are imported from their modules (`HFPolicy` needs torch).
+`OpenAIPolicy` is imported from its module. Hugging Face models are played token by token by the
+trainer (`trainer.evaluation.EnginePlayer`, an `EpisodePlayer`), through this same harness.
 """
 
 from search_env.evaluation.benchmark import BenchmarkResult, run_benchmark
@@ -19,7 +20,7 @@ from search_env.evaluation.datasets import (
     parse_data_specs,
 )
 from search_env.evaluation.env_factory import EnvFactory, LocalEnvFactory, RemoteEnvFactory
-from search_env.evaluation.policy import STOP_STRINGS, Policy, close_policy
+from search_env.evaluation.policy import STOP_STRINGS, EpisodePlayer, Policy, close_policy
 from search_env.evaluation.results import EpisodeResult, SetMetrics, aggregate, read_jsonl
 from search_env.evaluation.runner import EpisodeError, evaluate, play_episode, select_indices
 from search_env.evaluation.scripted import ScriptedPolicy
@@ -32,6 +33,7 @@ __all__ = [
     "STOP_STRINGS",
     "BenchmarkResult",
     "EnvFactory",
+    "EpisodePlayer",
     "EpisodeError",
     "EpisodeResult",
     "EvalDataError",

@@ -1,17 +1,21 @@
 """A benchmark run: one policy (and optionally a reference policy) on several data sets, with the
-episodes streamed to JSONL, the aggregates to `<out>.summary.json`, and one metrics row per set."""
+episodes streamed to JSONL, the aggregates to `<out>.summary.json`, and one metrics row per set.
+
+A text `Policy` is played by the runner's loop; an `EpisodePlayer` (the trainer's token-level player
+of Hugging Face models) plays its episodes itself under the same contract."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 from search_env.evaluation.datasets import EvalSet, load_eval_records
 from search_env.evaluation.env_factory import LocalEnvFactory, RemoteEnvFactory
-from search_env.evaluation.policy import Policy
+from search_env.evaluation.policy import EpisodePlayer, Policy
 from search_env.evaluation.results import EpisodeResult, SetMetrics, aggregate, summary_path, write_summary
 from search_env.evaluation.runner import evaluate, select_indices
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
@@ -28,7 +32,7 @@ class BenchmarkResult:
 
 
 async def run_benchmark(
-    policy: Policy,
+    policy: Policy | EpisodePlayer,
     sets: Sequence[EvalSet],
     *,
     retriever_url: str = DEFAULT_RETRIEVER_URL,
@@ -87,8 +91,8 @@ async def run_benchmark(
                 indices = select_indices(len(records), limit, seed)
             try:
                 for player in (policy, reference) if reference else (policy,):
-                    episodes += await evaluate(
-                        player,
+                    play = player.play if isinstance(player, EpisodePlayer) else partial(evaluate, player)
+                    episodes += await play(
                         factory,
                         data_set=eval_set.name,
                         indices=indices,

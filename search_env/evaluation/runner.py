@@ -1,9 +1,14 @@
-"""The runner: play a policy on a data set's questions through the Gym API.
+"""The runner: the episode loop of text policies, played on a data set's questions through the Gym API.
+
+It serves policies that only exchange text (OpenAI-compatible endpoints, the scripted baselines):
+each turn the policy reads the transcript as text and writes the next action as text. Hugging Face
+models are not played here but token by token by the trainer's rollout engine
+(trainer.evaluation.EnginePlayer), the stream they are trained on.
 
 Each of `concurrency` workers owns one env and plays questions one after another, so the policy
-sees up to `concurrency` episodes at once (a remote policy serves them in parallel, `HFPolicy`
-batches their turns). In-process envs are stepped with `astep` (the search is awaited); envs
-without it (the remote env) step in a worker thread.
+sees up to `concurrency` episodes at once (a remote policy serves them in parallel). In-process envs
+are stepped with `astep` (the search is awaited); envs without it (the remote env) step in a worker
+thread.
 """
 
 from __future__ import annotations
@@ -69,25 +74,16 @@ async def play_episode(env: gym.Env, policy: Policy, index: int, *, data_set: st
             observation, reward, terminated, truncated, info = await asyncio.to_thread(env.step, action)
         if observation:
             transcript.add_observation(observation)
-    return EpisodeResult(
+    return EpisodeResult.from_env(
         data_set=data_set,
         policy=policy.name,
         index=index,
-        question_id=str(info.get("question_id", reset_info.get("question_id", index))),
-        question=str(reset_info.get("question", "")),
-        golden_answers=list(info.get("golden_answers", [])),
-        answer=info.get("answer"),
-        em=float(info.get("em", 0.0)),
-        subem=float(info.get("subem", 0.0)),
-        f1=float(info.get("f1", 0.0)),
-        reward=float(reward),
-        turns=int(info.get("turn", len(transcript.actions))),
-        num_searches=int(info.get("num_searches", 0)),
-        invalid_actions=int(info.get("invalid_actions", 0)),
-        terminated=bool(terminated),
-        truncated=bool(truncated),
-        searches=list(info.get("searches", [])),
-        hops=reset_info.get("hops"),
+        reset_info=reset_info,
+        info=info,
+        reward=reward,
+        terminated=terminated,
+        truncated=truncated,
+        turns=len(transcript.actions),
         transcript=transcript.to_json(),
     )
 

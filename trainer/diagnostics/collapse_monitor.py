@@ -4,31 +4,55 @@ The paper's collapse has three phases, visible in the likelihood of CORRECT resp
 I stagnation (likelihood flat while reward rises), II steady decay (likelihood falls slowly while reward
 still rises and the gradient norm is stable), III accelerated collapse (likelihood drops sharply with a
 gradient-norm spike / entropy surge; reward falls). `CollapseMonitor` reads each step's metrics dict and
-names the phase with these rules (all thresholds in `MonitorConfig`):
+names the phase. Every decision is a statistical one, against noise estimated from the run itself: the
+project's correct-response likelihood has a batch noise sd of ~0.15 nats/token at FIXED weights (16 x 5
+rollouts, a small and changing set of correct responses, NaN when there is none), far above the slow trends
+that matter, so a fixed slope tolerance alone would fire on pure noise.
 
-- Smoothing: the correct-response likelihood L, the reward R and the incorrect-response likelihood are EMA-
-  smoothed (alpha); slope(X) is the least-squares slope per step of smoothed X over the last `window` steps.
-  Until the window is full the phase is "warmup".
-- Events, against a running baseline of the previous `baseline_window` steps (needs `min_baseline`):
-  grad spike = grad norm > `grad_spike_factor` x running median, or any non-finite norm in the round;
-  entropy surge = entropy > running median + `entropy_surge_z` x max(1.4826 MAD, `entropy_rel_floor` x |median|).
-- accelerated_collapse: slope(L) < `accel_factor` x the decay reference slope (the median slope seen during
-  steady decay; -`likelihood_tol` if none was seen) AND a grad spike or entropy surge in the last
-  `event_memory` steps. Once entered it persists while slope(L) < -`likelihood_tol`.
-- steady_decay: slope(L) < -`likelihood_tol` for `decay_consecutive` consecutive steps (whatever the reward
-  does: the reasons say whether the reward is still flat/rising, the case reward curves cannot show).
-- stagnation: |slope(L)| < `likelihood_tol` while slope(R) > `reward_tol` (the loss asks for more likelihood on
-  correct responses and gets none: LLD onset).
-- healthy: anything else (likelihood rising, or everything flat at convergence).
-Flags, independent of the phase: `neg_displacement_majority` (share of correct responses whose likelihood
-fell across the update > `neg_displacement_share`, 0.5: Fig. 3a), `incorrect_below_correct` (smoothed
-incorrect-response likelihood has dropped below correct's after being at or above it: Fig. 9a),
-`grad_spike`, `entropy_surge`.
-`warning` is set in decay, in acceleration and under a negative-displacement majority; the first entry into
-each is logged once at WARNING (the "before rewards fall" signal).
+How a decision is made (thresholds are `MonitorConfig` fields; "points" are logged steps with a finite value):
 
-Scale: `likelihood_tol` is in nats per token per step for the default token-mean key; calibrate it for
-another key (e.g. the summed `likelihood/correct_seq_mean` is ~response-length times larger).
+- Noise: sigma = sd of the first differences of the last `noise_window` points / sqrt(2), the differences
+  winsorized at 4 MAD-sds (a slow trend barely moves differences; a few wild batches are pulled in), or the
+  winsorized sd of the residuals around the window's line when larger (a curve that wanders slowly shows
+  there). The estimate's degrees of freedom widen the critical value while few points are in (Student-t via
+  Cornish-Fisher: ~3.7 SEs at 20 points, ~3.1 at 100 for `z` = 3).
+- Trend over a window: the Theil-Sen slope (median pairwise slope: robust to outliers and gaps) of the last
+  `window` points (long) or `short_window` points (short); SE = sigma / sqrt(sum (step - mean step)^2),
+  widened for Theil-Sen and for positively autocorrelated residuals. A series is FALLING when
+  slope < -crit x SE AND slope < -tol, RISING when slope > crit x SE AND slope > tol (crit from `z` = 3,
+  one-sided), FLAT otherwise: significance says the trend is not noise, the tolerance that it is big enough
+  to matter. A trend once called holds while beyond `exit_z` SEs and the tolerance (hysteresis: no flicker
+  at the threshold). Tolerances: `likelihood_tol` (nats/token/step) and `reward_tol` (reward/step). Until
+  `min_points` likelihood points the phase is "warmup" (also for ever when the metrics have no likelihood).
+- Events, against a robust baseline of the previous `baseline_window` points (needs `min_baseline`):
+  grad spike = log grad norm > median + `grad_spike_z` robust sds AND grad norm > `grad_spike_factor` x
+  median, or any non-finite norm in the round; entropy surge = entropy > median + `entropy_surge_z` x
+  max(robust sd, `entropy_rel_floor` x |median|).
+- accelerated_collapse: the SHORT-window likelihood is falling and steeper than `accel_factor` x the decay
+  reference slope (the median long-window slope seen in steady decay; -`likelihood_tol` if none), AND a grad
+  spike or entropy surge in the last `event_memory` steps or the reward is falling. Once entered it
+  persists while the likelihood (long or short window) is falling.
+- steady_decay: the LONG-window likelihood has been falling for `decay_consecutive` steps running, whatever
+  the reward does (the reasons say whether it is still rising: the case reward curves cannot show).
+- stagnation: likelihood flat while the reward is rising (LLD onset; also what a converged run whose
+  reward still creeps up looks like, hence no warning).
+- healthy: anything else (likelihood rising, or everything flat).
+Flags, independent of the phase:
+- `reward_falling`: the reward (long or short window) has been falling for `decay_consecutive` steps running.
+- `neg_displacement_majority`: the mean over the last `short_window` points of the share of correct responses
+  whose likelihood fell across the update is above `neg_displacement_share` (0.5, Fig. 3a) by more than crit x
+  its SE (t-style; one step's share of 5 correct responses says little); needs 8 points.
+- `incorrect_below_correct`: the mean over the last `short_window` steps of (incorrect - correct likelihood)
+  is significantly below 0, after having been >= 0 (Fig. 9a).
+- `grad_spike`, `entropy_surge`: this step's events.
+`warning` is set in steady_decay and accelerated_collapse and under `neg_displacement_majority` or
+`reward_falling`. The first entry into each is logged once at WARNING; `first_warning_step()` gives the
+first step with a warning. Measured: benchmarks/collapse_monitor.py (docs/benchmarks/collapse-monitor.txt).
+
+Units: slopes are per logged step number (a log written every k steps still gives per-step slopes; its
+windows then span k x as many steps). `likelihood_tol` suits the token-mean keys (`likelihood/correct_mean`,
+the authors' `pos_avg_old_log_prob`); scale it for another key (the summed `likelihood/correct_seq_mean` is
+~response-length times larger).
 """
 
 from __future__ import annotations
@@ -41,6 +65,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.diagnostics.robust_trends import (
+    Trend,
+    critical_value,
+    diff_noise_sd,
+    noise_dof,
+    robust_excess,
+    trend,
+)
+
 log = logging.getLogger(__name__)
 
 WARMUP, HEALTHY, STAGNATION, DECAY, ACCELERATED = (
@@ -51,26 +84,35 @@ WARMUP, HEALTHY, STAGNATION, DECAY, ACCELERATED = (
     "accelerated_collapse",
 )
 PHASE_IDS = {WARMUP: -1, HEALTHY: 0, STAGNATION: 1, DECAY: 2, ACCELERATED: 3}
-FLAGS = ("grad_spike", "entropy_surge", "neg_displacement_majority", "incorrect_below_correct")
+FLAGS = ("grad_spike", "entropy_surge", "neg_displacement_majority", "incorrect_below_correct", "reward_falling")
+#: flags that set `warning` on their own (the phases that do: steady_decay, accelerated_collapse)
+WARNING_FLAGS = ("neg_displacement_majority", "reward_falling")
 # Phases and flags whose first appearance is announced at WARNING.
-_ANNOUNCED = (DECAY, ACCELERATED, "neg_displacement_majority", "incorrect_below_correct")
+_ANNOUNCED = (DECAY, ACCELERATED, "neg_displacement_majority", "incorrect_below_correct", "reward_falling")
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    window: int = 20  # W: steps in each slope window
-    ema_alpha: float = 0.2  # weight of the newest value in the EMA
-    likelihood_tol: float = 5e-4  # |slope| below this (nats/token/step) is "flat"
-    reward_tol: float = 1e-3  # reward slope above this (reward/step) is "rising": +0.1 per 100 steps
-    decay_consecutive: int = 5  # K: steps of falling likelihood before "steady decay"
-    accel_factor: float = 3.0  # acceleration: slope steeper than this x the decay slope
-    grad_spike_factor: float = 3.0  # m: grad norm > m x running median
-    entropy_surge_z: float = 4.0  # z: entropy > running median + z x MAD
-    entropy_rel_floor: float = 0.02  # MAD floor as a share of |median| (a flat entropy has MAD 0)
-    baseline_window: int = 50  # steps in the running median/MAD baselines
-    min_baseline: int = 5  # no spike/surge verdict before this many baseline steps
-    event_memory: int = 10  # a spike/surge this many steps old still supports "acceleration"
-    neg_displacement_share: float = 0.5  # Fig. 3a threshold
+    """Thresholds of `CollapseMonitor`. Windows count points (logged steps with a finite value)."""
+
+    window: int = 50  # long trend window, points: steady decay, reward trends
+    short_window: int = 15  # short window, points (capped at `window`): acceleration, displacement, Fig. 9a
+    min_points: int = 20  # likelihood points before any phase verdict ("warmup" until then; capped at `window`)
+    noise_window: int = 100  # points whose first differences estimate the noise sd
+    z: float = 3.0  # one-sided significance of a trend, in standard errors (before the small-sample widening)
+    exit_z: float = 1.5  # hysteresis: a trend once called holds while beyond this many SEs (and the tolerance)
+    likelihood_tol: float = 1e-3  # nats/token/step: a slower likelihood trend is "flat" however significant
+    reward_tol: float = 1e-3  # reward/step: +0.1 per 100 steps
+    decay_consecutive: int = 3  # steps of falling likelihood before "steady decay" (and of falling reward)
+    accel_factor: float = 3.0  # acceleration: short-window slope steeper than this x the decay slope
+    grad_spike_factor: float = 3.0  # a spike is at least this x the running median grad norm ...
+    grad_spike_z: float = 4.0  # ... and this many robust sds above it, in log grad norm
+    entropy_surge_z: float = 4.0  # entropy above the running median by this many robust sds
+    entropy_rel_floor: float = 0.02  # robust-sd floor as a share of |median entropy| (a flat entropy has MAD 0)
+    baseline_window: int = 50  # points in the running median/MAD baselines of grad norm and entropy
+    min_baseline: int = 10  # no spike/surge verdict before this many baseline points
+    event_memory: int = 10  # steps: a spike/surge this old still supports "acceleration"
+    neg_displacement_share: float = 0.5  # Fig. 3a threshold on the share of correct responses with Δ < 0
     likelihood_key: str = "likelihood/correct_mean"
     incorrect_key: str = "likelihood/incorrect_mean"
     reward_key: str = "reward/mean"
@@ -79,12 +121,22 @@ class MonitorConfig:
     displacement_key: str = "likelihood/displacement_correct_neg_share"
 
     def __post_init__(self) -> None:
-        if self.window < 3 or self.decay_consecutive < 1 or self.min_baseline < 1 or self.event_memory < 0:
-            raise ValueError("window must be >= 3, decay_consecutive and min_baseline >= 1, event_memory >= 0")
-        if not 0 < self.ema_alpha <= 1:
-            raise ValueError(f"ema_alpha={self.ema_alpha!r} must be in (0, 1]")
+        if self.window < 5 or self.short_window < 4 or self.min_points < 5 or self.noise_window < 5:
+            raise ValueError("window, noise_window and min_points must be >= 5, short_window >= 4")
+        if self.decay_consecutive < 1 or self.min_baseline < 3 or self.event_memory < 0:
+            raise ValueError("decay_consecutive must be >= 1, min_baseline >= 3, event_memory >= 0")
+        if self.z <= 0 or self.grad_spike_z <= 0 or self.entropy_surge_z <= 0 or not 0 <= self.exit_z <= self.z:
+            raise ValueError("z, grad_spike_z and entropy_surge_z must be > 0, exit_z in [0, z]")
         if self.likelihood_tol < 0 or self.reward_tol < 0 or self.accel_factor < 1 or self.grad_spike_factor <= 1:
             raise ValueError("tolerances must be >= 0, accel_factor >= 1 and grad_spike_factor > 1")
+
+    @property
+    def short(self) -> int:
+        return min(self.short_window, self.window)
+
+    @property
+    def min_trend_points(self) -> int:
+        return min(self.min_points, self.window)
 
 
 @dataclass
@@ -96,8 +148,11 @@ class MonitorStatus:
     warning: bool = False
     #: the phases/flags first entered at this step (each is announced once per run)
     new_warnings: list[str] = field(default_factory=list)
-    likelihood_slope: float | None = None
-    reward_slope: float | None = None
+    likelihood_slope: float | None = None  #: nats/token/step, long window
+    reward_slope: float | None = None  #: reward/step, long window
+    likelihood_se: float | None = None  #: standard error of likelihood_slope
+    reward_se: float | None = None  #: standard error of reward_slope
+    likelihood_noise: float | None = None  #: per-step noise sd of the likelihood, nats/token
 
     def as_metrics(self) -> dict[str, Any]:
         """The `monitor/*` keys of `step_metrics.METRIC_KEYS`, to merge into the step's logged metrics."""
@@ -119,32 +174,51 @@ def _finite(metrics: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _slope(points: Iterable[tuple[float, float]]) -> float:
-    """Least-squares slope of y on x."""
-    xs, ys = zip(*points, strict=True)
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+class _Series:
+    """The last points (step, value) of one metric, with its noise estimate and window trends."""
 
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.points: deque[tuple[float, float]] = deque(maxlen=max(config.window, config.noise_window))
+        #: (noise sd, its degrees of freedom) from the last `noise_window` points; None until 4 points
+        self.noise: tuple[float, float] | None = None
 
-class _Smoothed:
-    """EMA of a series and the last `window` (step, smoothed value) points."""
-
-    def __init__(self, alpha: float, window: int) -> None:
-        self.alpha = alpha
-        self.value: float | None = None
-        self.count = 0
-        self.points: deque[tuple[float, float]] = deque(maxlen=window)
-
-    def update(self, step: int, value: float | None) -> None:
+    def add(self, step: int, value: float | None) -> None:
         if value is None:
             return
-        self.value = value if self.value is None else self.alpha * value + (1 - self.alpha) * self.value
-        self.count += 1
-        self.points.append((float(step), self.value))
+        self.points.append((float(step), value))
+        values = [v for _, v in list(self.points)[-self.config.noise_window :]]
+        sd = diff_noise_sd(values)
+        self.noise = None if sd is None else (sd, noise_dof(len(values)))
 
-    def slope(self) -> float | None:
-        return _slope(self.points) if len(self.points) == self.points.maxlen else None
+    def trend(self, points: int) -> Trend | None:
+        window = list(self.points)[-points:]
+        if len(window) < min(points, self.config.min_trend_points) or self.noise is None:
+            return None
+        xs, ys = zip(*window, strict=True)
+        return trend(xs, ys, self.noise[0], z=self.config.z, dof=self.noise[1])
+
+
+def _mean_above(values: list[float], threshold: float, z: float) -> tuple[bool, float, float]:
+    """(mean significantly above threshold, mean, critical x SE): a one-sample t-style test."""
+    mean = statistics.fmean(values)
+    # by hand: statistics.stdev computes in exact fractions, ~50x slower
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    margin = critical_value(z, len(values) - 1) * sd / math.sqrt(len(values))
+    return mean > threshold + margin, mean, margin
+
+
+def _direction(previous: int, t: Trend | None, tol: float, exit_z: float) -> int:
+    """-1 falling, +1 rising, 0 flat, with hysteresis: entering needs `t.falling/rising(tol)` (critical
+    SEs), staying needs only `exit_z` SEs beyond 0 and the tolerance, so a trend that hovers at the
+    threshold neither flickers in and out nor counts as several warnings."""
+    if t is None:
+        return 0
+    if t.falling(tol) or (previous < 0 and t.slope < -tol and t.z < -exit_z):
+        return -1
+    if t.rising(tol) or (previous > 0 and t.slope > tol and t.z > exit_z):
+        return 1
+    return 0
 
 
 class CollapseMonitor:
@@ -152,13 +226,17 @@ class CollapseMonitor:
 
     def __init__(self, config: MonitorConfig | None = None) -> None:
         self.config = cfg = config or MonitorConfig()
-        self._likelihood = _Smoothed(cfg.ema_alpha, cfg.window)
-        self._incorrect = _Smoothed(cfg.ema_alpha, cfg.window)
-        self._reward = _Smoothed(cfg.ema_alpha, cfg.window)
-        self._grads: deque[float] = deque(maxlen=cfg.baseline_window)
+        self._likelihood = _Series(cfg)
+        self._reward = _Series(cfg)
+        self._gap: deque[float] = deque(maxlen=cfg.short)  # incorrect - correct likelihood
+        self._shares: deque[float] = deque(maxlen=cfg.short)
+        self._grads: deque[float] = deque(maxlen=cfg.baseline_window)  # log grad norms
         self._entropies: deque[float] = deque(maxlen=cfg.baseline_window)
         self._last_event_step: int | None = None
-        self._falling_run = 0
+        self._falling_run = 0  # consecutive steps the likelihood has been falling
+        self._reward_falling_run = 0
+        self._l_direction = 0  # -1/0/+1: the likelihood's long-window trend, with hysteresis
+        self._r_direction = 0  # the reward's
         self._incorrect_was_above = False
         self._decay_slopes: list[float] = []
         self._phase = WARMUP
@@ -166,112 +244,205 @@ class CollapseMonitor:
         self.announced: set[str] = set()
         self.history: list[MonitorStatus] = []
 
+    # ------------------------------------------------------------------ events
+
     def _grad_spike(self, grad: float | None) -> str | None:
         cfg = self.config
+        if grad is None or grad <= 0:
+            return None
         verdict = None
-        if grad is not None:
-            if len(self._grads) >= cfg.min_baseline:
-                median = statistics.median(self._grads)
-                if grad > cfg.grad_spike_factor * median:
-                    verdict = f"grad norm {grad:.3g} > {cfg.grad_spike_factor:g} x running median {median:.3g}"
-            self._grads.append(grad)
+        log_grad = math.log(grad)
+        if len(self._grads) >= cfg.min_baseline:
+            excess, log_median, _ = robust_excess(log_grad, list(self._grads))
+            median = math.exp(log_median)
+            if excess > cfg.grad_spike_z and grad > cfg.grad_spike_factor * median:
+                verdict = (
+                    f"grad norm {grad:.3g} > {cfg.grad_spike_factor:g} x running median {median:.3g} "
+                    f"({excess:.1f} robust sds in log)"
+                )
+        self._grads.append(log_grad)
         return verdict
 
     def _entropy_surge(self, entropy: float | None) -> str | None:
         cfg = self.config
+        if entropy is None:
+            return None
         verdict = None
-        if entropy is not None:
-            if len(self._entropies) >= cfg.min_baseline:
-                median = statistics.median(self._entropies)
-                mad = statistics.median(abs(h - median) for h in self._entropies)
-                spread = max(1.4826 * mad, cfg.entropy_rel_floor * abs(median))
-                if entropy > median + cfg.entropy_surge_z * spread:
-                    limit = f"running median {median:.3g} + {cfg.entropy_surge_z:g} x MAD {spread:.3g}"
-                    verdict = f"entropy {entropy:.3g} > {limit}"
-            self._entropies.append(entropy)
+        if len(self._entropies) >= cfg.min_baseline:
+            floor = cfg.entropy_rel_floor * abs(statistics.median(self._entropies))
+            excess, median, spread = robust_excess(entropy, list(self._entropies), floor=floor)
+            if excess > cfg.entropy_surge_z:
+                limit = f"running median {median:.3g} + {cfg.entropy_surge_z:g} x {spread:.3g}"
+                verdict = f"entropy {entropy:.3g} > {limit}"
+        self._entropies.append(entropy)
         return verdict
 
+    # ------------------------------------------------------------------ flags
+
+    def _displacement_majority(self, share: float | None) -> str | None:
+        if share is None:
+            return None
+        self._shares.append(share)
+        if len(self._shares) < min(8, self.config.short):
+            return None
+        threshold = self.config.neg_displacement_share
+        above, mean, margin = _mean_above(list(self._shares), threshold, self.config.z)
+        if not above:
+            return None
+        return (
+            f"{mean:.0%} of correct responses lost likelihood in the update over the last {len(self._shares)} "
+            f"steps (> {threshold:.0%} + {margin:.0%})"
+        )
+
+    def _incorrect_below(self, correct: float | None, incorrect: float | None) -> str | None:
+        if correct is None or incorrect is None:
+            return None
+        self._gap.append(incorrect - correct)
+        if len(self._gap) < min(8, self.config.short):
+            return None
+        gap = [-g for g in self._gap]
+        below, mean, margin = _mean_above(gap, 0.0, self.config.z)
+        if not below:
+            if -mean >= 0:
+                self._incorrect_was_above = True
+            return None
+        if not self._incorrect_was_above:
+            return None
+        return f"incorrect-response likelihood {mean:.3g} nats/token below correct's (> {margin:.3g}: significant)"
+
+    def _reward_falling(self, long: Trend | None, short: Trend | None) -> str | None:
+        cfg = self.config
+        self._r_direction = _direction(self._r_direction, long, cfg.reward_tol, cfg.exit_z)
+        short_falling = short is not None and short.falling(cfg.reward_tol)
+        falling = self._r_direction < 0 or short_falling
+        self._reward_falling_run = self._reward_falling_run + 1 if falling else 0
+        if self._reward_falling_run < cfg.decay_consecutive:
+            return None
+        t = long if self._r_direction < 0 else short
+        assert t is not None
+        return f"reward falling: slope {t.describe()} for {self._reward_falling_run} steps"
+
+    # ------------------------------------------------------------------ update
+
     def update(self, metrics: Mapping[str, Any], *, announce: bool = True) -> MonitorStatus:
-        """Classify one step. `announce=False` replays history (e.g. on resume) without logging warnings."""
+        """Classify one step. `announce=False` replays history (e.g. on resume) without logging warnings.
+        `metrics` is one step's flat dict (keys as in `MonitorConfig`; missing or non-finite values are
+        skipped); its "step" (an int) numbers the step, else the previous step + 1."""
         cfg = self.config
         step = int(metrics["step"]) if isinstance(metrics.get("step"), int) else self._step + 1
         self._step = step
-        reasons: list[str] = []
+        reasons: list[str] = []  # the flags' reasons; the phase's goes first
         flags: list[str] = []
 
+        def flag(name: str, verdict: str | None) -> None:
+            if verdict:
+                if name not in flags:
+                    flags.append(name)
+                reasons.append(verdict)
+
         nonfinite = _finite(metrics, "grad/nonfinite_steps")
-        for flag, verdict in (
+        for name, verdict in (
             ("grad_spike", self._grad_spike(_finite(metrics, cfg.grad_key))),
             # An inf/NaN gradient is the explosion itself; StepMetrics keeps it out of grad/norm.
             ("grad_spike", f"{nonfinite:g} optimizer steps had a non-finite gradient norm" if nonfinite else None),
             ("entropy_surge", self._entropy_surge(_finite(metrics, cfg.entropy_key))),
         ):
             if verdict:
-                if flag not in flags:
-                    flags.append(flag)
-                reasons.append(verdict)
+                flag(name, verdict)
                 self._last_event_step = step
 
-        self._likelihood.update(step, _finite(metrics, cfg.likelihood_key))
-        self._incorrect.update(step, _finite(metrics, cfg.incorrect_key))
-        self._reward.update(step, _finite(metrics, cfg.reward_key))
+        correct = _finite(metrics, cfg.likelihood_key)
+        self._likelihood.add(step, correct)
+        self._reward.add(step, _finite(metrics, cfg.reward_key))
+        flag("neg_displacement_majority", self._displacement_majority(_finite(metrics, cfg.displacement_key)))
+        flag("incorrect_below_correct", self._incorrect_below(correct, _finite(metrics, cfg.incorrect_key)))
 
-        share = _finite(metrics, cfg.displacement_key)
-        if share is not None and share > cfg.neg_displacement_share:
-            flags.append("neg_displacement_majority")
-            limit = cfg.neg_displacement_share
-            reasons.append(f"{share:.0%} of correct responses lost likelihood in the update (> {limit:.0%})")
-        lik, inc = self._likelihood, self._incorrect
-        if min(lik.count, inc.count) >= cfg.min_baseline and lik.value is not None and inc.value is not None:
-            if inc.value >= lik.value:
-                self._incorrect_was_above = True
-            elif self._incorrect_was_above:
-                flags.append("incorrect_below_correct")
-                reasons.append(f"incorrect-response likelihood {inc.value:.3g} dropped below correct's {lik.value:.3g}")
-
-        l_slope, r_slope = lik.slope(), self._reward.slope()
-        phase = self._classify(step, l_slope, r_slope, reasons)
+        l_long, l_short = self._likelihood.trend(cfg.window), self._likelihood.trend(cfg.short)
+        r_long, r_short = self._reward.trend(cfg.window), self._reward.trend(cfg.short)
+        flag("reward_falling", self._reward_falling(r_long, r_short))
+        phase_reason: list[str] = []
+        phase = self._classify(step, l_long, l_short, r_long, "reward_falling" in flags, phase_reason)
+        reasons = phase_reason + reasons
         self._phase = phase
-        warning = phase in (DECAY, ACCELERATED) or "neg_displacement_majority" in flags
+        warning = phase in (DECAY, ACCELERATED) or any(f in flags for f in WARNING_FLAGS)
         new = [name for name in (phase, *flags) if name in _ANNOUNCED and name not in self.announced]
         self.announced.update(new)
-        status = MonitorStatus(step, phase, reasons, flags, warning, new if announce else [], l_slope, r_slope)
+        noise = self._likelihood.noise
+        status = MonitorStatus(
+            step,
+            phase,
+            reasons,
+            flags,
+            warning,
+            new if announce else [],
+            None if l_long is None else l_long.slope,
+            None if r_long is None else r_long.slope,
+            None if l_long is None else l_long.se,
+            None if r_long is None else r_long.se,
+            None if noise is None else noise[0],
+        )
         if announce and new:
             log.warning("step %d: LLD death-spiral warning (%s): %s", step, ", ".join(new), "; ".join(reasons))
         self.history.append(status)
         return status
 
-    def _classify(self, step: int, l_slope: float | None, r_slope: float | None, reasons: list[str]) -> str:
+    def _classify(
+        self,
+        step: int,
+        l_long: Trend | None,
+        l_short: Trend | None,
+        r_long: Trend | None,
+        reward_falling: bool,
+        reasons: list[str],
+    ) -> str:
         cfg = self.config
-        if l_slope is None:
-            reasons.append(f"warming up: {len(self._likelihood.points)}/{cfg.window} likelihood points")
+        if l_long is None:
+            have = len(self._likelihood.points)
+            reasons.append(
+                f"warming up: {have}/{cfg.min_trend_points} correct-response likelihood points"
+                if have
+                else "no correct-response likelihood: phases unknown"
+            )
+            self._falling_run = 0
             return WARMUP
         tol = cfg.likelihood_tol
-        self._falling_run = self._falling_run + 1 if l_slope < -tol else 0
-        rising = r_slope is not None and r_slope > cfg.reward_tol
-        if r_slope is None:
+        self._l_direction = _direction(self._l_direction, l_long, tol, cfg.exit_z)
+        falling = self._l_direction < 0
+        self._falling_run = self._falling_run + 1 if falling else 0
+        reward_rising = self._r_direction > 0
+        if r_long is None:
             reward_text = "reward trend unknown"
         else:
-            trend = "rising" if rising else "flat" if r_slope >= -cfg.reward_tol else "falling"
-            reward_text = f"reward slope {r_slope:+.2e}/step ({trend})"
+            trend_name = {1: "rising", 0: "flat", -1: "falling"}[self._r_direction]
+            reward_text = f"reward slope {r_long.describe()} ({trend_name})"
         reference = statistics.median(self._decay_slopes) if self._decay_slopes else -tol
-        steep = l_slope < cfg.accel_factor * min(reference, -tol)
+        steep_limit = cfg.accel_factor * min(reference, -tol)
+        short_falling = l_short is not None and l_short.falling(tol)
+        steep = short_falling and l_short is not None and l_short.slope < steep_limit
         recent_event = self._last_event_step is not None and step - self._last_event_step <= cfg.event_memory
-        l_text = f"correct-response likelihood slope {l_slope:+.2e}/step"
+        l_text = f"correct-response likelihood slope {l_long.describe()}"
 
-        if (steep and recent_event) or (self._phase == ACCELERATED and l_slope < -tol):
-            reasons.append(f"{l_text}, steeper than {cfg.accel_factor:g} x decay slope {reference:+.2e}; {reward_text}")
+        if (steep and (recent_event or reward_falling)) or (self._phase == ACCELERATED and (falling or short_falling)):
+            why = "a grad spike / entropy surge" if recent_event else "the reward falling" if reward_falling else ""
+            short_text = "" if l_short is None else f"short-window likelihood slope {l_short.describe()}, "
+            reasons.append(
+                f"{short_text}steeper than {cfg.accel_factor:g} x decay slope {reference:+.2e}"
+                + (f", with {why}" if why else " before (still falling)")
+                + f"; {l_text}; {reward_text}"
+            )
             return ACCELERATED
         if self._falling_run >= cfg.decay_consecutive:
             if not steep:
-                self._decay_slopes.append(l_slope)
-            reasons.append(f"{l_text} < -{tol:g} for {self._falling_run} steps; {reward_text}")
+                self._decay_slopes.append(l_long.slope)
+            reasons.append(f"{l_text} < -{tol:g}, falling for {self._falling_run} steps; {reward_text}")
             return DECAY
-        if abs(l_slope) < tol and rising:
+        if reward_rising and self._l_direction == 0:
             reasons.append(f"{l_text} flat while {reward_text}")
             return STAGNATION
         reasons.append(f"{l_text}; {reward_text}")
         return HEALTHY
+
+    # ------------------------------------------------------------------ history
 
     def replay(self, records: Iterable[Mapping[str, Any]]) -> MonitorStatus | None:
         """Rebuild the state from logged metrics (e.g. `read_metrics` on resume) without re-announcing."""
@@ -283,3 +454,7 @@ class CollapseMonitor:
     def first_step(self, phase: str) -> int | None:
         """The first step classified as `phase`, if any."""
         return next((s.step for s in self.history if s.phase == phase), None)
+
+    def first_warning_step(self) -> int | None:
+        """The first step whose status had `warning` set, if any."""
+        return next((s.step for s in self.history if s.warning), None)

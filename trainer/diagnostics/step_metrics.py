@@ -2,7 +2,8 @@
 
 Keys are flat slash-separated strings, documented in `METRIC_KEYS` (the one table the README links).
 A step has one rollout batch and one update round of several optimizer steps; the loss's per-optimizer-step
-stats are averaged over the round (the grad norm also keeps its max: a spike inside the round matters).
+stats are averaged over the round (the grad norm also keeps its max: a spike inside the round matters), and
+the LLDS activation rate of the first step is kept apart (the policy there is the rollout policy).
 Undefined values (no correct response in the batch, say) are NaN; the JSONL log writes them as null.
 
 Order in the loop, all optional:
@@ -56,7 +57,10 @@ METRIC_KEYS: dict[str, str] = {
     "policy/ratio_mean": "mean importance ratio pi/pi_old over generated tokens",
     "policy/loss": "policy (PPO clip) loss",
     "kl/ref": "KL to the frozen reference model over generated tokens (the estimator the loss uses)",
-    "llds/activation_rate": "share of preserving-set (A >= 0) action tokens whose LLDS gate fired",
+    "llds/activation_rate": "share of preserving-set (A >= 0) actions (responses, tokens for those gates) whose "
+    "LLDS gate fired: summed displacement above llds.gate_tol x their tokens",
+    "llds/first_step_activation_rate": "llds/activation_rate on the round's first optimizer step, where the policy "
+    "is the rollout policy: above 0 only if llds.gate_tol is below the log-prob recompute noise",
     "llds/magnitude": "mean hinge max(0, old_logp - logp) over the tokens where LLDS is active",
     "llds/loss": "LLDS regulariser value (before lambda unless the loss reports otherwise)",
     "loss/total": "total loss optimised",
@@ -81,6 +85,11 @@ METRIC_KEYS: dict[str, str] = {
     "likelihood/displacement_incorrect": "mean over incorrect responses of Δ",
     "likelihood/displacement_correct_neg_share": "share of correct responses with Δ < 0 (Fig. 3a; > 0.5 is alarming)",
     "likelihood/displacement_question_neg_share": "share of questions whose mean Δ over correct responses is < 0",
+    # the paper's one-step probe (trainer.diagnostics.update_probe), on steps where it runs
+    "likelihood/probe_neg_share": "share of probed questions whose correct responses lost likelihood in one "
+    "GRPO step on that question alone (Fig. 3a, Eq. 3)",
+    "likelihood/probe_delta_mean": "mean over probed questions of Δ(x), the mean Σ_t Δ logp of its correct responses",
+    "likelihood/probe_questions": "questions probed (groups with both correct and incorrect responses)",
     # timings
     "time/rollout_s": "wall seconds spent rolling out",
     "time/update_s": "wall seconds spent in the update round",
@@ -90,13 +99,16 @@ METRIC_KEYS: dict[str, str] = {
     # collapse monitor (trainer.diagnostics.collapse_monitor)
     "monitor/phase": "CollapseMonitor's phase: warmup, healthy, stagnation, steady_decay, accelerated_collapse",
     "monitor/phase_id": "numeric phase: -1 warmup, 0 healthy, 1 stagnation, 2 steady_decay, 3 accelerated_collapse",
-    "monitor/warning": "1 when the monitor warns (decay or acceleration, or most correct responses lost likelihood)",
-    "monitor/likelihood_slope": "slope per step of the EMA-smoothed correct-response likelihood over the window",
-    "monitor/reward_slope": "slope per step of the EMA-smoothed reward over the window",
-    "monitor/grad_spike": "1 when grad norm > factor x its running median, or a norm in the round was inf/NaN",
-    "monitor/entropy_surge": "1 when entropy > running median + z x MAD",
-    "monitor/neg_displacement_majority": "1 when the share of correct responses with Δ < 0 exceeds 0.5 (Fig. 3a)",
-    "monitor/incorrect_below_correct": "1 once smoothed incorrect-response likelihood fell below correct's (Fig. 9a)",
+    "monitor/warning": "1 when the monitor warns (decay, acceleration, displacement majority, or reward falling)",
+    "monitor/likelihood_slope": "Theil-Sen slope per step of the correct-response likelihood over the long window",
+    "monitor/reward_slope": "Theil-Sen slope per step of the reward over the monitor's long window",
+    "monitor/grad_spike": "1 when grad norm > factor x running median and > z robust sds (log), or a norm was inf/NaN",
+    "monitor/entropy_surge": "1 when entropy > running median + z x robust sd",
+    "monitor/neg_displacement_majority": "1 when the recent mean share of correct responses with Δ < 0 is "
+    "significantly > 0.5 (Fig. 3a)",
+    "monitor/incorrect_below_correct": "1 when incorrect-response likelihood is significantly below correct's, once "
+    "above (Fig. 9a)",
+    "monitor/reward_falling": "1 when the reward's trend is significantly (and practically) falling",
 }
 
 
@@ -221,6 +233,8 @@ class StepMetrics:
         """One optimizer step of the round: the loss's stats dict (any keys; averaged over the round),
         the gradient norm before clipping (clip_grad_norm_'s return value) and the learning rate."""
         self._opt_steps += 1
+        if self._opt_steps == 1 and stats is not None and "llds/activation_rate" in stats:
+            self._values["llds/first_step_activation_rate"] = _scalar(stats["llds/activation_rate"])
         for key, value in (stats or {}).items():
             if not isinstance(value, str):
                 self._round[key].append(_scalar(value))

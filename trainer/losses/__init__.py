@@ -4,22 +4,32 @@ No model, environment or config object is needed: every function takes tensors a
 """
 
 from trainer.losses.advantages import group_advantages
-from trainer.losses.aggregation import AGGREGATIONS, aggregate, masked_mean, masked_sum
+from trainer.losses.aggregation import AGGREGATIONS, aggregate, aggregation_normalizer, masked_mean, masked_sum
 from trainer.losses.entropy import entropy_bonus, entropy_from_logits
-from trainer.losses.grpo_llds import LossOptions, grpo_llds_loss
+from trainer.losses.grpo_llds import LossNormalizers, LossOptions, grpo_llds_loss, mini_batch_normalizers
 from trainer.losses.kl import KL_ESTIMATORS, kl_loss, kl_penalty
-from trainer.losses.llds import GATES, NORMALIZATIONS, answer_weight_schedule, llds_loss
+from trainer.losses.llds import (
+    DEFAULT_GATE_TOL,
+    GATES,
+    NORMALIZATIONS,
+    answer_weight_schedule,
+    llds_loss,
+    llds_normalizer,
+)
 from trainer.losses.policy_loss import clipped_policy_loss
 from trainer.losses.spans import action_ids_from_mask, span_sums
 
 __all__ = [
     "AGGREGATIONS",
+    "DEFAULT_GATE_TOL",
     "GATES",
     "KL_ESTIMATORS",
     "NORMALIZATIONS",
+    "LossNormalizers",
     "LossOptions",
     "action_ids_from_mask",
     "aggregate",
+    "aggregation_normalizer",
     "answer_weight_schedule",
     "clipped_policy_loss",
     "entropy_bonus",
@@ -29,7 +39,9 @@ __all__ = [
     "kl_loss",
     "kl_penalty",
     "llds_loss",
+    "llds_normalizer",
     "masked_mean",
     "masked_sum",
+    "mini_batch_normalizers",
     "span_sums",
 ]

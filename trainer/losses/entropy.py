@@ -38,9 +38,11 @@ def entropy_bonus(
     coef: float,
     aggregation: str = "token-mean",
     max_len: int | None = None,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(-coef * H, H)`` with H the aggregated entropy over the generated tokens; adding the first
-    to a loss rewards exploration when coef > 0."""
+    to a loss rewards exploration when coef > 0. ``normalizer`` replaces the aggregation's
+    denominator (see `aggregate`)."""
     check_same_shape(entropy, loss_mask=loss_mask)
-    mean_entropy = aggregate(upcast(entropy), loss_mask, aggregation, max_len=max_len)
+    mean_entropy = aggregate(upcast(entropy), loss_mask, aggregation, max_len=max_len, normalizer=normalizer)
     return -coef * mean_entropy, mean_entropy

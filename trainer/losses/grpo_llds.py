@@ -7,16 +7,18 @@ from dataclasses import dataclass
 import torch
 
 from trainer.losses._checks import check_choice, check_max_len, check_nonnegative
-from trainer.losses.aggregation import AGGREGATIONS
+from trainer.losses.aggregation import AGGREGATIONS, aggregation_normalizer, check_normalizer
 from trainer.losses.entropy import entropy_bonus
 from trainer.losses.kl import KL_ESTIMATORS, kl_loss
-from trainer.losses.llds import GATES, NORMALIZATIONS, llds_loss
+from trainer.losses.llds import DEFAULT_GATE_TOL, GATES, NORMALIZATIONS, llds_loss, llds_normalizer
 from trainer.losses.policy_loss import clipped_policy_loss
 
 
 @dataclass(frozen=True)
 class LossOptions:
-    """Every knob of the GRPO(+LLDS) loss; defaults follow the paper's Search-R1 setup (App. B.2.1).
+    """Every knob of the GRPO(+LLDS) loss; defaults follow the authors' run (App. B.2.1 and their verl
+    script and yaml: clip 0.2, KL 0.001 low_var_kl, entropy 0.001, lam 0.2, action gate, the code's
+    normalisation), plus a gate tolerance for float32 recompute noise (see `llds_loss`).
 
     ``aggregation`` and ``max_len`` apply to the policy, KL and entropy terms; the LLDS term has its
     own ``llds_normalization``. ``llds=False`` is plain GRPO through the same code path.
@@ -27,12 +29,13 @@ class LossOptions:
     aggregation: str = "token-mean"
     max_len: int | None = None
     kl_coef: float = 0.001
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
+    kl_estimator: str = "low_var_kl"
+    entropy_coef: float = 0.001
     llds: bool = True
     llds_lambda: float = 0.2
     llds_gate: str = "action"
-    llds_normalization: str = "paper"
+    llds_normalization: str = "code"
+    llds_gate_tol: float = DEFAULT_GATE_TOL
     answer_weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -50,7 +53,34 @@ class LossOptions:
         check_nonnegative("llds_lambda", self.llds_lambda)
         check_choice("llds_gate", self.llds_gate, GATES)
         check_choice("llds_normalization", self.llds_normalization, NORMALIZATIONS)
+        check_nonnegative("llds_gate_tol", self.llds_gate_tol)
         check_nonnegative("answer_weight", self.answer_weight)
+
+
+@dataclass(frozen=True)
+class LossNormalizers:
+    """The denominators of a whole mini-batch, handed to each of its micro-batches' `grpo_llds_loss` so
+    the micro-batch losses (and their gradients) add up to the mini-batch's whatever the micro-batch
+    size: verl's global_batch_info (``batch_num_tokens`` / ``global_batch_size``) for `agg_loss`.
+
+    ``aggregation``: for the policy, KL and entropy terms (`aggregation_normalizer`); ``llds``: for the
+    LLDS term (`llds_normalizer`). Both > 0.
+    """
+
+    aggregation: float
+    llds: float
+
+    def __post_init__(self) -> None:
+        check_normalizer(self.aggregation)
+        check_normalizer(self.llds)
+
+
+def mini_batch_normalizers(loss_mask: torch.Tensor, advantages: torch.Tensor, options: LossOptions) -> LossNormalizers:
+    """`LossNormalizers` of the mini-batch with this ``loss_mask`` (B, L) and ``advantages`` (B,)."""
+    return LossNormalizers(
+        aggregation=aggregation_normalizer(loss_mask, options.aggregation, max_len=options.max_len),
+        llds=llds_normalizer(loss_mask, advantages, options.llds_normalization),
+    )
 
 
 def grpo_llds_loss(
@@ -64,16 +94,26 @@ def grpo_llds_loss(
     answer_mask: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     options: LossOptions | None = None,
+    normalizers: LossNormalizers | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss for one micro-batch and its stats (floats).
 
     ``total = policy + kl_coef * KL (when kl_coef > 0 and ref_logp is given) - entropy_coef * H (when
     entropy, the (B, L) per-token entropy, is given) + lam * L_LLDS (when options.llds)``.
     Tensors are (B, L) over the response positions, ``advantages`` (B,); see `llds_loss` for the
-    LLDS-specific inputs. Divide by the gradient-accumulation count in the caller, as verl does.
+    LLDS-specific inputs.
+
+    Alone (``normalizers=None``) every term is normalised over this batch. Under gradient accumulation
+    pass the mini-batch's `mini_batch_normalizers` to every micro-batch and sum: the losses, their
+    gradients and the stats ``policy/loss``, ``kl/loss``, ``entropy/mean``, ``llds/term``, ``llds/loss``
+    and ``loss/total`` then add up to the mini-batch's (the other stats stay this batch's means).
     """
     options = options if options is not None else LossOptions()
-    agg = {"aggregation": options.aggregation, "max_len": options.max_len}
+    agg = {
+        "aggregation": options.aggregation,
+        "max_len": options.max_len,
+        "normalizer": None if normalizers is None else normalizers.aggregation,
+    }
     total, stats = clipped_policy_loss(
         logp, old_logp, advantages, loss_mask, clip_low=options.clip_low, clip_high=options.clip_high, **agg
     )
@@ -102,6 +142,8 @@ def grpo_llds_loss(
             gate=options.llds_gate,
             normalization=options.llds_normalization,
             answer_weight=options.answer_weight,
+            gate_tol=options.llds_gate_tol,
+            normalizer=None if normalizers is None else normalizers.llds,
         )
         total = total + llds
         stats.update(llds_stats)

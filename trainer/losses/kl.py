@@ -39,7 +39,10 @@ def kl_loss(
     estimator: str = "k3",
     aggregation: str = "token-mean",
     max_len: int | None = None,
+    normalizer: float | None = None,
 ) -> torch.Tensor:
-    """The aggregated KL over the generated tokens (unscaled: the caller multiplies by its kl_coef)."""
+    """The aggregated KL over the generated tokens (unscaled: the caller multiplies by its kl_coef).
+    ``normalizer`` replaces the aggregation's denominator (see `aggregate`)."""
     check_same_shape(logp, ref_logp=ref_logp, loss_mask=loss_mask)
-    return aggregate(kl_penalty(logp, ref_logp, estimator), loss_mask, aggregation, max_len=max_len)
+    per_token = kl_penalty(logp, ref_logp, estimator)
+    return aggregate(per_token, loss_mask, aggregation, max_len=max_len, normalizer=normalizer)

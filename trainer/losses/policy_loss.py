@@ -22,13 +22,15 @@ def clipped_policy_loss(
     clip_high: float = 0.2,
     aggregation: str = "token-mean",
     max_len: int | None = None,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Per token ``-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)``, aggregated over the mask.
 
     ``ratio = exp(logp - old_logp)`` with the log-ratio clamped to [-20, 20]. Separate ``clip_low`` /
     ``clip_high`` allow DAPO's clip-higher. Stats: ``policy/clipfrac`` (share of masked tokens where the
     clipped branch is the active one), ``policy/approx_kl`` (mean of old - new, verl's ppo_kl),
-    ``policy/approx_kl_k3`` (mean of ratio - 1 - log ratio), ``policy/ratio_mean``.
+    ``policy/approx_kl_k3`` (mean of ratio - 1 - log ratio), ``policy/ratio_mean``: token means over
+    this call's mask. ``normalizer`` replaces the aggregation's denominator (see `aggregate`).
     """
     check_same_shape(logp, old_logp=old_logp, loss_mask=loss_mask)
     check_advantages(advantages, logp.shape[0])
@@ -42,7 +44,7 @@ def clipped_policy_loss(
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
-    loss = aggregate(per_token, loss_mask, aggregation, max_len=max_len)
+    loss = aggregate(per_token, loss_mask, aggregation, max_len=max_len, normalizer=normalizer)
     with torch.no_grad():
         stats = torch.stack(
             [

@@ -47,6 +47,9 @@ class Episode:
     #: the env's info of the last step (em, f1, num_searches, invalid_actions, answer... at the end),
     #: plus the engine's own records ("truncated_by", "observation_tokens_cut")
     info: dict[str, Any] = field(default_factory=dict)
+    #: the env's info at reset (question, question_id, hops), and of every step in order
+    reset_info: dict[str, Any] = field(default_factory=dict)
+    step_infos: list[dict[str, Any]] = field(default_factory=list)
     #: decoded texts for logging: each turn's action, and each observation as appended (after any cut)
     actions: list[str] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
@@ -170,7 +173,8 @@ class RolloutEngine:
         for k, q in enumerate(question_indices):
             for g in range(self.group_size):
                 prompt, info = pool[k * self.group_size + g].reset(options={"index": int(q)})
-                ep = Episode(int(q), g, Transcript(encode_prompt(self.tokenizer, prompt)), prompt, info=dict(info))
+                ep = Episode(int(q), g, Transcript(encode_prompt(self.tokenizer, prompt)), prompt, info=dict(info),
+                             reset_info=dict(info))
                 if self._room(ep) < 1:
                     self._cut_short(ep, "prompt_too_long")
                 episodes.append(ep)
@@ -220,6 +224,7 @@ class RolloutEngine:
     def _observe(self, ep: Episode, obs: Any, reward: Any, terminated: bool, truncated: bool, info: dict) -> None:
         ep.steps += 1
         ep.info = dict(info)
+        ep.step_infos.append(dict(info))
         ep.valid_actions += bool(info.get("valid_action", False))
         # The env's own count when it keeps one (SearchQAEnv does), else count the search steps.
         ep.searches = int(info["num_searches"]) if "num_searches" in info else ep.searches + bool(info.get("is_search"))

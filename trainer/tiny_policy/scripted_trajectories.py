@@ -1,21 +1,28 @@
 """Scripted search episodes on the world's train split, played through the real env: the SFT data.
 
 A script knows the question's chain (metadata "entities" and "type"), so it searches the question,
-then each bridge entity with a short relation phrase, then answers the gold. Only the env's own
-observations enter the transcript, tokenised exactly as the RL rollouts will tokenise them, and only
-grounded episodes are kept: every hop's supporting passage was retrieved, so the answer (and each
-bridge name) is in what the policy read and the warm start teaches reading, not recalling.
+then each bridge entity with a short relation phrase, then answers the gold. The scripts are played
+by the RL rollouts' own engine (`RolloutEngine` with a `ScriptedGenerator` in place of the model),
+so the transcripts are the token stream GRPO will see: the env's observations tokenised as the
+rollouts tokenise them. Only grounded episodes are kept: every hop's supporting passage was
+retrieved, so the answer (and each bridge name) is in what the policy read and the warm start
+teaches reading, not recalling.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
+from search_env.protocol import format_question
 from search_env.qa_data import QARecord, load_qa
 from search_env.retriever_client import RetrieverClient
-from search_env.search_qa_env import SearchQAEnv, batched_step
+from search_env.search_qa_env import SearchQAEnv
 from search_env.world.store import WorldPaths
+from trainer.rollout.engine import RolloutEngine
+from trainer.rollout.generation import STOP_STRINGS, Generated
 from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
 from trainer.transcript import Transcript, encode_prompt, encode_text
 
@@ -50,6 +57,50 @@ def scripted_actions(record: QARecord) -> list[str]:
     return actions
 
 
+class ScriptedGenerator:
+    """A rollout `Generator` that writes each episode's script instead of sampling.
+
+    An episode is known by its prompt (the ids the engine encoded), its turn by how many times that
+    prompt has been asked for one; the script's last turn ends with EOS, so the policy learns to stop
+    after answering. Raises ValueError when two scripts share a prompt (they could not be told apart),
+    KeyError for a prompt with no script, IndexError when asked past a script's end.
+    """
+
+    def __init__(self, tokenizer: Any, scripts: Sequence[tuple[str, list[str]]]):
+        """`scripts`: (prompt text as the env writes it, the actions of its turns) per episode."""
+        self._turns: dict[tuple[int, ...], list[list[int]]] = {}
+        for prompt, actions in scripts:
+            key = tuple(encode_prompt(tokenizer, prompt))
+            if key in self._turns:
+                raise ValueError(f"two scripts for one prompt: {prompt!r}")
+            turns = [encode_text(tokenizer, a) for a in actions]
+            turns[-1] = turns[-1] + [tokenizer.eos_token_id]
+            self._turns[key] = turns
+        self._lengths = sorted({len(k) for k in self._turns}, reverse=True)
+        self._asked: Counter[tuple[int, ...]] = Counter()
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop_strings: Sequence[str] = STOP_STRINGS,
+    ) -> list[Generated]:
+        out = []
+        for ids in prompts:
+            key = next((k for k in (tuple(ids[:n]) for n in self._lengths) if k in self._turns), None)
+            if key is None:
+                raise KeyError("a prompt with no script")
+            turn, turns = self._asked[key], self._turns[key]
+            self._asked[key] += 1
+            out.append(
+                Generated(list(turns[turn]), [0.0] * len(turns[turn]), "eos" if turn == len(turns) - 1 else "stop")
+            )
+        return out
+
+
 def _grounded(record: QARecord, retrieved: list[list[str]]) -> bool:
     """Each hop's supporting passage came back from that hop's search."""
     support = [str(p) for p in record.metadata.get("supporting_passages", [])]
@@ -80,48 +131,27 @@ def scripted_trajectories(
                     topk=topk, max_turns=max_turns)
         for _ in range(min(batch_size, len(records)))
     ]
-    eos = [tokenizer.eos_token_id]
+    scripts = ScriptedGenerator(
+        tokenizer, [(format_question(r.question, TINY_PROMPT_TEMPLATE), scripted_actions(r)) for r in records]
+    )
+    # No token budget: a script is as long as it is (a plan longer than max_turns is truncated, then dropped).
+    engine = RolloutEngine(scripts, tokenizer, group_size=1, max_total_tokens=sys.maxsize)
     transcripts: list[Transcript] = []
     played, kept, dropped = Counter(), Counter(), Counter()
     try:
         for start in range(0, len(records), batch_size):
-            chunk = list(range(start, min(start + batch_size, len(records))))
-            plans = [scripted_actions(records[i]) for i in chunk]
-            batch: list[Transcript] = []
-            for env, i in zip(envs, chunk, strict=False):
-                prompt, _ = env.reset(options={"index": i})
-                batch.append(Transcript(prompt_ids=encode_prompt(tokenizer, prompt)))
-            retrieved: list[list[list[str]]] = [[] for _ in chunk]
-            final: list[tuple[float, bool]] = [(0.0, False)] * len(chunk)
-            active = list(range(len(chunk)))  # a plan longer than max_turns is truncated, then dropped
-            for turn in range(max_turns):
-                active = [k for k in active if turn < len(plans[k])]
-                if not active:
-                    break
-                results = batched_step([envs[k] for k in active], [plans[k][turn] for k in active], retriever)
-                for k, (obs, reward, terminated, truncated, info) in zip(active, results, strict=True):
-                    is_last = turn == len(plans[k]) - 1
-                    # EOS ends the answer turn: the policy must learn to stop after answering.
-                    batch[k].add_action(encode_text(tokenizer, plans[k][turn]) + (eos if is_last else []))
-                    if info["is_search"]:
-                        retrieved[k].append(info["retrieved_ids"])
-                    if obs:
-                        batch[k].add_observation(encode_text(tokenizer, obs))
-                    if terminated or truncated:
-                        final[k] = (float(reward), bool(terminated))
-                active = [k for k in active if not envs[k].done]
-            for k, i in enumerate(chunk):
-                record = records[i]
+            for ep in engine.collect(envs, range(start, min(start + batch_size, len(records)))):
+                record = records[ep.group_id]
                 hops = int(record.metadata.get("hops", 1))
                 played[hops] += 1
-                reward, answered = final[k]
-                if not answered or reward < 1.0:
+                retrieved = [info["retrieved_ids"] for info in ep.step_infos if info["is_search"]]
+                if not ep.terminated or ep.reward < 1.0:
                     dropped["wrong_or_unanswered"] += 1
-                elif require_grounded and not _grounded(record, retrieved[k]):
+                elif require_grounded and not _grounded(record, retrieved):
                     dropped["not_grounded"] += 1
                 else:
                     kept[hops] += 1
-                    transcripts.append(batch[k])
+                    transcripts.append(ep.transcript)
     finally:
         for env in envs:
             env.close()

@@ -1,0 +1,100 @@
+"""The death-spiral experiment: its collapse criterion on series whose answer is known, and `--quick` end to
+end (both arms, real warm start, real BM25 server, summary.json and the figure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainer.cli import main as trainer_main
+from trainer.death_spiral.criterion import CollapseCriterion
+from trainer.death_spiral.report import first_warning_step
+
+
+def _records(rewards: list[float]) -> list[dict]:
+    return [{"step": i + 1, "reward/mean": r} for i, r in enumerate(rewards)]
+
+
+def test_criterion_finds_the_step_where_a_sustained_fall_begins():
+    criterion = CollapseCriterion(smooth=1, fraction=0.5, patience=3, min_steps=2)
+    # Best 0.6 at step 3; below 0.3 from step 6 on for 3 steps -> collapsed at 6.
+    assert criterion.collapse_step(_records([0.4, 0.5, 0.6, 0.5, 0.4, 0.2, 0.1, 0.1, 0.1])) == 6
+
+
+def test_criterion_ignores_short_dips_and_late_falls():
+    criterion = CollapseCriterion(smooth=1, fraction=0.5, patience=3, min_steps=2)
+    assert criterion.collapse_step(_records([0.6, 0.6, 0.2, 0.2, 0.6, 0.6])) is None  # two low steps only
+    assert criterion.collapse_step(_records([0.6, 0.6, 0.6, 0.6, 0.2, 0.2])) is None  # ends before patience
+    assert criterion.collapse_step(_records([0.0, 0.0, 0.0, 0.0])) is None  # never had a best above 0
+
+
+def test_criterion_smooths_before_judging():
+    noisy = [0.6, 0.6, 0.6, 0.6, 0.6] + [0.0, 0.6] * 10  # alternating: a trailing mean of 2 stays at 0.3
+    assert CollapseCriterion(smooth=1, patience=1, min_steps=1).collapse_step(_records(noisy)) == 6
+    assert CollapseCriterion(smooth=2, fraction=0.5, patience=1, min_steps=1).collapse_step(_records(noisy)) is None
+
+
+def test_criterion_skips_missing_values_and_refuses_bad_settings():
+    records = _records([0.6, 0.6, 0.6]) + [{"step": 4}, {"step": 5, "reward/mean": float("nan")}]
+    records += [{"step": s, "reward/mean": 0.1} for s in (6, 7, 8)]
+    assert CollapseCriterion(smooth=1, patience=3, min_steps=1).collapse_step(records) == 6
+    with pytest.raises(ValueError, match="fraction"):
+        CollapseCriterion(fraction=1.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        CollapseCriterion(patience=0)
+
+
+def test_quick_experiment_writes_summary_and_figure(bm25_server, tmp_path):
+    out = tmp_path / "spiral"
+    code = trainer_main(
+        ["death-spiral", "--out", str(out), "--quick", "--jobs", "2", "--retriever-url", bm25_server.url]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    declared = json.loads((out / "criterion.json").read_text())
+    assert declared["criterion"] == summary["criterion"] and "running best" in declared["criterion"]["text"]
+    runs = {(r["arm"], r["seed"]): r for r in summary["runs"]}
+    assert set(runs) == {("grpo", 1), ("llds", 1)}
+    for row in runs.values():
+        assert row["finished"] and row["steps_logged"] == 4
+        assert isinstance(row["collapsed"], bool)
+        assert row["collapse_step"] is None or isinstance(row["collapse_step"], int)
+        assert row["first_warning_step"] is None or 1 <= row["first_warning_step"] <= 4
+        for key in ("best_test_em", "final_test_em", "test_em_before"):
+            assert 0.0 <= row[key] <= 1.0, key
+        assert [step for step, _ in row["test_em_during"]] == [2]  # eval_every 2; the final one is "after"
+    assert runs[("grpo", 1)]["llds_activation_mean"] is None  # plain GRPO logs no LLDS activity
+    assert runs[("llds", 1)]["llds_activation_mean"] is not None
+    metrics = [json.loads(line) for line in (out / "llds" / "seed-1" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "likelihood/probe_questions" in m] == [2, 4]  # probe_every 2
+    assert set(summary["arms"]) == {"grpo", "llds"}
+    assert (out / "death-spiral.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Run again: finished runs are not rerun, the report is rewritten from their files.
+    before = (out / "grpo" / "seed-1" / "metrics.jsonl").read_text()
+    assert trainer_main(["death-spiral", "--out", str(out), "--quick", "--retriever-url", bm25_server.url]) == 0
+    assert (out / "grpo" / "seed-1" / "metrics.jsonl").read_text() == before
+
+
+def test_first_warning_step_replays_the_monitor():
+    flat = [{"step": i, "reward/mean": 0.5, "likelihood/correct_mean": -1.0} for i in range(1, 40)]
+    assert first_warning_step(flat) is None
+    falling = flat + [
+        {
+            "step": 40 + i,
+            "reward/mean": 0.5,
+            "likelihood/correct_mean": -1.0 - 0.2 * i,
+            "likelihood/displacement_correct_neg_share": 0.9,
+        }
+        for i in range(1, 30)
+    ]
+    step = first_warning_step(falling)
+    assert step is not None and step > 39
+
+
+def test_bad_arguments_fail_before_any_run(tmp_path, capsys):
+    assert trainer_main(["death-spiral", "--out", str(tmp_path), "--arms", "grpo,ppo"]) == 2
+    assert "unknown arm" in capsys.readouterr().err
+    assert trainer_main(["death-spiral", "--out", str(tmp_path), "--set", "optim.lr=-1"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert not (tmp_path / "grpo").exists()

@@ -1,0 +1,243 @@
+"""`search-trainer death-spiral`: plain GRPO against GRPO+LLDS on the same seeds, in a regime where GRPO collapses.
+
+Each (arm, seed) is one ordinary training run (`search-trainer train` in a subprocess, so runs are isolated
+and can go side by side, one CPU thread each) with the experiment's config (configs/death-spiral.yaml), the
+seed as `run.seed` (same question order and same first rollouts in both arms) and one shared warm start
+(`model.embedded_seed`), so the arms differ only in `llds.enabled`. Runs land in `OUT/<arm>/seed-<n>/`
+(metrics.jsonl, eval/, train.log); a run that already finished (its summary.json exists) is not run again,
+so the command resumes where it stopped. When all runs are done, `OUT/summary.json` and
+`OUT/death-spiral.png` are written by `trainer.death_spiral.report`, with the collapse criterion that was
+declared before the first run (`OUT/criterion.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.death_spiral.criterion import CollapseCriterion
+
+CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "death-spiral.yaml"
+ARMS = {"grpo": "llds.enabled=false", "llds": "llds.enabled=true"}
+# --quick: one seed of each arm, a few steps with a small warm start: the whole machinery in minutes.
+QUICK = [
+    "model.embedded_sft_examples=60",
+    "model.embedded_sft_steps=20",
+    "model.embedded_sft_first_action_steps=20",
+    "model.embedded_sft_copy_drill=0",
+    "rollout.group_size=4",
+    "rollout.questions_per_step=3",
+    "rollout.max_new_tokens=32",
+    "run.steps=4",
+    "run.eval_every=2",
+    "run.eval_questions=6",
+    "diagnostics.probe_every=2",
+    "diagnostics.probe_questions=2",
+]
+
+
+@dataclass
+class Run:
+    arm: str
+    seed: int
+    out: Path
+    proc: subprocess.Popen[bytes] | None = None
+    returncode: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return (self.out / "summary.json").is_file()
+
+    def steps_logged(self) -> int:
+        path = self.out / "metrics.jsonl"
+        return sum(1 for line in path.open() if line.strip()) if path.is_file() else 0
+
+
+def plan(out: Path, arms: list[str], seeds: list[int]) -> list[Run]:
+    """Runs in the order they start: the arms alternate within each seed, so with two jobs both arms of a
+    seed run side by side and share the machine's load alike."""
+    return [Run(arm, seed, out / arm / f"seed-{seed}") for seed in seeds for arm in arms]
+
+
+def _command(run: Run, config: Path, overrides: list[str], retriever_url: str) -> list[str]:
+    sets = [
+        *overrides,
+        ARMS[run.arm],
+        f"run.seed={run.seed}",
+        f"run.out_dir={run.out}",
+        f"env.retriever_url={retriever_url}",
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        "train",
+        "--config",
+        str(config),
+        *(x for s in sets for x in ("--set", s)),
+    ]
+
+
+def _launch(run: Run, command: list[str], threads: int) -> None:
+    if run.out.exists():  # an unfinished run starts again from scratch: its partial metrics would mislead
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with (run.out / "train.log").open("ab") as log:
+        run.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _progress(runs: list[Run], total_steps: int) -> str:
+    parts = []
+    for run in runs:
+        state = "done" if run.done else f"{run.steps_logged()}/{total_steps}" if run.proc else "waiting"
+        if run.returncode not in (None, 0):
+            state = f"failed ({run.returncode})"
+        parts.append(f"{run.arm} s{run.seed}: {state}")
+    return " | ".join(parts)
+
+
+def execute(
+    runs: list[Run],
+    *,
+    config: Path,
+    overrides: list[str],
+    retriever_url: str,
+    jobs: int,
+    threads: int,
+    total_steps: int,
+    poll_s: float = 20.0,
+) -> list[Run]:
+    """Run every unfinished run, `jobs` at a time with `threads` torch threads each, printing progress
+    every `poll_s` seconds. A run that fails is recorded (its log says why) and the others go on."""
+    pending = [r for r in runs if not r.done]
+    active: list[Run] = []
+    last_print = 0.0
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                run = pending.pop(0)
+                _launch(run, _command(run, config, overrides, retriever_url), threads)
+                active.append(run)
+            for run in list(active):
+                assert run.proc is not None
+                if run.proc.poll() is not None:
+                    run.returncode = run.proc.returncode
+                    active.remove(run)
+                    verdict = (
+                        "done" if run.returncode == 0 else f"FAILED (exit {run.returncode}; see {run.out}/train.log)"
+                    )
+                    print(f"[death-spiral] {run.arm} seed {run.seed}: {verdict}", flush=True)
+            if time.monotonic() - last_print >= poll_s:
+                print(f"[death-spiral] {_progress(runs, total_steps)}", flush=True)
+                last_print = time.monotonic()
+            time.sleep(0.5)
+    finally:
+        for run in active:
+            if run.proc is not None and run.proc.poll() is None:
+                run.proc.terminate()
+    return runs
+
+
+def run_death_spiral(args: argparse.Namespace) -> int:
+    from trainer.config import ConfigError, load_config
+    from trainer.death_spiral.report import write_report
+
+    out: Path = args.out
+    overrides = [*(QUICK if args.quick else []), *args.overrides]
+    if args.steps is not None:
+        overrides.append(f"run.steps={args.steps}")
+    seeds = args.seeds if args.seeds else ([1] if args.quick else [1, 2, 3, 4, 5])
+    arms = args.arms.split(",")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        print(f"search-trainer: unknown arm(s) {unknown}; known: {sorted(ARMS)}", file=sys.stderr)
+        return 2
+    try:  # the whole config is checked here, before any run starts
+        config = load_config(args.config, [*overrides, "env.retriever_url=http://127.0.0.1:1"])
+    except ConfigError as err:
+        print(f"search-trainer: {err}", file=sys.stderr)
+        return 2
+    if not config.env.data.startswith("world:"):
+        print(
+            "search-trainer: the death-spiral experiment runs on an embedded world (env.data world:<preset>)",
+            file=sys.stderr,
+        )
+        return 2
+    criterion = CollapseCriterion()
+    out.mkdir(parents=True, exist_ok=True)
+    declared = {
+        "criterion": criterion.as_dict(),
+        "arms": arms,
+        "seeds": seeds,
+        "config": str(args.config),
+        "overrides": overrides,
+        "steps": config.run.steps,
+    }
+    (out / "criterion.json").write_text(json.dumps(declared, indent=2))
+    print(f"[death-spiral] collapse criterion, declared before the runs: {criterion.describe()}", flush=True)
+
+    runs = plan(out, arms, seeds)
+    if args.report_only:
+        summary = write_report(out, runs, criterion)
+        print(summary["text"])
+        return 0
+    retriever = None
+    url = args.retriever_url
+    try:
+        if url is None and not all(r.done for r in runs):
+            from agent_server.server_process import ServerProcess
+
+            world = config.env.data.partition(":")[2]
+            retriever = ServerProcess(["retriever", "--backend", "bm25", "--world", world], out / "retriever.log")
+            print(
+                f"[death-spiral] starting the BM25 retriever over world '{world}' (log: {retriever.log_path})",
+                flush=True,
+            )
+            url = retriever.start().wait_ready(timeout=1800).url
+        execute(
+            runs,
+            config=args.config,
+            overrides=overrides,
+            retriever_url=url or "",
+            jobs=args.jobs,
+            threads=args.threads,
+            total_steps=config.run.steps,
+        )
+    finally:
+        if retriever is not None:
+            retriever.stop()
+    summary = write_report(out, runs, criterion)
+    print(summary["text"], flush=True)
+    print(f"[death-spiral] {out / 'summary.json'}\n[death-spiral] {out / 'death-spiral.png'}")
+    return 0 if all(r.done for r in runs) else 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output directory (runs, summary.json, death-spiral.png)")
+    p.add_argument("--quick", action="store_true", help="one seed of each arm, a few steps: the machinery in minutes")
+    p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 1 2 3 4 5; --quick: 1)")
+    p.add_argument("--arms", default="grpo,llds", help="comma-separated: grpo (plain GRPO), llds (GRPO+LLDS)")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    # One thread: the embedded policy is all per-op overhead, and two runs with two threads each on a
+    # 2-core machine were measured 3-4x slower per step than with one thread each.
+    p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per run")
+    p.add_argument("--config", type=Path, default=CONFIG, help="the experiment's training config")
+    p.add_argument("--steps", type=int, help="RL steps per run (overrides the config's run.steps)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every run (repeatable)",
+    )
+    p.add_argument("--retriever-url", help="use this retrieval server instead of starting one")
+    p.add_argument("--report-only", action="store_true", help="only (re)write summary.json and the figure")
