@@ -82,9 +82,14 @@ def first_warning_step(records: Records) -> int | None:
     return None
 
 
-def _phases(records: Records) -> list[tuple[int, str]]:
+def _phases(records: Records) -> list[tuple[int, str, bool]]:
+    """(step, phase, warning) of each record, replayed through `CollapseMonitor`."""
     monitor = CollapseMonitor()
-    return [(int(r["step"]), monitor.update(r, announce=False).phase) for r in records]
+    out = []
+    for record in records:
+        status = monitor.update(record, announce=False)
+        out.append((int(record["step"]), status.phase, status.warning))
+    return out
 
 
 def _mean_of(records: Records, key: str, steps: slice) -> float | None:
@@ -200,7 +205,8 @@ def plot_experiment(records: Mapping[tuple[str, int], Records], rows: list[dict[
     from matplotlib.patches import Patch
 
     arms = list(dict.fromkeys(arm for arm, _ in records))
-    fig, axes = plt.subplots(5, 2, figsize=(14, 16), sharex=True)
+    fig, axes = plt.subplots(5, 2, figsize=(14, 16))
+    last_step = max((int(r["step"]) for recs in records.values() for r in recs), default=1)
     try:
         for ax, (title, key, ylabel) in zip(axes.flat, PANELS, strict=False):
             drawn = False
@@ -236,6 +242,7 @@ def plot_experiment(records: Mapping[tuple[str, int], Records], rows: list[dict[
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
             ax.set_title(title, fontsize=10)
             ax.set_ylabel(ylabel)
+            ax.set_xlim(0.5, last_step + 0.5)
             ax.grid(alpha=0.3)
         # Bottom row: each run's monitor phase per step, one strip per run.
         strip = fig.add_subplot(5, 1, 5)
@@ -243,15 +250,21 @@ def plot_experiment(records: Mapping[tuple[str, int], Records], rows: list[dict[
             ax.remove()
         labels = []
         for y, ((arm, seed), recs) in enumerate(records.items()):
-            for step, phase in _phases(recs):
+            for step, phase, warning in _phases(recs):
                 strip.barh(y, 1, left=step - 0.5, color=PHASE_COLOURS.get(phase, "#eeeeee"), linewidth=0)
+                if warning:  # a warning can come from a flag (reward falling, displacement) in any phase
+                    strip.plot([step], [y + 0.3], marker="v", color="black", markersize=4, linestyle="none")
             row = next((r for r in rows if r["arm"] == arm and r["seed"] == seed), None)
             if row and row["collapse_step"] is not None:
                 strip.plot([row["collapse_step"]], [y], "kx", markersize=8)
             labels.append(f"{ARM_LABELS.get(arm, arm)} s{seed}")
         strip.set_yticks(range(len(labels)), labels, fontsize=8)
+        strip.set_xlim(0.5, last_step + 0.5)
         strip.set_xlabel("step")
-        strip.set_title("Collapse monitor phase per run (x: collapse by the criterion)", fontsize=10)
+        strip.set_title(
+            "Collapse monitor per run: phase (grey: too few points yet), v: warning, x: collapse by the criterion",
+            fontsize=10,
+        )
         handles = [Patch(color=c, label=p.replace("_", " ")) for p, c in PHASE_COLOURS.items()]
         strip.legend(handles=handles, fontsize=7, loc="upper left", ncol=4)
         fig.suptitle("Death spiral: plain GRPO vs GRPO+LLDS (mean and min-max over seeds)")
