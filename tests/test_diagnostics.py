@@ -496,3 +496,11 @@ def test_plot_main_from_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     _assert_png(out)
     with pytest.raises(SystemExit):
         plot_main([str(tmp_path / "grpo"), "--compare", "no-equals-sign"])
+
+
+def test_docs_metrics_table_is_the_metric_keys():
+    # docs/metrics.md is what the README links for the keys: it must not drift from METRIC_KEYS.
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    assert metric_table_markdown() in docs
