@@ -154,7 +154,7 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
-    seeds = args.seeds if args.seeds else ([1] if args.quick else [1, 2, 3, 4, 5])
+    seeds = args.seeds if args.seeds else ([1] if args.quick else [1, 2, 3])
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -223,7 +223,7 @@ def run_death_spiral(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory (runs, summary.json, death-spiral.png)")
     p.add_argument("--quick", action="store_true", help="one seed of each arm, a few steps: the machinery in minutes")
-    p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 1 2 3 4 5; --quick: 1)")
+    p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 1 2 3; --quick: 1)")
     p.add_argument("--arms", default="grpo,llds", help="comma-separated: grpo (plain GRPO), llds (GRPO+LLDS)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
     # One thread: the embedded policy is all per-op overhead, and two runs with two threads each on a
