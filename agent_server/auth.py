@@ -1,9 +1,11 @@
-"""Optional bearer-token guard shared by searchgym's servers."""
+"""Optional bearer-token guard shared by searchgym's servers, and the caller's identity for the env server."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+from collections.abc import Collection
 
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
@@ -13,6 +15,8 @@ from starlette.types import ASGIApp
 from search_env.http_client import TOKEN_ENV
 
 OPEN_PATHS = frozenset({"/health"})
+# More tokens the env server accepts, comma-separated: one per client who must not see the others' sessions.
+TOKENS_ENV = "SEARCHGYM_API_TOKENS"
 
 
 def token_from_env(var: str = TOKEN_ENV) -> str | None:
@@ -20,20 +24,45 @@ def token_from_env(var: str = TOKEN_ENV) -> str | None:
     return os.environ.get(var) or None
 
 
-class BearerTokenMiddleware(BaseHTTPMiddleware):
-    """Every path but /health needs `Authorization: Bearer <token>` when a token is set."""
+def tokens_from_env() -> list[str]:
+    """`$SEARCHGYM_API_TOKEN` and the comma-separated `$SEARCHGYM_API_TOKENS`, without blanks or repeats."""
+    tokens = [os.environ.get(TOKEN_ENV, ""), *os.environ.get(TOKENS_ENV, "").split(",")]
+    return list(dict.fromkeys(t.strip() for t in tokens if t.strip()))
 
-    def __init__(self, app: ASGIApp, token: str):
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case, RFC 7235); None if absent."""
+    scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def caller_id(request: Request) -> str | None:
+    """Who is calling, as the sha256 of their bearer token (the token itself is never kept); None without one."""
+    token = bearer_token(request)
+    return None if token is None else hashlib.sha256(token.encode("latin-1")).hexdigest()
+
+
+class BearerTokenMiddleware(BaseHTTPMiddleware):
+    """Every path but /health needs `Authorization: Bearer <token>` with one of the tokens when any is set."""
+
+    def __init__(self, app: ASGIApp, token: str | Collection[str]):
         super().__init__(app)
-        self._expected = f"Bearer {token}".encode()
+        tokens = [token] if isinstance(token, str) else list(token)
+        self._expected = [t.encode() for t in tokens if t]
+
+    def _accepts(self, given: str | None) -> bool:
+        if given is None:
+            return False
+        raw = given.encode("latin-1")  # header bytes as sent (starlette decodes them as latin-1)
+        # Every token compared, so the time taken does not tell which one nearly matched.
+        return sum(hmac.compare_digest(raw, t) for t in self._expected) > 0
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, self._expected):
-                return JSONResponse(
-                    {"detail": "missing or wrong bearer token (set Authorization: Bearer <token>)"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+        if request.url.path not in OPEN_PATHS and not self._accepts(bearer_token(request)):
+            return JSONResponse(
+                {"detail": "missing or wrong bearer token (set Authorization: Bearer <token>)"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return await call_next(request)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from agent_server.auth import token_from_env
+from agent_server.auth import token_from_env, tokens_from_env
 from search_env.retrieval_schema import RetrievalLimits
 
 log = logging.getLogger("agent_server")
@@ -130,11 +130,14 @@ def run_retriever(args: argparse.Namespace) -> None:
 
 
 def _add_env_parser(sub: argparse._SubParsersAction) -> None:
+    from agent_server.env_datasets import DEFAULT_WORLDS
+
     p = sub.add_parser(
         "env",
         help="serve SearchQAEnv sessions over HTTP",
         description="Serve Gym env sessions (create/reset/step/close, batched step). "
-        "Set SEARCHGYM_API_TOKEN to require a bearer token.",
+        "Set SEARCHGYM_API_TOKEN to require a bearer token, and SEARCHGYM_API_TOKENS (comma-separated) "
+        "for more clients: a session is used only with the token that created it.",
     )
     p.add_argument("--retriever-url", default="http://127.0.0.1:8000", help="the retrieval server for all sessions")
     _add_server_args(p, 8001)
@@ -147,9 +150,17 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
         "--data",
         action="append",
         default=[],
-        metavar="NAME=PATH",
-        help="a QA file or folder clients may name as data (repeatable); world:<preset> is always offered",
+        metavar="NAME=SOURCE",
+        help="a data set clients may name (repeatable): a folder (its splits are its <split>.jsonl/.json/.parquet "
+        "files, listed at start), one such file (its one split), or a Hugging Face data set name",
     )
+    p.add_argument(
+        "--worlds",
+        default=",".join(DEFAULT_WORLDS),
+        help="embedded world presets clients may name as world:<preset>, comma-separated ('' for none; "
+        "'large' takes minutes and GBs to generate on first use)",
+    )
+    p.add_argument("--data-cache", type=int, default=8, help="loaded (data set, split) kept in memory")
     p.add_argument("--retriever-timeout", type=float, default=30.0)
     p.add_argument("--retriever-retries", type=int, default=2)
 
@@ -159,27 +170,32 @@ def run_env(args: argparse.Namespace) -> None:
 
     from agent_server.env_app import create_env_app
 
-    datasets = {}
+    datasets: dict[str, str] = {}
     for item in args.data:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--data takes NAME=PATH, got {item!r}")
+            raise SystemExit(f"--data takes NAME=SOURCE, got {item!r}")
         datasets[name] = path
-    token = token_from_env()
-    if args.host not in LOOPBACK and not token:
+    tokens = tokens_from_env()
+    if args.host not in LOOPBACK and not tokens:
         log.warning("binding %s without SEARCHGYM_API_TOKEN: anyone who reaches it can use it", args.host)
-    app = create_env_app(
-        args.retriever_url,
-        max_sessions=args.max_sessions,
-        idle_timeout_s=args.idle_timeout,
-        max_action_chars=args.max_action_chars,
-        max_obs_chars=args.max_obs_chars,
-        max_batch=args.max_batch,
-        datasets=datasets,
-        retriever_timeout=args.retriever_timeout,
-        retriever_retries=args.retriever_retries,
-        token=token,
-    )
+    try:
+        app = create_env_app(
+            args.retriever_url,
+            max_sessions=args.max_sessions,
+            idle_timeout_s=args.idle_timeout,
+            max_action_chars=args.max_action_chars,
+            max_obs_chars=args.max_obs_chars,
+            max_batch=args.max_batch,
+            datasets=datasets,
+            worlds=[w.strip() for w in args.worlds.split(",") if w.strip()],
+            data_cache=args.data_cache,
+            retriever_timeout=args.retriever_timeout,
+            retriever_retries=args.retriever_retries,
+            token=tokens,
+        )
+    except ValueError as err:
+        raise SystemExit(f"agent-server env: {err}") from None
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 

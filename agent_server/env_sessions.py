@@ -1,26 +1,36 @@
-"""Live SearchQAEnv sessions of the env server, with a cap on their number and an idle expiry."""
+"""Live SearchQAEnv sessions of the env server: who owns them, a cap on their number, an idle expiry,
+and the answers they recorded for retried requests.
+
+Ownership: a session belongs to the bearer token it was created with (kept as a sha256 digest) or,
+created without one, to every client that sends none. Any other caller is told the session does not
+exist (404), so ids reveal nothing to those who may not use them; ids are random, 144 bits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import gymnasium
+from pydantic import ValidationError
 
-from search_env.env_data import WORLD_PREFIX, load_env_records
-from search_env.env_schema import SESSION_OPTIONS, SessionInfo
-from search_env.qa_data import QARecord
+from agent_server.env_datasets import DataRefused, DataRegistry
+from agent_server.errors import validation_message
+from agent_server.replay_log import ReplayLog, ReplayMismatch, fingerprint
+from search_env.env_schema import SESSION_OPTIONS, SessionInfo, SessionOptions, StepResponse
 from search_env.registration import ENV_IDS
 from search_env.retriever_client import RetrieverClient
 from search_env.search_qa_env import SearchQAEnv
-from search_env.world.config import WORLD_PRESETS
 
 log = logging.getLogger("agent_server.env")
+
+REPLIES_PER_SESSION = 4  # a client retries its latest step; a few more cover a late duplicate
+RECORDED_CREATES = 4096
 
 
 class SessionError(Exception):
@@ -41,6 +51,10 @@ class UnknownEnvId(SessionError):
     status = 404
 
 
+class ReusedRequestId(SessionError):
+    status = 409
+
+
 class BadSessionRequest(SessionError):
     status = 422
 
@@ -55,8 +69,10 @@ class Session:
     env_id: str
     options: dict[str, Any]
     env: SearchQAEnv
+    owner: str | None = None
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    replies: ReplayLog[StepResponse] = field(default_factory=lambda: ReplayLog(REPLIES_PER_SESSION))
 
     def describe(self) -> SessionInfo:
         return SessionInfo(
@@ -71,105 +87,139 @@ class Session:
             idle_seconds=round(time.monotonic() - self.last_used, 3),
         )
 
+    def reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        """env.reset(), all or nothing: if it raises, the env is as it was (episode, golds, turn,
+        random state), so a refused reset cannot leave another question's golds behind."""
+        env = self.env
+        saved = dict(vars(env))
+        rng = getattr(env, "_np_random", None)
+        rng_state = rng.bit_generator.state if rng is not None else None
+        try:
+            return env.reset(seed=seed, options=options)
+        except BaseException:
+            # reset() rebinds attributes (it does not mutate them), so the saved ones are the old state.
+            vars(env).clear()
+            vars(env).update(saved)
+            if rng is not None:
+                rng.bit_generator.state = rng_state
+            raise
+
 
 class SessionManager:
     def __init__(
         self,
         retriever: RetrieverClient,
+        registry: DataRegistry,
         *,
         max_sessions: int = 1024,
         idle_timeout_s: float = 900.0,
         max_action_chars: int = 8192,
         max_obs_chars: int = 32768,
-        datasets: dict[str, str] | None = None,
     ):
         self.retriever = retriever
+        self.registry = registry
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self.max_action_chars = max_action_chars
         self.max_obs_chars = max_obs_chars
-        # Clients name data sets; only the server's operator maps names to files.
-        self.datasets = dict(datasets or {})
         self._sessions: dict[str, Session] = {}
+        self._creates: OrderedDict[tuple[str | None, str], tuple[str, asyncio.Task[SessionInfo]]] = OrderedDict()
         self.created_total = 0
         self.expired_total = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    # -- create / find / close ----------------------------------------------------------------------
-    def _data_source(self, data: Any) -> str:
-        if not isinstance(data, str):
-            raise BadSessionRequest(f"option 'data' must be a string, got {type(data).__name__}")
-        if data in self.datasets:
-            return self.datasets[data]
-        preset = data.partition(":")[2] or "default"
-        if data.split(":")[0] == WORLD_PREFIX and preset in WORLD_PRESETS:
-            return data
-        known = [f"world:{p}" for p in WORLD_PRESETS] + sorted(self.datasets)
-        raise BadSessionRequest(f"unknown data set {data!r}: this server offers {known}")
+    # -- create -------------------------------------------------------------------------------------
+    async def create(
+        self, env_id: str, options: dict[str, Any], owner: str | None = None, request_id: str | None = None
+    ) -> SessionInfo:
+        """A new session's description; with `request_id`, a repeat gets the first one's answer.
 
-    @staticmethod
-    @lru_cache(maxsize=32)
-    def _records(source: str, split: str, config: str | None, hops: tuple[int, ...] | None) -> tuple[QARecord, ...]:
-        # Sessions of the same data share one parsed copy of its questions.
-        return tuple(load_env_records(source, split=split, config=config, hops=hops))
+        Raises UnknownEnvId, BadSessionRequest (options, data), TooManySessions, ReusedRequestId.
+        """
+        if request_id is None:
+            return await self._create(env_id, options, owner)
+        key, digest = (owner, request_id), fingerprint(env_id, options)
+        recorded = self._creates.get(key)
+        if recorded is not None:
+            if recorded[0] != digest:
+                raise ReusedRequestId(ReplayMismatch(request_id).message)
+            task = recorded[1]
+        else:
+            task = asyncio.get_running_loop().create_task(self._create(env_id, options, owner))
+            self._creates[key] = (digest, task)
+            while len(self._creates) > RECORDED_CREATES:
+                self._creates.popitem(last=False)
+            # A refused create changed nothing: its id may be tried again.
+            task.add_done_callback(lambda t: self._creates.pop(key, None) if t.cancelled() or t.exception() else None)
+        # Shielded: a client that times out does not cancel it; its retry gets the result.
+        return await asyncio.shield(task)
 
-    def create(self, env_id: str, options: dict[str, Any]) -> Session:
+    async def _create(self, env_id: str, options: dict[str, Any], owner: str | None) -> SessionInfo:
         if env_id not in ENV_IDS:
             raise UnknownEnvId(f"unknown env id {env_id!r}: known ids are {sorted(ENV_IDS)}")
         unknown = set(options) - SESSION_OPTIONS
         if unknown:
             raise BadSessionRequest(f"unknown env options {sorted(unknown)}: allowed are {sorted(SESSION_OPTIONS)}")
+        try:
+            opts = SessionOptions.model_validate(dict(gymnasium.spec(env_id).kwargs) | options)
+        except ValidationError as err:
+            raise BadSessionRequest(f"invalid env options: {validation_message(err)}") from None
+        self._check_room()
+        try:
+            key = self.registry.key(opts.data, opts.split, opts.data_config)
+            records = await self.registry.records(key, opts.hops)
+        except DataRefused as err:
+            raise BadSessionRequest(err.message) from None
+        self._check_room()  # again: others may have filled it while the data loaded
+        try:
+            env = SearchQAEnv(
+                list(records[: opts.limit]),
+                split=key.split,
+                retriever=self.retriever,
+                topk=opts.topk,
+                max_turns=opts.max_turns,
+                prompt_template=opts.prompt_template,
+                reward=opts.reward,
+                format_score=opts.format_score,
+                max_action_chars=self.max_action_chars,
+                max_obs_chars=self.max_obs_chars,
+            )
+        except (ValueError, TypeError) as err:
+            raise BadSessionRequest(f"cannot create {env_id}: {err}") from err
+        session = Session(id=secrets.token_urlsafe(18), env_id=env_id, options=options, env=env, owner=owner)
+        self._sessions[session.id] = session
+        self.created_total += 1
+        return session.describe()
+
+    def _check_room(self) -> None:
         if len(self._sessions) >= self.max_sessions:
             raise TooManySessions(
                 f"too many live sessions (limit {self.max_sessions}): close some, or wait for idle ones to expire"
             )
-        kwargs = dict(gymnasium.spec(env_id).kwargs) | options
-        source = self._data_source(kwargs.pop("data", "world:default"))
-        split = kwargs.pop("split", "train")
-        hops = kwargs.pop("hops", None)
-        limit = kwargs.pop("limit", None)
-        try:
-            hops_key = tuple(hops) if hops is not None else None
-            records = self._records(source, split, kwargs.pop("data_config", None), hops_key)
-            env = SearchQAEnv(
-                list(records[:limit]),
-                split=split,
-                retriever=self.retriever,
-                max_action_chars=self.max_action_chars,
-                max_obs_chars=self.max_obs_chars,
-                **kwargs,
-            )
-        except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-            raise BadSessionRequest(f"cannot create {env_id} with {options}: {err}") from err
-        session = Session(id=uuid.uuid4().hex, env_id=env_id, options=options, env=env)
-        self._sessions[session.id] = session
-        self.created_total += 1
-        return session
 
-    def get(self, session_id: str) -> Session:
+    # -- find / close -------------------------------------------------------------------------------
+    def get(self, session_id: str, owner: str | None = None) -> Session:
+        """The session, if `owner` may use it; UnknownSession otherwise (also for another's session)."""
         session = self._sessions.get(session_id)
-        if session is None:
+        if session is None or session.owner != owner:
             raise UnknownSession(f"no session {session_id!r} (closed, expired, or never created)")
         session.last_used = time.monotonic()
         return session
 
-    def close(self, session_id: str) -> None:
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            raise UnknownSession(f"no session {session_id!r} (closed, expired, or never created)")
+    def close(self, session_id: str, owner: str | None = None) -> None:
+        session = self.get(session_id, owner)
+        self._sessions.pop(session.id, None)
         session.env.close()
 
-    def sessions(self) -> list[Session]:
-        return list(self._sessions.values())
+    def sessions(self, owner: str | None = None) -> list[Session]:
+        return [s for s in self._sessions.values() if s.owner == owner]
 
     def expire_idle(self) -> int:
         """Close sessions idle for longer than the timeout (not one busy with a request)."""
         now = time.monotonic()
-        stale = [
-            s for s in self._sessions.values() if now - s.last_used > self.idle_timeout_s and not s.lock.locked()
-        ]
+        stale = [s for s in self._sessions.values() if now - s.last_used > self.idle_timeout_s and not s.lock.locked()]
         for s in stale:
             self._sessions.pop(s.id, None)
             s.env.close()

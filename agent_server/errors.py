@@ -41,5 +41,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+        # The message and traceback may name files and hosts of the server: they go to its log only.
         log.exception("unexpected error")
-        return JSONResponse({"detail": f"internal error: {type(err).__name__}: {err}"}, status_code=500)
+        return JSONResponse({"detail": f"internal error ({type(err).__name__}); the server's log has the details"},
+                            status_code=500)
