@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from trainer.cli import main as trainer_main
 from trainer.config import ConfigError, load_config
 from trainer.diagnostics import read_metrics
 from trainer.grpo_trainer import GRPOTrainer
-from trainer.policy_loading import PolicyError, check_tokenizer
+from trainer.policy_loading import (
+    PolicyError,
+    check_policy_source,
+    check_tokenizer,
+    load_tokenizer,
+    looks_like_local_path,
+)
 from trainer.preflight import EnvUnreachable, check_env_reachable
 
 # A quick warm start: these tests check the machinery, not how well the policy learns.
@@ -134,6 +141,77 @@ def test_tokenizer_without_pad_token_is_a_clear_error():
         check_tokenizer(tok, cfg)
     check_tokenizer(tok, load_config(None, ["model.pad_token=</s>"]).model)
     assert tok.pad_token == "</s>"
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model, tokenizer or warm-start load fails the test: refusals must come before them."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    for name in ("load_model", "load_tokenizer", "build_embedded"):
+        monkeypatch.setattr(f"trainer.grpo_trainer.{name}", forbidden)
+
+
+def _refusal(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("search-trainer: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "optim.lr=.inf"], r"optim\.lr: Input should be a finite number \(got inf\)"),
+        (["--set", "optim.lr=nan"], r"optim\.lr: Input should be a finite number \(got 'nan'\)"),
+        (["--set", "loss.kl_coef=inf"], r"loss\.kl_coef: Input should be a finite number"),
+        (["--set", "optim.betas=[0.9, .nan]"], r"optim\.betas\.1: Input should be a finite number"),
+        (["--data", "world:huge"], r"env\.data: Value error, unknown world preset 'huge'; known: default, large"),
+        (["--data", "world:Small"], r"unknown world preset 'Small'"),
+        (["--group-size", str(10**9)], r"rollout\.group_size: Input should be less than or equal to 1024"),
+        (["--set", "rollout.max_new_tokens=100000000"], r"rollout\.max_new_tokens: Input should be less than or equal"),
+        (["--set", "rollout.questions_per_step=60000", "--group-size", "1000"], r"episodes per step: more than"),
+        (["--model", "./nowhere"], r"model\.name_or_path './nowhere': no such file or folder"),
+        (["--model", "/no/such/model/dir"], r"model\.name_or_path '/no/such/model/dir': no such file or folder"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_model_load(args, message, tmp_path, capsys, no_model_load):
+    # An unreachable retriever: the refusals come before the env check too (or it would answer first).
+    url = f"http://127.0.0.1:{free_port()}"
+    assert trainer_main(["train", "--retriever-url", url, "--out-dir", str(tmp_path), *args]) == 2
+    assert re.search(message, _refusal(capsys))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_episode_longer_than_a_local_models_positions_is_refused(tmp_path, capsys, no_model_load):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 512}))
+    url = f"http://127.0.0.1:{free_port()}"
+    args = ["train", "--retriever-url", url, "--out-dir", str(tmp_path / "run"), "--model", str(model)]
+    assert trainer_main([*args, "--set", "rollout.max_total_tokens=2048"]) == 2
+    assert "rollout.max_total_tokens 2048 exceeds the 512 positions" in _refusal(capsys)
+    assert trainer_main([*args, "--set", "rollout.max_total_tokens=512"]) == 2  # passes on to the env check
+    assert "unreachable" in _refusal(capsys)
+
+
+def test_paths_and_hub_names_are_told_apart():
+    for path in ("./nowhere", "../x", "/abs/dir", "~/models/x", "runs/a/checkpoints/step-000002/model"):
+        assert looks_like_local_path(path), path
+    for hub in ("Qwen/Qwen2.5-3B-Instruct", "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert not looks_like_local_path(hub), hub
+
+
+def test_a_hub_name_that_cannot_be_found_is_a_policy_error():
+    """Offline (conftest), an unknown hub id fails in loading with a one-line PolicyError, no traceback."""
+    cfg = load_config(None, ["model.name_or_path=no-such-org/no-such-model"]).model
+    check_policy_source(cfg, 2048)  # a hub name is left to loading
+    with pytest.raises(PolicyError, match=r"cannot load 'no-such-org/no-such-model'") as err:
+        load_tokenizer(cfg)
+    assert "\n" not in str(err.value)
 
 
 # -- a real run ----------------------------------------------------------------------------------------------

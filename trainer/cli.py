@@ -147,7 +147,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from trainer.config import ModelSection
     from trainer.evaluation import EnginePlayer
     from trainer.grpo_trainer import prompt_template
-    from trainer.policy_loading import PolicyError, check_tokenizer, load_model, load_tokenizer, resolve_device
+    from trainer.policy_loading import (
+        PolicyError,
+        check_policy_source,
+        check_tokenizer,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+    )
     from trainer.rollout.hf_generator import HFGenerator
 
     try:
@@ -161,6 +168,7 @@ def run_eval(args: argparse.Namespace) -> int:
             device=args.device,
             pad_token=args.pad_token,
         )
+        check_policy_source(cfg)
         tokenizer = load_tokenizer(cfg)
         check_tokenizer(tokenizer, cfg)
         model = load_model(cfg, resolve_device(cfg.device))

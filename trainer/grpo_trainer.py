@@ -47,7 +47,14 @@ from trainer.diagnostics.update_probe import mixed_groups, probe_questions
 from trainer.evaluation import EnginePlayer
 from trainer.losses import LossOptions, answer_weight_schedule, group_advantages
 from trainer.mini_batches import accumulate_mini_batch, mini_batch_rows
-from trainer.policy_loading import build_embedded, check_tokenizer, load_model, load_tokenizer, resolve_device
+from trainer.policy_loading import (
+    build_embedded,
+    check_policy_source,
+    check_tokenizer,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from trainer.preflight import check_env_reachable
 from trainer.rollout.batch import RolloutBatch, token_logprobs
 from trainer.rollout.engine import RolloutEngine
@@ -90,6 +97,7 @@ class GRPOTrainer:
     def setup(self) -> None:
         """Everything that can fail fast is checked here, before any model is loaded or trained."""
         cfg = self.config
+        check_policy_source(cfg.model, cfg.rollout.max_total_tokens)  # local and instant: first
         check_env_reachable(cfg.env)
         self.resume_from = None
         if cfg.run.resume:
