@@ -6,14 +6,30 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from agent_server.server_process import free_port
-from trainer.checkpoint import CheckpointMismatch, check_compatible, find_checkpoint
+from trainer.checkpoint import (
+    CONFIG_FILE,
+    STATE_FILE,
+    STATE_JSON,
+    CheckpointMismatch,
+    CheckpointUnreadable,
+    check_compatible,
+    find_checkpoint,
+    load_trainer_state,
+    python_random_from_json,
+    python_random_to_json,
+    rng_state,
+    set_rng_state,
+)
 from trainer.cli import main as trainer_main
 from trainer.config import ConfigError, load_config
 from trainer.diagnostics import read_metrics
@@ -212,6 +228,74 @@ def test_a_hub_name_that_cannot_be_found_is_a_policy_error():
     with pytest.raises(PolicyError, match=r"cannot load 'no-such-org/no-such-model'") as err:
         load_tokenizer(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_rng_states_survive_json(tmp_path):
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    random.gauss(0, 1)  # a cached gauss_next in the state
+    np.random.standard_normal()  # and numpy's cached gaussian
+    state = rng_state()
+    text = json.dumps({k: v for k, v in state.items() if k in ("python", "numpy")})
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    set_rng_state({**json.loads(text), "torch": state["torch"]})
+    again = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
+    sampler = random.Random(7)
+    restored = random.Random()
+    restored.setstate(python_random_from_json(json.loads(json.dumps(python_random_to_json(sampler.getstate())))))
+    assert [sampler.random() for _ in range(5)] == [restored.random() for _ in range(5)]
+
+
+class _RunsCode:
+    """Unpickled, this would create `marker`: a checkpoint that runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+class _Prints:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def _fake_checkpoint(run: Path, config, tensors: object) -> Path:
+    """A checkpoint folder of the given config whose tensor state file holds `tensors`."""
+    path = run / "checkpoints" / "step-000001"
+    path.mkdir(parents=True)
+    (path / CONFIG_FILE).write_text(config.model_dump_json())
+    rng = rng_state()
+    plain = {"format": 2, "step": 1, "fingerprint": config.fingerprint(), "extra": {}}
+    plain["rng"] = {"python": rng["python"], "numpy": rng["numpy"]}
+    (path / STATE_JSON).write_text(json.dumps(plain))
+    torch.save(tensors, path / STATE_FILE)
+    return path
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_on_resume(bm25_server, tmp_path, capsys, no_model_load):
+    marker = tmp_path / "code-ran"
+    run = tmp_path / "run"
+    overrides = [f"env.retriever_url={bm25_server.url}", f"run.out_dir={run}", f"run.resume={run}"]
+    config = load_config(None, overrides)
+    _fake_checkpoint(run, config, {"optimizer": _RunsCode(marker), "scheduler": _Prints(), "torch": torch.zeros(1)})
+    with pytest.raises(CheckpointUnreadable, match=r"objects beyond tensors and plain data \(.*mkdir\).*nothing"):
+        load_trainer_state(find_checkpoint(run))
+    code = trainer_main(["train", "--retriever-url", bm25_server.url, "--out-dir", str(run), "--resume", str(run)])
+    assert code == 2
+    refusal = _refusal(capsys)
+    assert "refused, nothing in it was run" in refusal
+    assert not marker.exists() and "pwned" not in capsys.readouterr().out
+
+
+def test_an_old_pickled_checkpoint_is_refused(tmp_path):
+    path = _fake_checkpoint(tmp_path, load_config(None, []), {"torch": torch.zeros(1)})
+    (path / STATE_JSON).unlink()
+    with pytest.raises(CheckpointUnreadable, match="old pickled format"):
+        load_trainer_state(find_checkpoint(tmp_path))
 
 
 # -- a real run ----------------------------------------------------------------------------------------------

@@ -89,14 +89,14 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
-    from trainer.checkpoint import CheckpointMismatch
+    from trainer.checkpoint import CheckpointMismatch, CheckpointUnreadable
     from trainer.grpo_trainer import GRPOTrainer
     from trainer.policy_loading import PolicyError
     from trainer.preflight import EnvUnreachable
 
     try:
         result = GRPOTrainer(config).train()
-    except (EnvUnreachable, PolicyError, CheckpointMismatch, FileNotFoundError) as err:
+    except (EnvUnreachable, PolicyError, CheckpointMismatch, CheckpointUnreadable, FileNotFoundError) as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
     from search_env.evaluation.table import render_table

@@ -38,6 +38,8 @@ from trainer.checkpoint import (
     check_compatible,
     find_checkpoint,
     load_trainer_state,
+    python_random_from_json,
+    python_random_to_json,
     save_checkpoint,
     set_rng_state,
 )
@@ -100,9 +102,11 @@ class GRPOTrainer:
         check_policy_source(cfg.model, cfg.rollout.max_total_tokens)  # local and instant: first
         check_env_reachable(cfg.env)
         self.resume_from = None
+        resume_state = None
         if cfg.run.resume:
             self.resume_from = find_checkpoint(cfg.run.resume)
             check_compatible(self.resume_from, cfg)
+            resume_state = load_trainer_state(self.resume_from)  # an unsafe or malformed file fails here
         seed = cfg.run.seed + self.accelerator.process_index
         random.seed(seed)
         torch.manual_seed(seed)
@@ -149,11 +153,12 @@ class GRPOTrainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.start_step = 0
         if self.resume_from is not None:
-            state = load_trainer_state(self.resume_from)
+            assert resume_state is not None
+            state = resume_state
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
-            self.sampler.setstate(state["extra"]["sampler"])
+            self.sampler.setstate(python_random_from_json(state["extra"]["sampler"]))
             self.start_step = state["step"]
             log.info("resumed from %s at step %d", self.resume_from.path, self.start_step)
 
@@ -421,7 +426,7 @@ class GRPOTrainer:
                         self.tokenizer,
                         self.optimizer,
                         self.scheduler,
-                        extra={"sampler": self.sampler.getstate()},
+                        extra={"sampler": python_random_to_json(self.sampler.getstate())},
                     )
         after = self.evaluate("after") if evaluate else []
         plot = None
