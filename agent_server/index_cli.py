@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 
 def add_index_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,8 +33,33 @@ def add_index_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return parser
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_index(args: argparse.Namespace) -> int:
+    """Build the index; 0 when built. A failed or interrupted build prints one line and raises SystemExit
+    (1: failed, 130: SIGINT/SIGTERM) after its indexer subprocess is ended and its partial folder removed
+    (a dense build keeps its partial encoding: the next build of the same --out resumes it)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # SIGTERM's default kills without running `finally`: make it unwind like Ctrl-C instead (signal
+    # handlers can only be set from the main thread).
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        return _build(args)
+    except KeyboardInterrupt:
+        print(f"agent-server index: interrupted; no index at {args.out}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (OSError, RuntimeError, ValueError) as err:
+        print(f"agent-server index: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.backend == "bm25":
         from agent_server.backends.bm25 import build_bm25_index

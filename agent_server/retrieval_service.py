@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent_server.backends.base import Hit, Retriever
+from agent_server.index_builds import BuildScope, build_scope
 from agent_server.query_coalescer import QueryCoalescer
 from agent_server.query_isolation import QueryFailure, Row, search_isolated
 from agent_server.result_cache import ResultCache
@@ -48,6 +49,9 @@ class RetrievalService:
         coalesce_wait_ms: float = 1.0,
     ):
         self._loader = loader
+        # Index builds run by the loader: stopped on close, so a shutdown mid-build leaves nothing running.
+        self._builds = BuildScope()
+        self._loading: threading.Thread | None = None
         self.limits = limits or RetrievalLimits()
         self.state: State = "loading"
         self.error: str | None = None
@@ -68,14 +72,18 @@ class RetrievalService:
     def start_loading(self) -> threading.Thread:
         """Load in a thread so the server answers /health ('loading') while indexes are read or built."""
         thread = threading.Thread(target=self._load, name="retriever-loader", daemon=True)
+        self._loading = thread
         thread.start()
         return thread
 
     def _load(self) -> None:
+        """Load the retriever; any failure (a build's OSError on a full disk included) becomes state
+        'failed' with its reason, which /health reports."""
         began = time.perf_counter()
         try:
             log.info("loading retriever...")
-            self.retriever = self._loader()
+            with build_scope(self._builds):
+                self.retriever = self._loader()
         except Exception as err:  # noqa: BLE001 - reported on /health, the process keeps serving it
             self.state, self.error = "failed", f"{type(err).__name__}: {err}"
             log.error("retriever failed to load: %s", self.error)
@@ -148,8 +156,14 @@ class RetrievalService:
             answer.hits.append(row)
         return answer
 
-    async def close(self) -> None:
+    async def close(self, build_grace_s: float = 30.0) -> None:
+        """Stop serving; a build still running is stopped and waited for (up to `build_grace_s`), so its
+        indexer subprocess is ended and its partial folder removed before the process exits."""
         await self.coalescer.stop()
+        if self._loading is not None and self._loading.is_alive():
+            log.info("stopping the index build in progress")
+            self._builds.stop()
+            await asyncio.to_thread(self._loading.join, build_grace_s)
         if self.retriever is not None:
             self.retriever.close()
 

@@ -6,18 +6,41 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import random
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from agent_server.server_process import free_port
-from trainer.checkpoint import CheckpointMismatch, check_compatible, find_checkpoint
+from trainer.checkpoint import (
+    CONFIG_FILE,
+    STATE_FILE,
+    STATE_JSON,
+    CheckpointMismatch,
+    CheckpointUnreadable,
+    check_compatible,
+    find_checkpoint,
+    load_trainer_state,
+    python_random_from_json,
+    python_random_to_json,
+    rng_state,
+    set_rng_state,
+)
 from trainer.cli import main as trainer_main
 from trainer.config import ConfigError, load_config
 from trainer.diagnostics import read_metrics
 from trainer.grpo_trainer import GRPOTrainer
-from trainer.policy_loading import PolicyError, check_tokenizer
+from trainer.policy_loading import (
+    PolicyError,
+    check_policy_source,
+    check_tokenizer,
+    load_tokenizer,
+    looks_like_local_path,
+)
 from trainer.preflight import EnvUnreachable, check_env_reachable
 
 # A quick warm start: these tests check the machinery, not how well the policy learns.
@@ -134,6 +157,145 @@ def test_tokenizer_without_pad_token_is_a_clear_error():
         check_tokenizer(tok, cfg)
     check_tokenizer(tok, load_config(None, ["model.pad_token=</s>"]).model)
     assert tok.pad_token == "</s>"
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model, tokenizer or warm-start load fails the test: refusals must come before them."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    for name in ("load_model", "load_tokenizer", "build_embedded"):
+        monkeypatch.setattr(f"trainer.grpo_trainer.{name}", forbidden)
+
+
+def _refusal(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("search-trainer: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "optim.lr=.inf"], r"optim\.lr: Input should be a finite number \(got inf\)"),
+        (["--set", "optim.lr=nan"], r"optim\.lr: Input should be a finite number \(got 'nan'\)"),
+        (["--set", "loss.kl_coef=inf"], r"loss\.kl_coef: Input should be a finite number"),
+        (["--set", "optim.betas=[0.9, .nan]"], r"optim\.betas\.1: Input should be a finite number"),
+        (["--data", "world:huge"], r"env\.data: Value error, unknown world preset 'huge'; known: default, large"),
+        (["--data", "world:Small"], r"unknown world preset 'Small'"),
+        (["--group-size", str(10**9)], r"rollout\.group_size: Input should be less than or equal to 1024"),
+        (["--set", "rollout.max_new_tokens=100000000"], r"rollout\.max_new_tokens: Input should be less than or equal"),
+        (["--set", "rollout.questions_per_step=60000", "--group-size", "1000"], r"episodes per step: more than"),
+        (["--model", "./nowhere"], r"model\.name_or_path './nowhere': no such file or folder"),
+        (["--model", "/no/such/model/dir"], r"model\.name_or_path '/no/such/model/dir': no such file or folder"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_model_load(args, message, tmp_path, capsys, no_model_load):
+    # An unreachable retriever: the refusals come before the env check too (or it would answer first).
+    url = f"http://127.0.0.1:{free_port()}"
+    assert trainer_main(["train", "--retriever-url", url, "--out-dir", str(tmp_path), *args]) == 2
+    assert re.search(message, _refusal(capsys))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_episode_longer_than_a_local_models_positions_is_refused(tmp_path, capsys, no_model_load):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 512}))
+    url = f"http://127.0.0.1:{free_port()}"
+    args = ["train", "--retriever-url", url, "--out-dir", str(tmp_path / "run"), "--model", str(model)]
+    assert trainer_main([*args, "--set", "rollout.max_total_tokens=2048"]) == 2
+    assert "rollout.max_total_tokens 2048 exceeds the 512 positions" in _refusal(capsys)
+    assert trainer_main([*args, "--set", "rollout.max_total_tokens=512"]) == 2  # passes on to the env check
+    assert "unreachable" in _refusal(capsys)
+
+
+def test_paths_and_hub_names_are_told_apart():
+    for path in ("./nowhere", "../x", "/abs/dir", "~/models/x", "runs/a/checkpoints/step-000002/model"):
+        assert looks_like_local_path(path), path
+    for hub in ("Qwen/Qwen2.5-3B-Instruct", "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert not looks_like_local_path(hub), hub
+
+
+def test_a_hub_name_that_cannot_be_found_is_a_policy_error():
+    """Offline (conftest), an unknown hub id fails in loading with a one-line PolicyError, no traceback."""
+    cfg = load_config(None, ["model.name_or_path=no-such-org/no-such-model"]).model
+    check_policy_source(cfg, 2048)  # a hub name is left to loading
+    with pytest.raises(PolicyError, match=r"cannot load 'no-such-org/no-such-model'") as err:
+        load_tokenizer(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_rng_states_survive_json(tmp_path):
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    random.gauss(0, 1)  # a cached gauss_next in the state
+    np.random.standard_normal()  # and numpy's cached gaussian
+    state = rng_state()
+    text = json.dumps({k: v for k, v in state.items() if k in ("python", "numpy")})
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    set_rng_state({**json.loads(text), "torch": state["torch"]})
+    again = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
+    sampler = random.Random(7)
+    restored = random.Random()
+    restored.setstate(python_random_from_json(json.loads(json.dumps(python_random_to_json(sampler.getstate())))))
+    assert [sampler.random() for _ in range(5)] == [restored.random() for _ in range(5)]
+
+
+class _RunsCode:
+    """Unpickled, this would create `marker`: a checkpoint that runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+class _Prints:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def _fake_checkpoint(run: Path, config, tensors: object) -> Path:
+    """A checkpoint folder of the given config whose tensor state file holds `tensors`."""
+    path = run / "checkpoints" / "step-000001"
+    path.mkdir(parents=True)
+    (path / CONFIG_FILE).write_text(config.model_dump_json())
+    rng = rng_state()
+    plain = {"format": 2, "step": 1, "fingerprint": config.fingerprint(), "extra": {}}
+    plain["rng"] = {"python": rng["python"], "numpy": rng["numpy"]}
+    (path / STATE_JSON).write_text(json.dumps(plain))
+    torch.save(tensors, path / STATE_FILE)
+    return path
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_on_resume(bm25_server, tmp_path, capsys, no_model_load):
+    marker = tmp_path / "code-ran"
+    run = tmp_path / "run"
+    overrides = [f"env.retriever_url={bm25_server.url}", f"run.out_dir={run}", f"run.resume={run}"]
+    config = load_config(None, overrides)
+    _fake_checkpoint(run, config, {"optimizer": _RunsCode(marker), "scheduler": _Prints(), "torch": torch.zeros(1)})
+    with pytest.raises(CheckpointUnreadable, match=r"objects beyond tensors and plain data \(.*mkdir\).*nothing"):
+        load_trainer_state(find_checkpoint(run))
+    code = trainer_main(["train", "--retriever-url", bm25_server.url, "--out-dir", str(run), "--resume", str(run)])
+    assert code == 2
+    refusal = _refusal(capsys)
+    assert "refused, nothing in it was run" in refusal
+    assert not marker.exists() and "pwned" not in capsys.readouterr().out
+
+
+def test_an_old_pickled_checkpoint_is_refused(tmp_path):
+    path = _fake_checkpoint(tmp_path, load_config(None, []), {"torch": torch.zeros(1)})
+    (path / STATE_JSON).unlink()
+    with pytest.raises(CheckpointUnreadable, match="old pickled format"):
+        load_trainer_state(find_checkpoint(tmp_path))
 
 
 # -- a real run ----------------------------------------------------------------------------------------------

@@ -3,12 +3,19 @@
 A checkpoint is written into a temporary folder and renamed into place, so a crash mid-write never
 leaves a half checkpoint that resume would pick. Resuming checks that the checkpoint was made with
 the same configuration (all but the run's length, paths and evaluation schedule) before any compute.
+
+Nothing in a checkpoint is unpickled: the weights are safetensors, the optimizer and scheduler state and
+torch's RNG states (tensors, numbers, lists and dicts) are read with `torch.load(weights_only=True)`, and
+the rest (step, config fingerprint, Python's and numpy's RNG states, the question sampler) is JSON. A
+checkpoint file that would run code when loaded is refused (CheckpointUnreadable), not executed.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +26,19 @@ import torch
 
 from trainer.config import TrainConfig
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.pt"  # tensors: optimizer, scheduler, torch RNG (weights_only)
+STATE_JSON = "trainer_state.json"  # everything else
 CONFIG_FILE = "train_config.json"
+FORMAT = 2  # 1: one pickled trainer_state.pt (numpy arrays in it), refused since it needs full unpickling
 
 
 class CheckpointMismatch(ValueError):
     """The checkpoint belongs to another configuration."""
+
+
+class CheckpointUnreadable(ValueError):
+    """The checkpoint's state cannot be loaded safely: it holds objects beyond tensors and plain data
+    (a pickle that would run code, or a checkpoint of the old pickled format), or is malformed."""
 
 
 @dataclass
@@ -37,16 +51,43 @@ class Checkpoint:
         return self.path / "model"
 
 
+def python_random_to_json(state: tuple[Any, ...]) -> list[Any]:
+    """`random.Random.getstate()` (version, 625 ints, gauss_next) as JSON-ready lists."""
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+def python_random_from_json(data: list[Any]) -> tuple[Any, ...]:
+    """The inverse of python_random_to_json: a state `random.Random.setstate` takes."""
+    version, internal, gauss_next = data
+    return (int(version), tuple(int(x) for x in internal), None if gauss_next is None else float(gauss_next))
+
+
+def _numpy_rng_to_json(state: tuple[Any, ...]) -> list[Any]:
+    name, keys, pos, has_gauss, cached = state  # the legacy MT19937 state of np.random
+    return [str(name), np.asarray(keys, dtype=np.uint32).tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_rng_from_json(data: list[Any]) -> tuple[Any, ...]:
+    name, keys, pos, has_gauss, cached = data
+    return (str(name), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """All RNG states: "python" and "numpy" as JSON-ready lists, "torch" (and "cuda") as ByteTensors."""
+    state = {
+        "python": python_random_to_json(random.getstate()),
+        "numpy": _numpy_rng_to_json(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(python_random_from_json(state["python"]))
+    np.random.set_state(_numpy_rng_from_json(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -63,7 +104,10 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Checkpoint:
-    """Write checkpoint `step` under run_dir/checkpoints/ and keep only the newest `keep`."""
+    """Write checkpoint `step` under run_dir/checkpoints/ and keep only the newest `keep`.
+
+    `extra` must be JSON-serialisable (a Random's state: python_random_to_json). Raises TypeError if not.
+    """
     root = run_dir / "checkpoints"
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
@@ -71,17 +115,13 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "fingerprint": config.fingerprint(),
-            "extra": extra or {},
-        },
-        tmp / STATE_FILE,
-    )
+    rng = rng_state()
+    tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch": rng.pop("torch")}
+    if "cuda" in rng:
+        tensors["cuda"] = rng.pop("cuda")
+    torch.save(tensors, tmp / STATE_FILE)
+    plain = {"format": FORMAT, "step": step, "fingerprint": config.fingerprint(), "rng": rng, "extra": extra or {}}
+    (tmp / STATE_JSON).write_text(json.dumps(plain))
     (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -123,4 +163,49 @@ def check_compatible(checkpoint: Checkpoint, config: TrainConfig) -> None:
 
 
 def load_trainer_state(checkpoint: Checkpoint) -> dict[str, Any]:
-    return torch.load(checkpoint.path / STATE_FILE, weights_only=False)
+    """The state save_checkpoint wrote: step, optimizer, scheduler, rng, fingerprint, extra.
+
+    Raises CheckpointUnreadable when a file holds anything but tensors and plain data (nothing in it is
+    run), is of the old pickled format, or is malformed.
+    """
+    plain_path, tensor_path = checkpoint.path / STATE_JSON, checkpoint.path / STATE_FILE
+    if not plain_path.is_file():
+        raise CheckpointUnreadable(
+            f"checkpoint {checkpoint.path} has no {STATE_JSON}: it is of the old pickled format, which is not "
+            "loaded (unpickling can run code); start the run afresh"
+        )
+    try:
+        # weights_only: only tensors and plain containers are rebuilt; any other global is refused unrun.
+        tensors = torch.load(tensor_path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch names the refused global in one of two phrasings (allowlistable or blocked module).
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointUnreadable(
+            f"checkpoint {tensor_path} holds objects beyond tensors and plain data{what}: refused, nothing in it "
+            "was run"
+        ) from err
+    except (RuntimeError, OSError, EOFError) as err:
+        raise CheckpointUnreadable(f"checkpoint {tensor_path} cannot be read: {_first_line(err)}") from err
+    try:
+        plain = json.loads(plain_path.read_text())
+        if plain.get("format") != FORMAT:
+            raise ValueError(f"format {plain.get('format')!r}, not {FORMAT}")
+        rng = dict(plain["rng"], torch=tensors["torch"])
+        if "cuda" in tensors:
+            rng["cuda"] = tensors["cuda"]
+        return {
+            "step": int(plain["step"]),
+            "fingerprint": plain["fingerprint"],
+            "optimizer": tensors["optimizer"],
+            "scheduler": tensors["scheduler"],
+            "rng": rng,
+            "extra": plain.get("extra", {}),
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointUnreadable(f"checkpoint {checkpoint.path} is malformed: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

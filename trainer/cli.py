@@ -89,14 +89,14 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
-    from trainer.checkpoint import CheckpointMismatch
+    from trainer.checkpoint import CheckpointMismatch, CheckpointUnreadable
     from trainer.grpo_trainer import GRPOTrainer
     from trainer.policy_loading import PolicyError
     from trainer.preflight import EnvUnreachable
 
     try:
         result = GRPOTrainer(config).train()
-    except (EnvUnreachable, PolicyError, CheckpointMismatch, FileNotFoundError) as err:
+    except (EnvUnreachable, PolicyError, CheckpointMismatch, CheckpointUnreadable, FileNotFoundError) as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
     from search_env.evaluation.table import render_table
@@ -147,7 +147,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from trainer.config import ModelSection
     from trainer.evaluation import EnginePlayer
     from trainer.grpo_trainer import prompt_template
-    from trainer.policy_loading import PolicyError, check_tokenizer, load_model, load_tokenizer, resolve_device
+    from trainer.policy_loading import (
+        PolicyError,
+        check_policy_source,
+        check_tokenizer,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+    )
     from trainer.rollout.hf_generator import HFGenerator
 
     try:
@@ -161,6 +168,7 @@ def run_eval(args: argparse.Namespace) -> int:
             device=args.device,
             pad_token=args.pad_token,
         )
+        check_policy_source(cfg)
         tokenizer = load_tokenizer(cfg)
         check_tokenizer(tokenizer, cfg)
         model = load_model(cfg, resolve_device(cfg.device))

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search_env.world.config import WORLD_PRESETS
 from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
 
 # Sources named in the field descriptions below:
@@ -23,10 +24,15 @@ from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
 #   Collapse-in-Search-R1 (HEAD c19a094); "authors' yaml": its verl/trainer/config/ppo_trainer.yaml;
 #   "authors' verl": its verl/workers (fsdp_workers.py, actor/dp_actor.py).
 # - "verl": volcengine/verl's own defaults (verl/trainer/config/{actor/actor,optim/fsdp}.yaml).
+#
+# Upper bounds (le=...) only refuse what no run can mean, a typo or an overflow (group_size 10**9): each
+# is far above the paper's run on GPUs (512 questions x 5 episodes, 500-token turns, 4,096-token context).
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float of every section refuses inf and NaN (`optim.lr=.inf` used to train
+    # to all-NaN weights and exit 0).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraSection(_Section):
@@ -84,21 +90,40 @@ class EnvSection(_Section):
     retriever_url: str = "http://127.0.0.1:8000"
     #: an env server (`agent-server env`); when set, episodes run there through RemoteSearchEnv
     env_url: str | None = None
+    #: world:<preset> (the embedded world; an unknown preset is refused here), a QA file, or a Hugging Face data set
     data: str = "world:default"
     data_config: str | None = None
     split: str = "train"
     eval_split: str = "test"
-    topk: int = Field(3, ge=1, description="passages per search (paper / authors' script: retriever.topk=3)")
+    topk: int = Field(
+        3, ge=1, le=1000, description="passages per search (paper / authors' script: retriever.topk=3; at most 1,000)"
+    )
     max_turns: int = Field(
-        4, ge=1, description="turns per training episode (Search-R1's 4; the LLDS authors train with 3)"
+        4,
+        ge=1,
+        le=1000,
+        description="turns per training episode (Search-R1's 4; the LLDS authors train with 3; at most 1,000)",
     )
     eval_max_turns: int | None = Field(
-        None, ge=1, description="turns per evaluation episode; None: max_turns (paper: 3 to train, 4 to evaluate)"
+        None,
+        ge=1,
+        le=1000,
+        description="turns per evaluation episode; None: max_turns (paper: 3 to train, 4 to evaluate; at most 1,000)",
     )
     #: "search-r1" (Search-R1's instruction), "tiny" (the embedded policy's compact one), or a template
     prompt_template: str = "search-r1"
     reward: Literal["em", "subem", "f1"] = "em"
     format_score: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("data")
+    @classmethod
+    def _known_world(cls, value: str) -> str:
+        # Checked here, not when the world is generated after the preflight: a typo fails in milliseconds.
+        if value == "world" or value.startswith("world:"):
+            preset = value.partition(":")[2] or "default"
+            if preset not in WORLD_PRESETS:
+                raise ValueError(f"unknown world preset {preset!r}; known: {', '.join(sorted(WORLD_PRESETS))}")
+        return value
 
     @model_validator(mode="after")
     def _template(self) -> EnvSection:
@@ -107,21 +132,44 @@ class EnvSection(_Section):
         return self
 
 
+# The paper's batch is 2,560 episodes per step; 400 times that is a typo, not a run.
+MAX_EPISODES_PER_STEP = 1_048_576
+
+
 class RolloutSection(_Section):
     backend: Literal["hf", "openai"] = "hf"
     openai_base_url: str | None = None
     openai_model: str | None = None
-    group_size: int = Field(5, ge=2, description="episodes per question, G (paper / authors' script: n_agent=5)")
+    group_size: int = Field(
+        5,
+        ge=2,
+        le=1024,
+        description="episodes per question, G (paper / authors' script: n_agent=5; at most 1,024)",
+    )
     questions_per_step: int = Field(
         20,
         ge=1,
+        le=65_536,
         description="prompts per RL step (verl's data.train_batch_size; the authors' 512 scaled down for a CPU, "
-        "keeping their 10 optimizer steps per round with optim.ppo_mini_batch_size 2)",
+        "keeping their 10 optimizer steps per round with optim.ppo_mini_batch_size 2; at most 65,536)",
     )
-    max_new_tokens: int = Field(128, ge=1, description="per turn (the authors' 500 in configs/paper-qwen2.5-3b.yaml)")
-    max_total_tokens: int = Field(2048, ge=16, description="prompt + all turns and observations")
+    max_new_tokens: int = Field(
+        128,
+        ge=1,
+        le=131_072,
+        description="per turn (the authors' 500 in configs/paper-qwen2.5-3b.yaml; at most 131,072, a long context)",
+    )
+    max_total_tokens: int = Field(
+        2048,
+        ge=16,
+        le=1_048_576,
+        description="prompt + all turns and observations (paper: 4,096; at most 1,048,576, and at most the "
+        "model's positions when its config is at hand)",
+    )
     #: Search-R1's max_obs_length: each observation is cut to this many tokens (None: no cut)
-    max_obs_tokens: int | None = Field(None, ge=1, description="tokens per observation (None: no cut)")
+    max_obs_tokens: int | None = Field(
+        None, ge=1, le=131_072, description="tokens per observation (None: no cut; at most 131,072)"
+    )
     temperature: float = Field(1.0, ge=0, description="sampling temperature (authors' script: 1)")
     top_p: float = Field(
         0.95,
@@ -130,12 +178,27 @@ class RolloutSection(_Section):
         description="nucleus sampling in training rollouts (authors' yaml rollout.top_p 0.95, which their vLLM "
         "sampler uses; the paper says 1.0). Evaluation is greedy.",
     )
-    generation_batch_size: int = Field(64, ge=1)
+    generation_batch_size: int = Field(64, ge=1, le=65_536, description="sequences per generate call (at most 65,536)")
 
     @model_validator(mode="after")
     def _openai(self) -> RolloutSection:
         if self.backend == "openai" and not self.openai_base_url:
             raise ValueError("rollout.backend 'openai' needs rollout.openai_base_url")
+        return self
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RolloutSection:
+        episodes = self.questions_per_step * self.group_size
+        if episodes > MAX_EPISODES_PER_STEP:
+            raise ValueError(
+                f"questions_per_step x group_size = {episodes:,} episodes per step: more than "
+                f"{MAX_EPISODES_PER_STEP:,} is never meant (the paper's run: 512 x 5 = 2,560)"
+            )
+        if self.max_new_tokens > self.max_total_tokens:
+            raise ValueError(
+                f"max_new_tokens {self.max_new_tokens} (one turn) exceeds max_total_tokens {self.max_total_tokens} "
+                "(the whole episode)"
+            )
         return self
 
 
@@ -149,14 +212,16 @@ class OptimSection(_Section):
     the defaults take 10, as the authors' run did (2,560 trajectories in mini-batches of 256).
     """
 
-    lr: float = Field(1e-6, gt=0, description="peak learning rate (paper / authors' script: 1e-6)")
+    lr: float = Field(
+        1e-6, gt=0, le=1, description="peak learning rate (paper / authors' script: 1e-6; at most 1, AdamW's scale)"
+    )
     weight_decay: float = Field(
         0.01,
         ge=0,
         description="AdamW weight decay (authors' verl fsdp_workers.py: optim_config.get('weight_decay', 1e-2), "
         "their script sets none; verl optim/fsdp.yaml: 0.01)",
     )
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (verl optim/fsdp.yaml)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1) (verl optim/fsdp.yaml)")
     lr_warmup_steps_ratio: float = Field(
         0.285,
         ge=0,
@@ -175,19 +240,31 @@ class OptimSection(_Section):
     ppo_mini_batch_size: int = Field(
         2,
         ge=1,
-        description="PROMPTS (questions) per optimizer step, each with its G episodes: verl's "
+        le=65_536,
+        description="PROMPTS (questions) per optimizer step, each with its G episodes (at most 65,536): verl's "
         "actor.ppo_mini_batch_size (trajectories per optimizer step = this x rollout.group_size). With "
         "questions_per_step 20 this gives 10 optimizer steps per round, as the authors' 512 prompts x 5 in "
         "mini-batches of 256 trajectories",
     )
-    ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch (verl / authors' yaml: 1)")
+    ppo_epochs: int = Field(
+        1, ge=1, le=1000, description="passes over each rollout batch (verl / authors' yaml: 1; at most 1,000)"
+    )
     micro_batch_size: int = Field(
         8,
         ge=1,
-        description="trajectories per forward/backward (gradient accumulation within a mini-batch), verl's "
-        "ppo_micro_batch_size_per_gpu; the losses are normalised over the whole mini-batch, so the update "
-        "does not depend on it",
+        le=65_536,
+        description="trajectories per forward/backward (gradient accumulation within a mini-batch; at most "
+        "65,536), verl's ppo_micro_batch_size_per_gpu; the losses are normalised over the whole mini-batch, so "
+        "the update does not depend on it",
     )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        # torch.optim.AdamW refuses them too, but only once the model is loaded.
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"AdamW betas must each be in [0, 1), got {value}")
+        return value
 
 
 class LossSection(_Section):
@@ -244,12 +321,12 @@ class LLDSSection(_Section):
 
 
 class RunSection(_Section):
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, le=10_000_000, description="RL steps (the paper's run: 1,005; at most 10**7)")
     seed: int = 0
     out_dir: str = "runs/train"
     checkpoint_every: int = Field(50, ge=1)
     eval_every: int = Field(0, ge=0, description="0: evaluate only before and after training")
-    eval_questions: int = Field(200, ge=1)
+    eval_questions: int = Field(200, ge=1, le=10_000_000, description="held-out questions (at most 10**7)")
     #: greedy evaluation on the held-out split before the first step and after the last
     eval_before_after: bool = True
     resume: str | None = None

@@ -38,6 +38,8 @@ from trainer.checkpoint import (
     check_compatible,
     find_checkpoint,
     load_trainer_state,
+    python_random_from_json,
+    python_random_to_json,
     save_checkpoint,
     set_rng_state,
 )
@@ -47,7 +49,14 @@ from trainer.diagnostics.update_probe import mixed_groups, probe_questions
 from trainer.evaluation import EnginePlayer
 from trainer.losses import LossOptions, answer_weight_schedule, group_advantages
 from trainer.mini_batches import accumulate_mini_batch, mini_batch_rows
-from trainer.policy_loading import build_embedded, check_tokenizer, load_model, load_tokenizer, resolve_device
+from trainer.policy_loading import (
+    build_embedded,
+    check_policy_source,
+    check_tokenizer,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from trainer.preflight import check_env_reachable
 from trainer.rollout.batch import RolloutBatch, token_logprobs
 from trainer.rollout.engine import RolloutEngine
@@ -90,11 +99,14 @@ class GRPOTrainer:
     def setup(self) -> None:
         """Everything that can fail fast is checked here, before any model is loaded or trained."""
         cfg = self.config
+        check_policy_source(cfg.model, cfg.rollout.max_total_tokens)  # local and instant: first
         check_env_reachable(cfg.env)
         self.resume_from = None
+        resume_state = None
         if cfg.run.resume:
             self.resume_from = find_checkpoint(cfg.run.resume)
             check_compatible(self.resume_from, cfg)
+            resume_state = load_trainer_state(self.resume_from)  # an unsafe or malformed file fails here
         seed = cfg.run.seed + self.accelerator.process_index
         random.seed(seed)
         torch.manual_seed(seed)
@@ -141,11 +153,12 @@ class GRPOTrainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.start_step = 0
         if self.resume_from is not None:
-            state = load_trainer_state(self.resume_from)
+            assert resume_state is not None
+            state = resume_state
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
-            self.sampler.setstate(state["extra"]["sampler"])
+            self.sampler.setstate(python_random_from_json(state["extra"]["sampler"]))
             self.start_step = state["step"]
             log.info("resumed from %s at step %d", self.resume_from.path, self.start_step)
 
@@ -413,7 +426,7 @@ class GRPOTrainer:
                         self.tokenizer,
                         self.optimizer,
                         self.scheduler,
-                        extra={"sampler": self.sampler.getstate()},
+                        extra={"sampler": python_random_to_json(self.sampler.getstate())},
                     )
         after = self.evaluate("after") if evaluate else []
         plot = None

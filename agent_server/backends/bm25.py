@@ -7,14 +7,10 @@ index built without stored raw docs needs the corpus, read through a PassageStor
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +18,7 @@ from typing import Any
 
 from agent_server.backends.base import Hit
 from agent_server.java_runtime import configure_java
+from agent_server.lucene_indexer import run_indexer
 from agent_server.passage_store import PassageStore, cached_store
 from search_env import __version__
 from search_env.corpus import format_contents
@@ -59,25 +56,35 @@ def _link_corpus(corpus: Path, input_dir: Path) -> Path:
     return target
 
 
-def _indexer_env() -> dict[str, str]:
-    # The child must import agent_server even when searchgym runs from a source checkout.
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+def _remove_dead_partials(out_dir: Path) -> None:
+    """Temp folders of builds of `out_dir` whose process is gone (killed without cleanup)."""
+    for partial in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        pid = partial.name.rpartition("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2) -> Path:
     """Index `corpus` (wiki-18 JSONL, optionally gzipped) into a Lucene index at `out_dir`.
 
     Runs pyserini's own indexer (positions, doc vectors and raw docs stored) in a subprocess, into a
-    temp folder that is renamed to `out_dir` on success. Returns `out_dir`.
+    temp folder beside `out_dir` that is renamed to it on success. Returns `out_dir`. On failure or
+    interruption (an exception, KeyboardInterrupt, the thread's BuildScope stopped) the indexer is
+    ended and the temp folder removed before the exception propagates: RuntimeError (indexer failed),
+    BuildInterrupted, KeyboardInterrupt.
     """
     corpus, out_dir = Path(corpus).absolute(), Path(out_dir).absolute()
     if not corpus.is_file():
         raise FileNotFoundError(f"corpus not found: {corpus}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
+    _remove_dead_partials(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "input").mkdir(parents=True)
@@ -85,13 +92,11 @@ def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2) -> Path:
     started = time.perf_counter()
     try:
         _link_corpus(corpus, tmp / "input")
-        command = [
-            sys.executable, "-m", "agent_server.lucene_indexer",
+        counters = run_indexer([
             "--collection", "JsonCollection", "--input", str(tmp / "input"), "--index", str(index_dir),
             "--generator", "DefaultLuceneDocumentGenerator", "--threads", str(threads),
             "--storePositions", "--storeDocvectors", "--storeRaw",
-        ]
-        counters = _run_indexer(command)
+        ])
         if counters.get("indexed", 0) == 0:
             raise RuntimeError(f"the Lucene indexer indexed no passages from {corpus} ({counters})")
         stat = corpus.stat()
@@ -112,25 +117,6 @@ def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _run_indexer(command: list[str]) -> dict[str, int]:
-    """Run the indexer, streaming its output to the log; its final counters (indexed, skipped, errors...)."""
-    counters: dict[str, int] = {}
-    tail: collections.deque[str] = collections.deque(maxlen=40)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=_indexer_env()) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            logger.info("lucene: %s", line)
-            match = re.search(r" - (indexed|unindexable|empty|skipped|errors):\s+([\d,]+)$", line)
-            if match:
-                counters[match.group(1)] = int(match.group(2).replace(",", ""))
-    if proc.returncode != 0:
-        raise RuntimeError(f"Lucene indexer failed (exit {proc.returncode}):\n" + "\n".join(tail))
-    return counters
 
 
 def _passage_of_raw(raw: str) -> tuple[str | None, str]:

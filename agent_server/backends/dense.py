@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from agent_server.backends.base import Hit
 from agent_server.corpus_fingerprint import corpus_fingerprint
 from agent_server.encoder import Encoder, canonical_encoder_name, load_encoder
+from agent_server.index_builds import current_scope
 from agent_server.passage_store import PassageStore
 from search_env import __version__
 
@@ -53,6 +55,35 @@ def _training_rows(index: Any, count: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=size, replace=False))
 
 
+def _allocate(path: Path, count: int) -> None:
+    """Give every byte of `path` a disk block now. A page written through a memmap of a sparse file
+    that finds the disk full is a SIGBUS, which no `except` can catch; this raises OSError instead."""
+    size = path.stat().st_size
+    if not hasattr(os, "posix_fallocate"):  # macOS: no way to reserve the blocks; written as before
+        return
+    try:
+        with path.open("r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, size)  # allocates only; the bytes already there stay
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"cannot reserve {size / 1e6:.1f} MB for the embeddings of {count} passages in {path.parent}: "
+            f"{err.strerror or err}",
+        ) from err
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
+    """A new float32 .npy memmap of `shape`, its blocks allocated on disk (see _allocate)."""
+    embeddings = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    try:
+        _allocate(path, shape[0])
+    except OSError:
+        del embeddings
+        path.unlink(missing_ok=True)  # nothing encoded yet; its space is the disk's again
+        raise
+    return embeddings
+
+
 def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None = None,
                       index_type: str = "Flat", batch_size: int = 64, *, device: str | None = None,
                       progress: bool = True) -> Path:
@@ -62,6 +93,11 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
     in `.<out>.partial/`, flushed after each chunk, so a crashed build resumes where it stopped
     (same corpus and encoder). The finished folder is renamed to `out_dir`. Not safe for two
     processes building the same `out_dir` at once (ensure_index locks for that).
+
+    The memmap's blocks are allocated on disk before it is written, so a full disk raises OSError
+    (ENOSPC) here instead of killing the process with SIGBUS on a write through the map. Raises
+    FileNotFoundError, FileExistsError, ValueError (index type), OSError (disk), BuildInterrupted
+    (this thread's BuildScope stopped; the partial encoding is kept for the next build to resume).
     """
     import faiss
 
@@ -88,15 +124,19 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
             done = int(recorded["done"])
     if done:
         logger.info("resuming the encoding of %s at passage %d of %d", corpus, done, count)
+        _allocate(emb_path, count)  # a file of an older build may be sparse
         embeddings = np.load(emb_path, mmap_mode="r+")
     else:
-        embeddings = np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=(count, enc.dim))
+        embeddings = _allocated_memmap(emb_path, (count, enc.dim))
+    scope = current_scope()
 
     chunk = batch_size * 32
     encode_started = time.perf_counter()
     with tqdm(total=count, initial=done, unit="passage", desc=f"encoding {corpus.name}",
               disable=not progress, smoothing=0.1) as bar:
         for start in range(done, count, chunk):
+            if scope is not None:
+                scope.check_stopped()
             end = min(count, start + chunk)
             texts = [p.contents for p in store.get_rows(np.arange(start, end))]
             embeddings[start:end] = enc.encode_passages(texts, batch_size=batch_size)
