@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,8 @@ from fastapi.responses import JSONResponse
 from agent_server.auth import BearerTokenMiddleware
 from agent_server.env_sessions import Session, SessionError, SessionManager
 from agent_server.errors import install_error_handlers
+from agent_server.request_body import BodyLimits, items_for
+from agent_server.request_guard import RequestGuard
 from search_env.env_schema import (
     BatchStepRequest,
     BatchStepResponse,
@@ -89,7 +92,10 @@ def create_env_app(
     retriever_timeout: float = 30.0,
     retriever_retries: int = 2,
     token: str | None = None,
+    body_limits: BodyLimits | None = None,
 ) -> FastAPI:
+    """The env server's app; request bodies are held to `body_limits` (agent_server.request_guard)."""
+    body_limits = body_limits or BodyLimits(max_items=items_for(max_batch))
     retriever = RetrieverClient(retriever_url, timeout=retriever_timeout, retries=retriever_retries, backoff=0.25)
     manager = SessionManager(
         retriever,
@@ -118,6 +124,7 @@ def create_env_app(
     app.state.sessions = manager
     if token:
         app.add_middleware(BearerTokenMiddleware, token=token)
+    app.add_middleware(RequestGuard, limits=body_limits)  # last added: outermost, so before the token check
     install_error_handlers(app)
 
     @app.exception_handler(SessionError)
@@ -148,6 +155,7 @@ def create_env_app(
                 "max_obs_chars": max_obs_chars,
                 "max_batch": max_batch,
             },
+            "request_body": dataclasses.asdict(body_limits),
         }
 
     @app.post("/sessions", response_model=SessionInfo, status_code=201, responses=_ERRORS)
