@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from agent_server.auth import token_from_env, tokens_from_env
+from agent_server.http_serving import ConnectionLimits, uvicorn_settings
+from agent_server.request_body import BodyLimits, items_for
 from search_env.retrieval_schema import RetrievalLimits
 
 log = logging.getLogger("agent_server")
@@ -15,10 +17,76 @@ log = logging.getLogger("agent_server")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
+def _positive(kind: type[int] | type[float]):
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=port)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # Hostile requests (agent_server.request_guard, agent_server.http_serving): the same on both servers.
+    body, conn = BodyLimits(), ConnectionLimits()
+    g = p.add_argument_group("request limits", "each refusal is a 4xx (or 408) with a message")
+    g.add_argument("--max-body-bytes", type=_positive(int), default=body.max_bytes, help="413 past it, read no further")
+    g.add_argument("--max-json-depth", type=_positive(int), default=body.max_depth, help="arrays/objects nested")
+    g.add_argument(
+        "--max-json-items",
+        type=_positive(int),
+        help="values in one body, 413 past it (default: 4 per query or step of the largest request, plus 1024)",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=_positive(float),
+        default=body.read_timeout_s,
+        help="seconds from the end of the headers to the end of the body (408 past it)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=conn.head_timeout_s,
+        help="seconds for a request's line and headers to arrive (408 past it)",
+    )
+    g.add_argument(
+        "--keep-alive-timeout",
+        type=_positive(float),
+        default=conn.keep_alive_s,
+        help="seconds an idle connection is kept between requests",
+    )
+    g.add_argument(
+        "--max-header-bytes", type=_positive(int), default=conn.max_head_bytes, help="request line and headers (400)"
+    )
+
+
+def _body_limits(args: argparse.Namespace, batch: int) -> BodyLimits:
+    return BodyLimits(
+        max_bytes=args.max_body_bytes,
+        max_depth=args.max_json_depth,
+        max_items=args.max_json_items or items_for(batch),
+        read_timeout_s=args.body_timeout,
+    )
+
+
+def _serve(app, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    connection = ConnectionLimits(
+        head_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive_timeout, max_head_bytes=args.max_header_bytes
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        **uvicorn_settings(connection),
+    )
 
 
 def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +122,6 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
         default=d.max_query_terms,
         help="a query of more distinct terms is searched on its first ones (Lucene's clause limit is 1024)",
     )
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument(
         "--reject-empty-batch",
         action="store_true",
@@ -101,8 +168,6 @@ def _retriever_loader(args: argparse.Namespace):
 
 
 def run_retriever(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from agent_server.retrieval_app import create_retrieval_app
 
     token = token_from_env()
@@ -125,8 +190,9 @@ def run_retriever(args: argparse.Namespace) -> None:
         coalesce_max_batch=args.coalesce_max_batch,
         coalesce_wait_ms=args.coalesce_wait_ms,
         token=token,
+        body_limits=_body_limits(args, args.max_queries),
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    _serve(app, args)
 
 
 def _add_env_parser(sub: argparse._SubParsersAction) -> None:
@@ -166,8 +232,6 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_env(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from agent_server.env_app import create_env_app
 
     datasets: dict[str, str] = {}
@@ -193,10 +257,11 @@ def run_env(args: argparse.Namespace) -> None:
             retriever_timeout=args.retriever_timeout,
             retriever_retries=args.retriever_retries,
             token=tokens,
+            body_limits=_body_limits(args, args.max_batch),
         )
     except ValueError as err:
         raise SystemExit(f"agent-server env: {err}") from None
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    _serve(app, args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from agent_server.env_datasets import DEFAULT_WORLDS, DataRegistry
 from agent_server.env_sessions import Session, SessionError, SessionManager
 from agent_server.errors import install_error_handlers
 from agent_server.replay_log import ReplayMismatch, fingerprint
+from agent_server.request_body import BodyLimits, items_for
+from agent_server.request_guard import RequestGuard
 from search_env.env_schema import (
     BatchStepRequest,
     BatchStepResponse,
@@ -134,13 +137,16 @@ def create_env_app(
     retriever_retries: int = 2,
     health_timeout_s: float = 2.0,
     token: str | Sequence[str] | None = None,
+    body_limits: BodyLimits | None = None,
 ) -> FastAPI:
     """The env server's app. `datasets` maps names clients may give to files, folders or Hugging Face
-    names; `worlds` are the embedded presets served; `token` one or more accepted bearer tokens.
+    names; `worlds` are the embedded presets served; `token` one or more accepted bearer tokens;
+    request bodies are held to `body_limits` (agent_server.request_guard).
 
     Raises ValueError for a data set or world that cannot be offered.
     """
     registry = DataRegistry(datasets, worlds, cache_size=data_cache)
+    body_limits = body_limits or BodyLimits(max_items=items_for(max_batch))
     retriever = RetrieverClient(retriever_url, timeout=retriever_timeout, retries=retriever_retries, backoff=0.25)
     manager = SessionManager(
         retriever,
@@ -172,6 +178,7 @@ def create_env_app(
     tokens = [token] if isinstance(token, str) else list(token or [])
     if tokens:
         app.add_middleware(BearerTokenMiddleware, token=tokens)
+    app.add_middleware(RequestGuard, limits=body_limits)  # last added: outermost, so before the token check
     install_error_handlers(app)
 
     @app.exception_handler(SessionError)
@@ -215,6 +222,7 @@ def create_env_app(
                 "max_obs_chars": max_obs_chars,
                 "max_batch": max_batch,
             },
+            "request_body": dataclasses.asdict(body_limits),
         }
 
     @app.post("/sessions", response_model=SessionInfo, status_code=201, responses=_ERRORS)

@@ -1,8 +1,9 @@
-"""JSON error answers shared by searchgym's servers: a status and a `detail` message, never a traceback."""
+"""JSON error answers shared by searchgym's servers: a status and a `detail` message, never a traceback.
+
+An unexpected exception is answered (500) by agent_server.request_guard, which keeps the connection.
+"""
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,16 +11,19 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger("agent_server")
+MAX_REPORTED_ERRORS = 10
 
 
 def validation_message(err: ValidationError | RequestValidationError) -> str:
-    """`field.path: what is wrong; ...` from pydantic's errors."""
+    """`field.path: what is wrong; ...` from pydantic's errors (the first ten, then how many more)."""
+    errors = err.errors()
     parts = []
-    for e in err.errors():
+    for e in errors[:MAX_REPORTED_ERRORS]:
         where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)
+    if len(errors) > MAX_REPORTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more errors")
     return "; ".join(parts)
 
 
@@ -38,10 +42,3 @@ def install_error_handlers(app: FastAPI) -> None:
         if err.status_code == 400 and detail == "There was an error parsing the body":
             detail = "request body could not be read as UTF-8 JSON"
         return JSONResponse({"detail": detail}, status_code=err.status_code, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
-        # The message and traceback may name files and hosts of the server: they go to its log only.
-        log.exception("unexpected error")
-        return JSONResponse({"detail": f"internal error ({type(err).__name__}); the server's log has the details"},
-                            status_code=500)

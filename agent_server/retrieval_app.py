@@ -14,6 +14,7 @@ batch its hits (query_isolation); only a backend that cannot search at all answe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +27,8 @@ from agent_server.auth import BearerTokenMiddleware
 from agent_server.backends.base import Hit, Retriever
 from agent_server.errors import install_error_handlers, validation_message
 from agent_server.query_isolation import BackendFailure
-from agent_server.request_body import BodyError, decode_body, encode_msgpack
+from agent_server.request_body import EMPTY_BODY, BodyLimits, encode_msgpack, items_for
+from agent_server.request_guard import RequestGuard, decoded_body
 from agent_server.retrieval_service import RetrievalService
 from search_env.query_sanitizer import QueryRefused
 from search_env.retrieval_schema import (
@@ -68,9 +70,15 @@ def create_retrieval_app(
     coalesce_max_batch: int = 1024,
     coalesce_wait_ms: float = 1.0,
     token: str | None = None,
+    body_limits: BodyLimits | None = None,
 ) -> FastAPI:
-    """A FastAPI app that loads `loader()` in the background at start-up and serves it."""
+    """A FastAPI app that loads `loader()` in the background at start-up and serves it.
+
+    Bodies are held to `body_limits`, with `limits.max_body_bytes` (published in /info) as their size.
+    """
     limits = limits or RetrievalLimits()
+    body_limits = body_limits or BodyLimits(max_items=items_for(limits.max_queries))
+    body_limits = dataclasses.replace(body_limits, max_bytes=limits.max_body_bytes)
     service = RetrievalService(
         loader,
         limits=limits,
@@ -95,6 +103,7 @@ def create_retrieval_app(
     app.state.limits = limits
     if token:
         app.add_middleware(BearerTokenMiddleware, token=token)
+    app.add_middleware(RequestGuard, limits=body_limits, allow_msgpack=True)  # last added: outermost
 
     install_error_handlers(app)
 
@@ -112,7 +121,7 @@ def create_retrieval_app(
     @app.get("/info")
     async def info() -> dict[str, Any]:
         """Backend, index size, encoder, limits, cache hit counts, batching figures, awkward-query counts."""
-        return service.info() | {"limits": limits.model_dump()}
+        return service.info() | {"limits": limits.model_dump(), "request_body": dataclasses.asdict(body_limits)}
 
     @app.post(
         "/retrieve",
@@ -127,18 +136,18 @@ def create_retrieval_app(
     )
     async def retrieve(request: Request) -> Response:
         """Search-R1's `/retrieve`: top-k passages for each query (JSON or msgpack; see module doc)."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            # Refused before reading, so a huge body costs no memory.
-            return _error(413, f"request body of {declared} bytes exceeds the limit of {limits.max_body_bytes} bytes")
-        raw = await request.body()
-        try:
-            payload, is_msgpack = decode_body(raw, request.headers.get("content-type"), limits.max_body_bytes)
-        except BodyError as err:
-            return _error(err.status, err.message)
+        decoded = decoded_body(request.scope)  # the guard decodes every non-empty body, within limits
+        if decoded is None:
+            return _error(400, EMPTY_BODY)
+        payload, is_msgpack = decoded
         as_msgpack = is_msgpack or "msgpack" in request.headers.get("accept", "")
         if not isinstance(payload, dict):
             return _error(422, f"request body must be an object, got {type(payload).__name__}", as_msgpack)
+        queries = payload.get("queries")
+        if isinstance(queries, list) and len(queries) > limits.max_queries:
+            # Before pydantic, which would check (and report on) every one of them.
+            message = f"too many queries in one request: {len(queries)} > limit {limits.max_queries}"
+            return _error(422, message, as_msgpack)
         try:
             req = RetrieveRequest.model_validate(payload)
         except ValidationError as err:

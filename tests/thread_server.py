@@ -15,10 +15,11 @@ from agent_server.server_process import free_port
 
 
 @contextmanager
-def serving(app: Any, timeout: float = 30.0) -> Iterator[str]:
-    """Serve `app` while the block runs; yields its base URL (http://127.0.0.1:PORT)."""
+def serving(app: Any, timeout: float = 30.0, **settings: Any) -> Iterator[str]:
+    """Serve `app` while the block runs; yields its base URL (http://127.0.0.1:PORT). `settings`: more
+    `uvicorn.Config` arguments."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
