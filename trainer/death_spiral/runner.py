@@ -16,8 +16,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +193,9 @@ def run_death_spiral(args: argparse.Namespace) -> int:
         return 0
     retriever = None
     url = args.retriever_url
+    # SIGTERM unwinds like Ctrl-C, so the runs and the retriever this command started end with it.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if main_thread else None
     try:
         if url is None and not all(r.done for r in runs):
             from agent_server.server_process import ServerProcess
@@ -214,6 +219,8 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     finally:
         if retriever is not None:
             retriever.stop()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     summary = write_report(out, runs, criterion)
     print(summary["text"], flush=True)
     print(f"[death-spiral] {out / 'summary.json'}\n[death-spiral] {out / 'death-spiral.png'}")
