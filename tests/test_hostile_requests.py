@@ -355,7 +355,9 @@ def test_an_unexpected_error_is_a_500_with_a_message_that_keeps_the_connection(t
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CUT_WITHIN)
         conn.request("GET", "/boom")
         r = conn.getresponse()
-        assert r.status == 500 and "internal error: RuntimeError: kaboom" in json.loads(r.read())["detail"]
+        detail = json.loads(r.read())["detail"]
+        # The type only: an exception's message can name the server's files and hosts (they go to its log).
+        assert r.status == 500 and "internal error (RuntimeError)" in detail and "kaboom" not in detail
         sock = conn.sock
         conn.request("POST", "/echo", body=b'{"a": 1}', headers=JSON)
         r = conn.getresponse()
