@@ -162,3 +162,17 @@ def test_a_replay_that_answers_differently_is_a_clear_error(bm25_server, strict_
     finally:
         strict.stop()
         server.stop()
+
+
+def test_the_trainers_envs_wait_for_the_configured_time(small_world):
+    from trainer.config import TrainConfig
+    from trainer.grpo_trainer import GRPOTrainer
+
+    config = TrainConfig.model_validate({"env": {"data": "world:small", "outage_wait_s": 7.5}})
+    assert TrainConfig().env.outage_wait_s == 120.0  # long enough for a BM25 restart (~10 s)
+    trainer = GRPOTrainer.__new__(GRPOTrainer)  # make_env needs only the config, records and options
+    trainer.config, trainer.env_options = config, {"topk": 3}
+    trainer.records = SearchQAEnv("world:small", split="train", retriever_url="http://127.0.0.1:9").records
+    env = trainer.make_env()
+    assert env.retriever.http.outage_wait_s == 7.5
+    env.close()
