@@ -183,7 +183,7 @@ class RemoteSearchEnv(gym.Env[str, str]):
         if self._path:
             # Already expired, or the server is gone: nothing left to free there.
             with contextlib.suppress(ServiceUnavailable, RequestRefused):
-                self.http.request("DELETE", self._path, retries=0)
+                self.http.request("DELETE", self._path, retries=0, outage_wait_s=0)
             self._path = ""
         self.http.close()
         super().close()
