@@ -97,4 +97,6 @@ def test_bad_arguments_fail_before_any_run(tmp_path, capsys):
     assert "unknown arm" in capsys.readouterr().err
     assert trainer_main(["death-spiral", "--out", str(tmp_path), "--set", "optim.lr=-1"]) == 2
     assert "optim.lr" in capsys.readouterr().err
+    assert trainer_main(["death-spiral", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs" in capsys.readouterr().err
     assert not (tmp_path / "grpo").exists()

@@ -251,15 +251,14 @@ def test_a_refused_reset_changes_nothing(server, small_world):
 
 
 def test_option_values_are_validated_whole(server):
-    raw = [  # JSON's non-standard Infinity and NaN, which Python's parser accepts
-        (b'{"options": {"data": "world:small", "topk": Infinity}}', "topk"),
-        (b'{"options": {"data": "world:small", "max_turns": NaN}}', "max_turns"),
-        (b'{"options": {"data": "world:small", "format_score": NaN}}', "format_score"),
-        (b'{"options": {"data": "world:small", "format_score": -Infinity}}', "format_score"),
+    raw = [  # Infinity and NaN, which Python's parser would accept, are not JSON: the body guard refuses them
+        b'{"options": {"data": "world:small", "topk": Infinity}}',
+        b'{"options": {"data": "world:small", "max_turns": NaN}}',
+        b'{"options": {"data": "world:small", "format_score": -Infinity}}',
     ]
-    for content, message in raw:
+    for content in raw:
         r = _call(server, "POST", "/sessions", content=content, headers=JSON)
-        assert r.status_code == 422 and message in r.json()["detail"], r.text
+        assert r.status_code == 400 and "is not a JSON value" in r.json()["detail"], r.text
     cases = [
         ({"max_turns": 2.5}, "max_turns"),
         ({"topk": True}, "topk"),

@@ -157,6 +157,9 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
     seeds = args.seeds if args.seeds else ([1] if args.quick else [1, 2, 3])
+    if args.jobs < 1 or args.threads < 1:
+        print("search-trainer: --jobs and --threads must be at least 1", file=sys.stderr)
+        return 2
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
