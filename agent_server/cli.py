@@ -138,6 +138,13 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--coalesce-wait-ms", type=float, default=1.0, help="how long to gather concurrent requests"
     )
+    p.add_argument(
+        "--max-chunk-queries",
+        type=int,
+        default=256,
+        help="most queries in one backend call: a larger request is searched in chunks that interleave "
+        "with other requests, so one query never waits for a whole large batch (0: unlimited)",
+    )
 
 
 def _retriever_loader(args: argparse.Namespace):
@@ -189,6 +196,7 @@ def run_retriever(args: argparse.Namespace) -> None:
         cache_size=args.cache_size,
         coalesce_max_batch=args.coalesce_max_batch,
         coalesce_wait_ms=args.coalesce_wait_ms,
+        max_chunk_queries=args.max_chunk_queries or None,
         token=token,
         body_limits=_body_limits(args, args.max_queries),
     )

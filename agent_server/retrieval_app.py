@@ -69,6 +69,7 @@ def create_retrieval_app(
     cache_size: int = 100_000,
     coalesce_max_batch: int = 1024,
     coalesce_wait_ms: float = 1.0,
+    max_chunk_queries: int | None = 256,
     token: str | None = None,
     body_limits: BodyLimits | None = None,
 ) -> FastAPI:
@@ -85,6 +86,7 @@ def create_retrieval_app(
         cache_size=cache_size,
         coalesce_max_batch=coalesce_max_batch,
         coalesce_wait_ms=coalesce_wait_ms,
+        max_chunk_queries=max_chunk_queries,
     )
 
     @asynccontextmanager

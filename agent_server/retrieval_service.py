@@ -47,7 +47,10 @@ class RetrievalService:
         cache_size: int = 100_000,
         coalesce_max_batch: int = 1024,
         coalesce_wait_ms: float = 1.0,
+        max_chunk_queries: int | None = 256,
     ):
+        """`max_chunk_queries`: the most queries in one backend call, so a large request is searched in
+        chunks that interleave with other requests (None: each request whole; see query_coalescer)."""
         self._loader = loader
         # Index builds run by the loader: stopped on close, so a shutdown mid-build leaves nothing running.
         self._builds = BuildScope()
@@ -58,7 +61,10 @@ class RetrievalService:
         self.retriever: Retriever | None = None
         self.cache = ResultCache(cache_size)
         self.coalescer = QueryCoalescer(
-            self._search_batch, max_batch=coalesce_max_batch, max_wait_s=coalesce_wait_ms / 1000
+            self._search_batch,
+            max_batch=coalesce_max_batch,
+            max_wait_s=coalesce_wait_ms / 1000,
+            max_chunk=max_chunk_queries,
         )
         self.started = time.time()
         self.load_seconds: float | None = None
@@ -122,7 +128,7 @@ class RetrievalService:
         return search_isolated(self.retriever.search, queries, k)
 
     async def search(self, queries: list[str], k: int) -> SearchAnswer:
-        """Hits for each (prepared) query: cached ones at once, the rest (deduplicated) in one coalesced batch.
+        """Hits for each (prepared) query: cached ones at once, the rest (deduplicated) through the coalescer.
 
         Raises BackendFailure when the backend cannot search at all; a query it fails on alone is
         answered in `errors` instead, and not cached.
@@ -179,5 +185,10 @@ class RetrievalService:
             "awkward_queries": {kind: self.awkward[kind] for kind in (*CHANGES, "refused", "failed")},
             "cache": self.cache.stats(),
             "batching": self.coalescer.stats.as_dict()
-            | {"max_batch": self.coalescer.max_batch, "max_wait_ms": self.coalescer.max_wait_s * 1000},
+            | self.coalescer.waiting()
+            | {
+                "max_batch": self.coalescer.max_batch,
+                "max_wait_ms": self.coalescer.max_wait_s * 1000,
+                "max_chunk_queries": self.coalescer.max_chunk,
+            },
         }

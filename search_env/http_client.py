@@ -1,10 +1,11 @@
 """A JSON-over-HTTP client with timeouts and retries with backoff, shared by the retriever client
-and the remote env (sync and async)."""
+and the remote env (sync and async): the one retry policy of the project, outage wait included."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -14,6 +15,10 @@ import httpx
 TOKEN_ENV = "SEARCHGYM_API_TOKEN"
 # Worth retrying: the server is starting or briefly unable (503), or a proxy hiccupped.
 RETRY_STATUSES = frozenset({502, 503, 504})
+# Longest sleep between tries during an outage wait: a restarted server is noticed within this.
+MAX_WAIT_INTERVAL_S = 2.0
+
+log = logging.getLogger("search_env.http")
 
 
 class ServiceUnavailable(RuntimeError):
@@ -52,7 +57,10 @@ class JsonHttpClient:
     """`request()` / `arequest()` return the decoded JSON body of a 2xx answer.
 
     Connection errors, timeouts and 502/503/504 are retried `retries` times, sleeping `backoff`, 2x,
-    4x... seconds between attempts; then `unavailable` (a ServiceUnavailable subclass) is raised.
+    4x... seconds between attempts. With `outage_wait_s` > 0 the client then keeps trying (every
+    MAX_WAIT_INTERVAL_S at most, each wait logged as a warning) until that many seconds have passed
+    since the first failure, so a server that restarts (a BM25 retriever takes ~10 s) is waited
+    for; then `unavailable` (a ServiceUnavailable subclass) is raised.
     A 4xx raises `refused` (a RequestRefused subclass) at once. The bearer token defaults to
     `$SEARCHGYM_API_TOKEN`. A `json=` body may hold any str, lone surrogates included (sent escaped).
     """
@@ -65,6 +73,7 @@ class JsonHttpClient:
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
+        outage_wait_s: float = 0.0,
         token: str | None = None,
         unavailable: type[ServiceUnavailable] = ServiceUnavailable,
         refused: type[RequestRefused] = RequestRefused,
@@ -74,6 +83,9 @@ class JsonHttpClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        if not outage_wait_s >= 0:
+            raise ValueError(f"outage_wait_s must be >= 0, got {outage_wait_s}")
+        self.outage_wait_s = outage_wait_s
         self._unavailable = unavailable
         self._refused = refused
         token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -103,41 +115,87 @@ class JsonHttpClient:
             )
         return True, (response.json() if response.content else None)
 
-    def _give_up(self, last: str, retries: int) -> ServiceUnavailable:
-        attempts = retries + 1
-        return self._unavailable(f"{self.what} at {self.base_url} unavailable after {attempts} attempts: {last}")
+    def _give_up(self, last: str, attempts: int, started: float) -> ServiceUnavailable:
+        waited = time.monotonic() - started
+        return self._unavailable(
+            f"{self.what} at {self.base_url} unavailable after {attempts} attempts over {waited:.1f}s: {last}"
+        )
 
-    def request(self, method: str, path: str, *, retries: int | None = None, **kwargs: Any) -> Any:
+    def _delay(self, attempt: int, retries: int, wait_s: float, started: float, last: str) -> float | None:
+        """Seconds to sleep before the next attempt, or None to give up. Past the retries, an
+        outage wait goes on until `wait_s` after the first failure, logging each sleep."""
+        if attempt < retries:
+            return self.backoff * 2**attempt
+        left = started + wait_s - time.monotonic()
+        if left <= 0:
+            return None
+        delay = min(max(self.backoff, 0.05) * 2**attempt, MAX_WAIT_INTERVAL_S, left)
+        log.warning(
+            "%s at %s unavailable for %.1fs (%s); waiting up to %.0fs more for it to come back",
+            self.what,
+            self.base_url,
+            time.monotonic() - started,
+            last,
+            left,
+        )
+        return delay
+
+    def _back(self, attempt: int, retries: int, started: float) -> None:
+        if attempt > retries:  # only after an outage wait, not after ordinary retries
+            log.warning("%s at %s answers again after %.1fs", self.what, self.base_url, time.monotonic() - started)
+
+    def request(
+        self, method: str, path: str, *, retries: int | None = None, outage_wait_s: float | None = None, **kwargs: Any
+    ) -> Any:
+        """The JSON body of a 2xx answer. `retries` and `outage_wait_s` override the client's for this call.
+
+        Raises `refused` for a 4xx, `unavailable` once the retries and the outage wait are spent.
+        """
         retries = self.retries if retries is None else retries
+        wait_s = self.outage_wait_s if outage_wait_s is None else outage_wait_s
         kwargs = _json_body(kwargs)
         last = ""
-        for attempt in range(retries + 1):
+        started = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 done, body = self._outcome(self._sync().request(method, self.base_url + path, **kwargs))
                 if done:
+                    self._back(attempt, retries, started)
                     return body
                 last = body
             except httpx.TransportError as err:
                 last = f"{type(err).__name__}: {err}"
-            if attempt < retries:
-                time.sleep(self.backoff * 2**attempt)
-        raise self._give_up(last, retries)
+            delay = self._delay(attempt, retries, wait_s, started, last)
+            if delay is None:
+                raise self._give_up(last, attempt + 1, started)
+            time.sleep(delay)
+            attempt += 1
 
-    async def arequest(self, method: str, path: str, *, retries: int | None = None, **kwargs: Any) -> Any:
+    async def arequest(
+        self, method: str, path: str, *, retries: int | None = None, outage_wait_s: float | None = None, **kwargs: Any
+    ) -> Any:
+        """request() for asyncio callers."""
         retries = self.retries if retries is None else retries
+        wait_s = self.outage_wait_s if outage_wait_s is None else outage_wait_s
         kwargs = _json_body(kwargs)
         last = ""
-        for attempt in range(retries + 1):
+        started = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 done, body = self._outcome(await self._async().request(method, self.base_url + path, **kwargs))
                 if done:
+                    self._back(attempt, retries, started)
                     return body
                 last = body
             except httpx.TransportError as err:
                 last = f"{type(err).__name__}: {err}"
-            if attempt < retries:
-                await asyncio.sleep(self.backoff * 2**attempt)
-        raise self._give_up(last, retries)
+            delay = self._delay(attempt, retries, wait_s, started, last)
+            if delay is None:
+                raise self._give_up(last, attempt + 1, started)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     def get_once(self, path: str) -> httpx.Response:
         """One GET with no retry (health probes)."""

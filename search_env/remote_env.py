@@ -6,12 +6,21 @@ The session is created on the server at construction and closed by close().
 
 Requests are retried on timeouts and 502/503/504; create and step carry a fresh request id per call,
 the same on its retries, so a step the server applied but whose answer was lost is not applied again:
-the retry gets the recorded answer.
+the retry gets the recorded answer. With `outage_wait_s`, a server that is down (restarting) is
+waited for that long (the http_client's outage wait, logged).
+
+A restarted env server has lost its sessions; so has one that expired an idle session. The env keeps
+what it needs to rebuild its episode: the reset's arguments and every action with its answer. When
+the server answers 404 for the session, it creates a new one, resets it to the same question, replays
+the actions (their answers must match the recorded ones: the env is deterministic given question and
+actions; if not, EpisodeReplayMismatch), then makes the pending call. A replay costs one retrieval per
+past search; nothing the client holds is lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import operator
 import secrets
 from typing import Any, SupportsFloat
@@ -38,6 +47,13 @@ class EnvServerRefused(RequestRefused):
     """The env server refused the request (4xx), e.g. step after the end: `status` and its message."""
 
 
+class EpisodeReplayMismatch(RuntimeError):
+    """A replayed episode (its session lost to a server restart) answered differently from the original."""
+
+
+log = logging.getLogger("search_env.remote_env")
+
+
 def new_request_id() -> str:
     """A fresh id for one logical call (its retries reuse it)."""
     return secrets.token_urlsafe(16)
@@ -55,45 +71,119 @@ class RemoteSearchEnv(gym.Env[str, str]):
         timeout: float = 60.0,
         retries: int = 3,
         backoff: float = 0.5,
+        outage_wait_s: float = 0.0,
         **options: Any,
     ):
+        """Creates the session. Raises EnvServerRefused (a bad option: 422) or EnvServerUnavailable."""
         self.http = JsonHttpClient(
             server_url,
             what="env server",
             timeout=timeout,
             retries=retries,
             backoff=backoff,
+            outage_wait_s=outage_wait_s,
             token=token,
             unavailable=EnvServerUnavailable,
             refused=EnvServerRefused,
         )
-        request = CreateSessionRequest(env_id=env_id, options=options, request_id=new_request_id())
-        self.session = SessionInfo.model_validate(self.http.request("POST", "/sessions", json=request.model_dump()))
+        self._env_id = env_id
+        self._options = options
+        self._path = ""
+        self._open_session()
         self.observation_space = text_space(self.session.max_obs_chars)
         self.action_space = text_space(self.session.max_action_chars)
+        # The episode so far, to rebuild it on a new session: how it was reset, and each step's answer.
+        self._reset_body: dict[str, Any] | None = None
+        self._reset_answer: ResetResponse | None = None
+        self._steps: list[tuple[str, StepResponse]] = []
+        self.rebuilds = 0
+
+    def _open_session(self) -> None:
+        request = CreateSessionRequest(env_id=self._env_id, options=self._options, request_id=new_request_id())
+        self.session = SessionInfo.model_validate(self.http.request("POST", "/sessions", json=request.model_dump()))
         self._path = f"/sessions/{self.session.session_id}"
 
     @property
     def session_id(self) -> str:
         return self.session.session_id
 
+    def _post(self, suffix: str, body: dict[str, Any]) -> Any:
+        return self.http.request("POST", self._path + suffix, json=body)
+
+    def _call(self, suffix: str, body: dict[str, Any]) -> Any:
+        """POST to the session; a session the server does not know (it restarted, or expired the
+        session) is rebuilt once, then the call is made on the new one."""
+        try:
+            return self._post(suffix, body)
+        except EnvServerRefused as err:
+            if err.status != 404:
+                raise
+            log.warning(
+                "env server at %s lost session %s (%s): rebuilding it", self.http.base_url, self.session_id, err
+            )
+        self._rebuild()
+        return self._post(suffix, body)
+
+    def _rebuild(self) -> None:
+        """A new session with the episode so far replayed on it; EpisodeReplayMismatch if it differs."""
+        lost = self.session_id
+        self._open_session()
+        self.rebuilds += 1
+        if self._reset_body is None or self._reset_answer is None:
+            log.warning("session %s replaced by %s (no episode to replay)", lost, self.session_id)
+            return
+        question = self._reset_answer.info.get("question_id")
+        where = f"episode of question {question!r} (session {lost}, rebuilt as {self.session_id})"
+        reset = ResetResponse.model_validate(self._post("/reset", self._replay_reset_body()))
+        if reset.observation != self._reset_answer.observation:
+            raise EpisodeReplayMismatch(f"{where}: the replayed reset gave another prompt")
+        for turn, (action, recorded) in enumerate(self._steps, 1):
+            body = StepRequest(action=action, request_id=new_request_id()).model_dump()
+            again = StepResponse.model_validate(self._post("/step", body))
+            same = (again.observation, again.reward, again.terminated, again.truncated) == (
+                recorded.observation,
+                recorded.reward,
+                recorded.terminated,
+                recorded.truncated,
+            )
+            if not same:
+                raise EpisodeReplayMismatch(f"{where}: turn {turn} replayed gave another answer than recorded")
+        log.warning("%s: replayed the reset and %d steps", where, len(self._steps))
+
+    def _replay_reset_body(self) -> dict[str, Any]:
+        """The reset as made; one that drew its question from the session's own random state (no
+        seed, no options) is replayed by the question's id, which a fresh session cannot draw again."""
+        assert self._reset_body is not None and self._reset_answer is not None
+        if self._reset_body.get("seed") is None and not self._reset_body.get("options"):
+            question = self._reset_answer.info.get("question_id")
+            if question is not None:
+                return ResetRequest(options={"id": question}).model_dump(exclude_none=True)
+        return self._reset_body
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """Start an episode on the server. Raises EnvServerRefused (e.g. 422: a bad option),
+        EnvServerUnavailable, or EpisodeReplayMismatch (never here: nothing to replay yet)."""
         super().reset(seed=seed)
         seed = None if seed is None else operator.index(seed)  # numpy ints too; the schema takes Python ints
         body = ResetRequest(seed=seed, options=options).model_dump(exclude_none=True)
-        answer = ResetResponse.model_validate(self.http.request("POST", self._path + "/reset", json=body))
+        self._reset_body, self._reset_answer, self._steps = None, None, []
+        answer = ResetResponse.model_validate(self._call("/reset", body))
+        self._reset_body, self._reset_answer = body, answer
         return answer.observation, answer.info
 
     def step(self, action: str) -> tuple[str, SupportsFloat, bool, bool, dict[str, Any]]:
+        """One turn on the server. Raises EnvServerRefused (e.g. 409: after the end),
+        EnvServerUnavailable, or EpisodeReplayMismatch (the session was lost and could not be rebuilt)."""
         body = StepRequest(action=action, request_id=new_request_id()).model_dump()
-        answer = StepResponse.model_validate(self.http.request("POST", self._path + "/step", json=body))
+        answer = StepResponse.model_validate(self._call("/step", body))
+        self._steps.append((action, answer))
         return answer.observation, answer.reward, answer.terminated, answer.truncated, answer.info
 
     def close(self) -> None:
         if self._path:
             # Already expired, or the server is gone: nothing left to free there.
             with contextlib.suppress(ServiceUnavailable, RequestRefused):
-                self.http.request("DELETE", self._path, retries=0)
+                self.http.request("DELETE", self._path, retries=0, outage_wait_s=0)
             self._path = ""
         self.http.close()
         super().close()

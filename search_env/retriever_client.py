@@ -59,7 +59,8 @@ class RetrieverClient:
     """Talks to `agent-server retriever` (or any Search-R1 compatible `/retrieve`).
 
     Connection errors, timeouts and 502/503/504 are retried `retries` times with exponential backoff
-    (`backoff`, 2x, 4x... seconds); after that `RetrieverUnavailable` is raised. A 4xx raises
+    (`backoff`, 2x, 4x... seconds), then for `outage_wait_s` more (a restarting retriever: the
+    http_client's outage wait, logged); after that `RetrieverUnavailable` is raised. A 4xx raises
     `RetrieverRequestError` at once, carrying the server's message. `limits` are the server's as
     its `/info` publishes them, read once; give them to override (a server that publishes none).
     """
@@ -71,6 +72,7 @@ class RetrieverClient:
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
+        outage_wait_s: float = 0.0,
         token: str | None = None,
         limits: RetrievalLimits | None = None,
     ):
@@ -83,6 +85,7 @@ class RetrieverClient:
             timeout=timeout,
             retries=retries,
             backoff=backoff,
+            outage_wait_s=outage_wait_s,
             token=token,
             unavailable=RetrieverUnavailable,
             refused=RetrieverRequestError,
@@ -130,7 +133,7 @@ class RetrieverClient:
         """
         if self._limits is None:
             try:
-                self._limits = _limits_of(self.http.request("GET", "/info", retries=0))
+                self._limits = _limits_of(self.http.request("GET", "/info", retries=0, outage_wait_s=0))
             except (RequestRefused, ValueError):
                 self._limits = RetrievalLimits()  # no /info here (or not JSON): a server of another kind
             except ServiceUnavailable:
@@ -141,7 +144,7 @@ class RetrieverClient:
         """limits() for asyncio callers."""
         if self._limits is None:
             try:
-                self._limits = _limits_of(await self.http.arequest("GET", "/info", retries=0))
+                self._limits = _limits_of(await self.http.arequest("GET", "/info", retries=0, outage_wait_s=0))
             except (RequestRefused, ValueError):
                 self._limits = RetrievalLimits()
             except ServiceUnavailable:

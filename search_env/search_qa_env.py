@@ -12,7 +12,9 @@ with the search's outcome), so that several envs can share one `/retrieve` reque
 A search never raises out of a step (env_search): its query is fitted to the retriever's limits
 (read from its /info), and a search the retriever refuses, fails, or cannot be reached for becomes
 an `<information>` observation that says so; the turn is used, and info's `search_error` holds the
-reason. One env's bad query thus never costs the other envs of a batch their documents.
+reason. One env's bad query thus never costs the other envs of a batch their documents. A retriever
+that cannot be reached is first waited for, up to `retriever_wait_s` seconds (0 by default; the
+trainer waits out a restart so that an outage does not become failed-search observations).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class SearchQAEnv(gym.Env[str, str]):
         retriever: RetrieverClient | None = None,
         retriever_timeout: float = 30.0,
         retriever_retries: int = 3,
+        retriever_wait_s: float = 0.0,
         topk: int = 3,
         max_turns: int = 4,
         prompt_template: str = SEARCH_R1_TEMPLATE,
@@ -108,7 +111,7 @@ class SearchQAEnv(gym.Env[str, str]):
         self.render_mode = render_mode
         self._owns_client = retriever is None
         self.retriever = retriever or RetrieverClient(
-            retriever_url, timeout=retriever_timeout, retries=retriever_retries
+            retriever_url, timeout=retriever_timeout, retries=retriever_retries, outage_wait_s=retriever_wait_s
         )
         self.observation_space = text_space(max_obs_chars)
         self.action_space = text_space(max_action_chars)

@@ -110,6 +110,13 @@ class EnvSection(_Section):
         le=1000,
         description="turns per evaluation episode; None: max_turns (paper: 3 to train, 4 to evaluate; at most 1,000)",
     )
+    outage_wait_s: float = Field(
+        120.0,
+        ge=0,
+        le=86400,
+        description="how long a step waits for a retrieval or env server that is down (a restart; BM25 takes ~10 s) "
+        "before the step fails; each wait is logged",
+    )
     #: "search-r1" (Search-R1's instruction), "tiny" (the embedded policy's compact one), or a template
     prompt_template: str = "search-r1"
     reward: Literal["em", "subem", "f1"] = "em"

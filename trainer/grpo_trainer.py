@@ -205,8 +205,17 @@ class GRPOTrainer:
         cfg = self.config.env
         options = {k: v for k, v in self.env_options.items() if v is not None}
         if cfg.env_url:
-            return RemoteSearchEnv(cfg.env_url, data=cfg.data, split=cfg.split, **options)
-        return SearchQAEnv(self.records, split=cfg.split, retriever_url=cfg.retriever_url, **options)
+            # The env server's own retriever outages come back as 503s: waited out here too.
+            return RemoteSearchEnv(
+                cfg.env_url, data=cfg.data, split=cfg.split, outage_wait_s=cfg.outage_wait_s, **options
+            )
+        return SearchQAEnv(
+            self.records,
+            split=cfg.split,
+            retriever_url=cfg.retriever_url,
+            retriever_wait_s=cfg.outage_wait_s,
+            **options,
+        )
 
     # -- one RL step --------------------------------------------------------------------------------
     def _loss_options(self, mean_searches: float) -> LossOptions:
