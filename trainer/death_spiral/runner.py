@@ -236,8 +236,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 1 2 3; --quick: 1)")
     p.add_argument("--arms", default="grpo,llds", help="comma-separated: grpo (plain GRPO), llds (GRPO+LLDS)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
-    # One thread: the embedded policy is all per-op overhead, and two runs with two threads each on a
-    # 2-core machine were measured 3-4x slower per step than with one thread each.
+    # One thread: the embedded policy is all per-op overhead; two runs with two threads each on the 2-core
+    # machine took 35-50 s per step of configs/death-spiral.yaml, against 5-10 s with one thread each.
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per run")
     p.add_argument("--config", type=Path, default=CONFIG, help="the experiment's training config")
     p.add_argument("--steps", type=int, help="RL steps per run (overrides the config's run.steps)")
