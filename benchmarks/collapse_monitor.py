@@ -58,6 +58,12 @@ Record = dict[str, Any]
 # ---------------------------------------------------------------- synthetic runs
 
 
+def _run_label(path: Path) -> str:
+    """A real run's row label: its folder and file name, cut from the left to fit the column."""
+    name = f"{path.parent.name}/{path.name}".removesuffix(".metrics.jsonl").removesuffix(".jsonl")
+    return name[-27:]
+
+
 def _likelihood_noise(rng: random.Random, sd: float, heavy: bool) -> float:
     if not heavy:
         return rng.gauss(0, sd)
@@ -325,7 +331,7 @@ def real_files(monitors: dict[str, Callable[[], Any]], healthy: list[Path], coll
                 tally = Tally()
                 tally.add(run_monitor(monitors[name], run.records))
                 tallies.append(tally)
-            emit(f"{str(path)[-27:]:<28}{len(run.records):>7}  " + "".join(t.cell() for t in tallies))
+            emit(f"{_run_label(path):<28}{len(run.records):>7}  " + "".join(t.cell() for t in tallies))
         emit()
     if collapsing:
         emit(f"{'real collapsing runs':<28}{'falls':>7}" + "".join(f"{n:>34}" for n in names))
@@ -341,7 +347,7 @@ def real_files(monitors: dict[str, Callable[[], Any]], healthy: list[Path], coll
                 first = next((s.step for s in monitor.history if s.warning), None)
                 lead = "" if first is None or falls is None else f" ({falls - first:+d})"
                 cells += f"{f'{first}{lead}':>34}"
-            emit(f"{str(path)[-27:]:<28}{str(falls):>7}  {cells}")
+            emit(f"{_run_label(path):<28}{str(falls):>7}  {cells}")
         emit()
 
 
