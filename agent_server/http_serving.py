@@ -31,18 +31,54 @@ class ConnectionLimits:
                 raise ValueError(f"ConnectionLimits.{name} must be positive, got {getattr(self, name)}")
 
 
+# Seconds a closing connection keeps reading (and dropping) what its client still sends.
+LINGER_S = 2.0
+
+
+class LingeringTransport:
+    """A transport whose close() half-closes first: the answer goes out with a FIN, the connection reads
+    on (dropping data) for LINGER_S, then closes. A plain close() with the client's unread bytes in the
+    receive buffer makes the kernel send a reset, and a client still sending (a trickled body cut with
+    408, an oversized one cut with 413) may then lose the answer before reading it: nginx's
+    lingering_close does the same. Everything else is the wrapped transport's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self.lingering = False
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # sent once the buffered answer is out
+        self._loop.call_later(LINGER_S, self._transport.close)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class HeadDeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head (see the module doc)."""
+    """uvicorn's h11 protocol with a deadline for each request head (see the module doc) and a lingering
+    close (`LingeringTransport`)."""
 
     head_timeout_s: float = ConnectionLimits.head_timeout_s
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(LingeringTransport(transport, self.loop))  # type: ignore[arg-type]
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = False
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:  # the answer is out: what the client still sends is dropped
+            return
         super().data_received(data)
         if self.conn.their_state is h11.IDLE:  # still inside a head (or between requests)
             self._head_started = True
