@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.death_spiral.criterion import CollapseCriterion
-from trainer.diagnostics.collapse_monitor import CollapseMonitor
+from trainer.diagnostics.collapse_monitor import HEALTHY, CollapseMonitor
 from trainer.diagnostics.metrics_log import read_metrics
+from trainer.diagnostics.plots import PHASE_COLOURS as DIAGNOSTICS_PHASE_COLOURS
 
 Records = list[dict[str, Any]]
 
@@ -33,12 +34,8 @@ PANELS: list[tuple[str, str, str]] = [
     ("One-step probe: share of questions losing likelihood", "likelihood/probe_neg_share", "share"),
 ]
 ARM_LABELS = {"grpo": "GRPO", "llds": "GRPO+LLDS"}
-PHASE_COLOURS = {
-    "healthy": "#cfe8cf",
-    "stagnation": "#f2d024",
-    "steady_decay": "#f28c28",
-    "accelerated_collapse": "#d62728",
-}
+# The diagnostics plot's phase colours, plus one for healthy steps (the strip shows every step).
+PHASE_COLOURS = {HEALTHY: "#cfe8cf", **DIAGNOSTICS_PHASE_COLOURS}
 
 
 def _finite(value: Any) -> bool:
