@@ -70,23 +70,20 @@ def _test_em(run_dir: Path, records: Records) -> dict[str, Any]:
     }
 
 
+def _replayed(records: Records) -> CollapseMonitor:
+    monitor = CollapseMonitor()
+    monitor.replay(records)
+    return monitor
+
+
 def first_warning_step(records: Records) -> int | None:
     """The first step at which `CollapseMonitor`, replaying the records, raises a warning."""
-    monitor = CollapseMonitor()
-    for record in records:
-        if monitor.update(record, announce=False).warning:
-            return int(record["step"])
-    return None
+    return _replayed(records).first_warning_step()
 
 
 def _phases(records: Records) -> list[tuple[int, str, bool]]:
     """(step, phase, warning) of each record, replayed through `CollapseMonitor`."""
-    monitor = CollapseMonitor()
-    out = []
-    for record in records:
-        status = monitor.update(record, announce=False)
-        out.append((int(record["step"]), status.phase, status.warning))
-    return out
+    return [(s.step, s.phase, s.warning) for s in _replayed(records).history]
 
 
 def _mean_of(records: Records, key: str, steps: slice) -> float | None:
