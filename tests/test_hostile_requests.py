@@ -17,10 +17,10 @@ import msgpack
 import pytest
 from fastapi import FastAPI
 
-from agent_server.http_serving import ConnectionLimits, uvicorn_settings
-from agent_server.request_body import BodyLimits, items_for
-from agent_server.request_guard import RequestGuard
 from agent_server.server_process import ServerProcess
+from agent_server.serving.connection_limits import ConnectionLimits, uvicorn_settings
+from agent_server.serving.request_body import BodyLimits, items_for
+from agent_server.serving.request_guard import RequestGuard
 from tests.conftest import TEST_WORLD
 
 HEAD_TIMEOUT, BODY_TIMEOUT = 1, 2  # short, so the slow-request tests are quick

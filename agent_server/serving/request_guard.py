@@ -4,8 +4,8 @@ within limits off the event loop, and no error that ends the connection when it 
 - Size: a Content-Length over `max_bytes` is answered 413 before any of the body is read; a body
   without one (chunked) is counted as it arrives and answered 413 the moment it passes the limit.
 - Time: the whole body must arrive within `read_timeout_s` of the headers, or the answer is 408.
-  (A stalled request head never reaches an ASGI app: agent_server.http_serving cuts those.)
-- Parsing: a non-empty body is decoded by agent_server.request_body (bounded nesting, values and
+  (A stalled request head never reaches an ASGI app: agent_server.serving.connection_limits cuts those.)
+- Parsing: a non-empty body is decoded by agent_server.serving.request_body (bounded nesting, values and
   numbers; no NaN), in a worker thread when it is big, so /health answers meanwhile. A refusal is a
   400 or 413 with a message; the decoded object is left in the scope (`decoded_body`) for the app.
 - Keep-alive: a 413 or 408 closes the connection (the rest of the body is still on the wire); every
@@ -25,7 +25,7 @@ from anyio import to_thread
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_server.request_body import BodyError, BodyLimits, decode_body, too_large
+from agent_server.serving.request_body import BodyError, BodyLimits, decode_body, too_large
 
 log = logging.getLogger("agent_server")
 

@@ -7,9 +7,9 @@ that session's observation (search_env.env_search), as in SearchQAEnv: the other
 batch get their documents.
 
 A create or step with a `request_id` is applied once: it runs to its end even if its client gives up,
-its answer is recorded, and a retry with the same id gets that answer (agent_server.replay_log). A
-session is used only by whoever created it (agent_server.env_sessions). Data sets are the operator's
-(agent_server.env_datasets), loaded once, off the event loop.
+its answer is recorded, and a retry with the same id gets that answer (agent_server.env.replay_log). A
+session is used only by whoever created it (agent_server.env.sessions). Data sets are the operator's
+(agent_server.env.datasets), loaded once, off the event loop.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from agent_server.auth import BearerTokenMiddleware, caller_id
-from agent_server.env_datasets import DEFAULT_WORLDS, DataRegistry
-from agent_server.env_sessions import Session, SessionError, SessionManager
-from agent_server.errors import install_error_handlers
-from agent_server.replay_log import ReplayMismatch, fingerprint
-from agent_server.request_body import BodyLimits, items_for
-from agent_server.request_guard import RequestGuard
+from agent_server.env.datasets import DEFAULT_WORLDS, DataRegistry
+from agent_server.env.replay_log import ReplayMismatch, fingerprint
+from agent_server.env.sessions import Session, SessionError, SessionManager
+from agent_server.serving.auth import BearerTokenMiddleware, caller_id
+from agent_server.serving.errors import install_error_handlers
+from agent_server.serving.request_body import BodyLimits, items_for
+from agent_server.serving.request_guard import RequestGuard
 from search_env.env_schema import (
     BatchStepRequest,
     BatchStepResponse,
@@ -141,7 +141,7 @@ def create_env_app(
 ) -> FastAPI:
     """The env server's app. `datasets` maps names clients may give to files, folders or Hugging Face
     names; `worlds` are the embedded presets served; `token` one or more accepted bearer tokens;
-    request bodies are held to `body_limits` (agent_server.request_guard).
+    request bodies are held to `body_limits` (agent_server.serving.request_guard).
 
     Raises ValueError for a data set or world that cannot be offered.
     """

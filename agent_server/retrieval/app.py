@@ -23,13 +23,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from agent_server.auth import BearerTokenMiddleware
 from agent_server.backends.base import Hit, Retriever
-from agent_server.errors import install_error_handlers, validation_message
-from agent_server.query_isolation import BackendFailure
-from agent_server.request_body import EMPTY_BODY, BodyLimits, encode_msgpack, items_for
-from agent_server.request_guard import RequestGuard, decoded_body
-from agent_server.retrieval_service import RetrievalService
+from agent_server.retrieval.query_isolation import BackendFailure
+from agent_server.retrieval.service import RetrievalService
+from agent_server.serving.auth import BearerTokenMiddleware
+from agent_server.serving.errors import install_error_handlers, validation_message
+from agent_server.serving.request_body import EMPTY_BODY, BodyLimits, encode_msgpack, items_for
+from agent_server.serving.request_guard import RequestGuard, decoded_body
 from search_env.query_sanitizer import QueryRefused
 from search_env.retrieval_schema import (
     ErrorResponse,

@@ -1,6 +1,6 @@
 """JSON error answers shared by searchgym's servers: a status and a `detail` message, never a traceback.
 
-An unexpected exception is answered (500) by agent_server.request_guard, which keeps the connection.
+An unexpected exception is answered (500) by agent_server.serving.request_guard, which keeps the connection.
 """
 
 from __future__ import annotations
