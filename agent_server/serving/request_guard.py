@@ -1,5 +1,6 @@
-"""The ASGI middleware both servers put outermost: every request's body read within limits, decoded
-within limits off the event loop, and no error that ends the connection when it need not.
+"""The ASGI middleware both servers put before auth and every route (agent_server.serving.app_builder):
+every request's body read within limits, decoded within limits off the event loop, and no error
+that ends the connection when it need not.
 
 - Size: a Content-Length over `max_bytes` is answered 413 before any of the body is read; a body
   without one (chunked) is counted as it arrives and answered 413 the moment it passes the limit.
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_server.serving.request_body import BodyError, BodyLimits, decode_body, too_large
+from agent_server.serving.request_log import request_id
 
 log = logging.getLogger("agent_server")
 
@@ -79,10 +81,13 @@ class RequestGuard:
         except Exception as err:
             if state["started"] and not state["complete"]:
                 raise  # half an answer is out: only closing the connection can tell the client
-            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+            rid = request_id(scope)
+            log.exception("unexpected error in %s %s id=%s", scope.get("method"), scope.get("path"), rid)
             if not state["started"]:
                 # The message and traceback may name files and hosts of the server: they go to its log only.
                 detail = f"internal error ({type(err).__name__}); the server's log has the details"
+                if rid is not None:
+                    detail += f" under request id {rid}"
                 await _answer(scope, receive, tracked_send, 500, detail)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
