@@ -1,1 +1,2 @@
-"""FastAPI services of searchgym: the retrieval server and (later) the env server."""
+"""searchgym's servers: the retrieval server (`retrieval`) and the env server (`env`), both built by
+`serving.app_builder`; the search backends and their indexes (`backends`, `embedded_indexes`, `index_cli`)."""

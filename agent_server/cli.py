@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from agent_server.auth import token_from_env, tokens_from_env
-from agent_server.http_serving import ConnectionLimits, uvicorn_settings
-from agent_server.request_body import BodyLimits, items_for
+from agent_server.serving.auth import token_from_env, tokens_from_env
+from agent_server.serving.connection_limits import ConnectionLimits, uvicorn_settings
+from agent_server.serving.request_body import BodyLimits, items_for
 from search_env.retrieval_schema import RetrievalLimits
 
 log = logging.getLogger("agent_server")
@@ -31,7 +31,7 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=port)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    # Hostile requests (agent_server.request_guard, agent_server.http_serving): the same on both servers.
+    # Hostile requests (agent_server.serving: request_guard, connection_limits): the same on both servers.
     body, conn = BodyLimits(), ConnectionLimits()
     g = p.add_argument_group("request limits", "each refusal is a 4xx (or 408) with a message")
     g.add_argument("--max-body-bytes", type=_positive(int), default=body.max_bytes, help="413 past it, read no further")
@@ -175,7 +175,7 @@ def _retriever_loader(args: argparse.Namespace):
 
 
 def run_retriever(args: argparse.Namespace) -> None:
-    from agent_server.retrieval_app import create_retrieval_app
+    from agent_server.retrieval.app import create_retrieval_app
 
     token = token_from_env()
     if args.host not in LOOPBACK and not token:
@@ -204,7 +204,7 @@ def run_retriever(args: argparse.Namespace) -> None:
 
 
 def _add_env_parser(sub: argparse._SubParsersAction) -> None:
-    from agent_server.env_datasets import DEFAULT_WORLDS
+    from agent_server.env.datasets import DEFAULT_WORLDS
 
     p = sub.add_parser(
         "env",
@@ -240,7 +240,7 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_env(args: argparse.Namespace) -> None:
-    from agent_server.env_app import create_env_app
+    from agent_server.env.app import create_env_app
 
     datasets: dict[str, str] = {}
     for item in args.data:
@@ -274,7 +274,7 @@ def run_env(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from agent_server.index_cli import add_index_parser
-    from agent_server.retrieval_demo import add_demo_parser
+    from agent_server.retrieval.demo import add_demo_parser
 
     parser = argparse.ArgumentParser(prog="agent-server", description="searchgym's servers and index builder")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "env":
         run_env(args)
     elif args.command == "demo":
-        from agent_server.retrieval_demo import run_demo_args
+        from agent_server.retrieval.demo import run_demo_args
 
         run_demo_args(args)
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 import httpx
 import pytest
 
-from agent_server.query_coalescer import QueryCoalescer, fair_shares
-from agent_server.query_isolation import Row
+from agent_server.retrieval.query_coalescer import QueryCoalescer, fair_shares
+from agent_server.retrieval.query_isolation import Row
 from agent_server.server_process import ServerProcess
 from search_env.qa_data import load_qa
 from tests.test_awkward_queries import CLAUSE_1300

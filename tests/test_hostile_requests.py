@@ -15,12 +15,9 @@ from collections.abc import Iterator
 import httpx
 import msgpack
 import pytest
-from fastapi import FastAPI
 
-from agent_server.http_serving import ConnectionLimits, uvicorn_settings
-from agent_server.request_body import BodyLimits, items_for
-from agent_server.request_guard import RequestGuard
 from agent_server.server_process import ServerProcess
+from agent_server.serving.request_body import items_for
 from tests.conftest import TEST_WORLD
 
 HEAD_TIMEOUT, BODY_TIMEOUT = 1, 2  # short, so the slow-request tests are quick
@@ -333,33 +330,3 @@ def test_the_connection_stays_usable_after_error_responses(retriever, env):
             ("GET", "/health", None, 200),
         ],
     )
-
-
-def test_an_unexpected_error_is_a_500_with_a_message_that_keeps_the_connection(tmp_path):
-    # No route of ours fails on purpose, so the guard is tried on an app that does, under real uvicorn.
-    from tests.thread_server import serving
-
-    app = FastAPI()
-
-    @app.get("/boom")
-    async def boom() -> None:
-        raise RuntimeError("kaboom")
-
-    @app.post("/echo")
-    async def echo(body: dict) -> dict:
-        return body
-
-    app.add_middleware(RequestGuard, limits=BodyLimits())
-    with serving(app, **uvicorn_settings(ConnectionLimits())) as url:
-        port = int(url.rsplit(":", 1)[1])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CUT_WITHIN)
-        conn.request("GET", "/boom")
-        r = conn.getresponse()
-        detail = json.loads(r.read())["detail"]
-        # The type only: an exception's message can name the server's files and hosts (they go to its log).
-        assert r.status == 500 and "internal error (RuntimeError)" in detail and "kaboom" not in detail
-        sock = conn.sock
-        conn.request("POST", "/echo", body=b'{"a": 1}', headers=JSON)
-        r = conn.getresponse()
-        assert r.status == 200 and json.loads(r.read()) == {"a": 1} and conn.sock is sock
-        conn.close()

@@ -19,9 +19,9 @@ from typing import Any
 import gymnasium
 from pydantic import ValidationError
 
-from agent_server.env_datasets import DataRefused, DataRegistry
-from agent_server.errors import validation_message
-from agent_server.replay_log import ReplayLog, ReplayMismatch, fingerprint
+from agent_server.env.datasets import DataRefused, DataRegistry
+from agent_server.env.replay_log import ReplayLog, ReplayMismatch, fingerprint
+from agent_server.serving.errors import ClientError, validation_message
 from search_env.env_schema import SESSION_OPTIONS, SessionInfo, SessionOptions, StepResponse
 from search_env.registration import ENV_IDS
 from search_env.retriever_client import RetrieverClient
@@ -33,14 +33,8 @@ REPLIES_PER_SESSION = 4  # a client retries its latest step; a few more cover a 
 RECORDED_CREATES = 4096
 
 
-class SessionError(Exception):
+class SessionError(ClientError):
     """A request about sessions that cannot be served; `status` is its HTTP status."""
-
-    status = 400
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class UnknownSession(SessionError):

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from agent_server.backends.base import Hit, Retriever
 from agent_server.index_builds import BuildScope, build_scope
-from agent_server.query_coalescer import QueryCoalescer
-from agent_server.query_isolation import QueryFailure, Row, search_isolated
-from agent_server.result_cache import ResultCache
+from agent_server.retrieval.query_coalescer import QueryCoalescer
+from agent_server.retrieval.query_isolation import QueryFailure, Row, search_isolated
+from agent_server.retrieval.result_cache import ResultCache
 from search_env.query_sanitizer import CHANGES, QueryRefused, sanitize_queries
 from search_env.retrieval_schema import RetrievalLimits
 

@@ -1,6 +1,8 @@
 """JSON error answers shared by searchgym's servers: a status and a `detail` message, never a traceback.
 
-An unexpected exception is answered (500) by agent_server.request_guard, which keeps the connection.
+A route refuses a request by raising a `ClientError` (its 4xx and message); FastAPI's own refusals
+(validation, unknown paths and methods) get the same `{"detail": ...}` shape. An unexpected exception
+is answered (500) by agent_server.serving.request_guard, which keeps the connection.
 """
 
 from __future__ import annotations
@@ -12,6 +14,19 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MAX_REPORTED_ERRORS = 10
+
+
+class ClientError(Exception):
+    """A request the server refuses for what it asks: answered `status` (a 4xx; a class attribute,
+    or given) with `{"detail": message}` by every app the builder makes."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
 
 
 def validation_message(err: ValidationError | RequestValidationError) -> str:
@@ -28,6 +43,12 @@ def validation_message(err: ValidationError | RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """`{"detail": message}` answers for ClientError and for FastAPI's validation and HTTP errors."""
+
+    @app.exception_handler(ClientError)
+    async def _refused(_: Request, err: ClientError) -> JSONResponse:
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         for e in err.errors():

@@ -2,8 +2,8 @@
 
 GEM posts msgpack bytes with `requests.post(url, data=...)`, which sends no Content-Type at all, so
 msgpack is chosen by Content-Type when there is one and by sniffing the first byte when there is not.
-Both decoders stop at the limits of `BodyLimits` while they parse (agent_server.bounded_json), so a
-hostile body costs bounded time and memory; agent_server.request_guard applies them to every request.
+Both decoders stop at the limits of `BodyLimits` while they parse (agent_server.serving.bounded_json), so a
+hostile body costs bounded time and memory; agent_server.serving.request_guard applies them to every request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from agent_server.bounded_json import JSONRefused, loads_bounded
+from agent_server.serving.bounded_json import JSONRefused, loads_bounded
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 EMPTY_BODY = 'empty request body: send a JSON object such as {"queries": ["..."]}'

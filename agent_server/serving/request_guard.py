@@ -1,11 +1,12 @@
-"""The ASGI middleware both servers put outermost: every request's body read within limits, decoded
-within limits off the event loop, and no error that ends the connection when it need not.
+"""The ASGI middleware both servers put before auth and every route (agent_server.serving.app_builder):
+every request's body read within limits, decoded within limits off the event loop, and no error
+that ends the connection when it need not.
 
 - Size: a Content-Length over `max_bytes` is answered 413 before any of the body is read; a body
   without one (chunked) is counted as it arrives and answered 413 the moment it passes the limit.
 - Time: the whole body must arrive within `read_timeout_s` of the headers, or the answer is 408.
-  (A stalled request head never reaches an ASGI app: agent_server.http_serving cuts those.)
-- Parsing: a non-empty body is decoded by agent_server.request_body (bounded nesting, values and
+  (A stalled request head never reaches an ASGI app: agent_server.serving.connection_limits cuts those.)
+- Parsing: a non-empty body is decoded by agent_server.serving.request_body (bounded nesting, values and
   numbers; no NaN), in a worker thread when it is big, so /health answers meanwhile. A refusal is a
   400 or 413 with a message; the decoded object is left in the scope (`decoded_body`) for the app.
 - Keep-alive: a 413 or 408 closes the connection (the rest of the body is still on the wire); every
@@ -25,7 +26,8 @@ from anyio import to_thread
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_server.request_body import BodyError, BodyLimits, decode_body, too_large
+from agent_server.serving.request_body import BodyError, BodyLimits, decode_body, too_large
+from agent_server.serving.request_log import request_id
 
 log = logging.getLogger("agent_server")
 
@@ -79,10 +81,13 @@ class RequestGuard:
         except Exception as err:
             if state["started"] and not state["complete"]:
                 raise  # half an answer is out: only closing the connection can tell the client
-            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
+            rid = request_id(scope)
+            log.exception("unexpected error in %s %s id=%s", scope.get("method"), scope.get("path"), rid)
             if not state["started"]:
                 # The message and traceback may name files and hosts of the server: they go to its log only.
                 detail = f"internal error ({type(err).__name__}); the server's log has the details"
+                if rid is not None:
+                    detail += f" under request id {rid}"
                 await _answer(scope, receive, tracked_send, 500, detail)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_server.query_isolation import QueryFailure, Row
+from agent_server.retrieval.query_isolation import QueryFailure, Row
 
 SearchFn = Callable[[Sequence[str], int], list[Row]]
 

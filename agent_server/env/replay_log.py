@@ -12,17 +12,18 @@ import json
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
+from agent_server.serving.errors import ClientError
+
 T = TypeVar("T")
 
 
-class ReplayMismatch(Exception):
+class ReplayMismatch(ClientError):
     """A request id already used for a different request (HTTP 409)."""
 
     status = 409
 
     def __init__(self, request_id: str):
-        self.message = f"request_id {request_id!r} was already used for a different request: send a fresh one"
-        super().__init__(self.message)
+        super().__init__(f"request_id {request_id!r} was already used for a different request: send a fresh one")
 
 
 def fingerprint(*parts: Any) -> str:

@@ -6,7 +6,7 @@ part of a head (or one byte of it every few seconds) is held forever. `HeadDeadl
 that deadline: the head must be complete within `head_timeout_s` of the connection opening or of its
 first byte after a response; else the answer is 408 (or, when nothing was sent, the connection is
 closed). h11 itself refuses a head over `max_head_bytes` with a 400. The body's own deadline and size
-limit are agent_server.request_guard's.
+limit are agent_server.serving.request_guard's.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The env server: SearchQAEnv sessions over HTTP, the data sets it offers, and recorded answers."""

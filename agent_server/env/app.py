@@ -1,0 +1,75 @@
+"""The env server's app: its routes (agent_server.env.routes) over an EnvServer (sessions, data sets,
+one retriever client), with the protections both servers share (agent_server.serving.app_builder)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from agent_server.env.datasets import DEFAULT_WORLDS, DataRegistry
+from agent_server.env.routes import router
+from agent_server.env.sessions import SessionManager
+from agent_server.env.state import EnvServer
+from agent_server.serving.app_builder import build_app
+from agent_server.serving.request_body import BodyLimits, items_for
+from search_env.retriever_client import RetrieverClient
+
+
+def create_env_app(
+    retriever_url: str,
+    *,
+    max_sessions: int = 1024,
+    idle_timeout_s: float = 900.0,
+    max_action_chars: int = 8192,
+    max_obs_chars: int = 32768,
+    max_batch: int = 4096,
+    datasets: dict[str, str] | None = None,
+    worlds: Iterable[str] = DEFAULT_WORLDS,
+    data_cache: int = 8,
+    retriever_timeout: float = 30.0,
+    retriever_retries: int = 2,
+    health_timeout_s: float = 2.0,
+    token: str | Sequence[str] | None = None,
+    body_limits: BodyLimits | None = None,
+) -> FastAPI:
+    """The env server's app. `datasets` maps names clients may give to files, folders or Hugging Face
+    names; `worlds` are the embedded presets served; `token` one or more accepted bearer tokens;
+    request bodies are held to `body_limits` (agent_server.serving.request_guard).
+
+    Raises ValueError for a data set or world that cannot be offered.
+    """
+    registry = DataRegistry(datasets, worlds, cache_size=data_cache)
+    body_limits = body_limits or BodyLimits(max_items=items_for(max_batch))
+    retriever = RetrieverClient(retriever_url, timeout=retriever_timeout, retries=retriever_retries, backoff=0.25)
+    manager = SessionManager(
+        retriever,
+        registry,
+        max_sessions=max_sessions,
+        idle_timeout_s=idle_timeout_s,
+        max_action_chars=max_action_chars,
+        max_obs_chars=max_obs_chars,
+    )
+    server = EnvServer(retriever, manager, registry, max_batch=max_batch, health_timeout_s=health_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.get_running_loop().create_task(manager.reap_forever())
+        yield
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        await retriever.aclose()
+
+    return build_app(
+        title="searchgym env server",
+        description="SearchQAEnv sessions over HTTP; `RemoteSearchEnv` is its Gymnasium client.",
+        routers=[router],
+        state=server,
+        lifespan=lifespan,
+        body_limits=body_limits,
+        tokens=token,
+    )
