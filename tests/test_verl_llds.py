@@ -267,11 +267,20 @@ def test_bad_llds_option_fails_when_the_config_is_built():
 
 
 def test_recipe_config_builds_verls_actor_with_llds():
-    """examples/verl's yaml composed on verl's ppo_trainer and instantiated as verl's workers do."""
+    """examples/verl's yaml composed on verl's ppo_trainer, checked by verl's validate_config (as
+    main_ppo does, for the recipe's 8 GPUs) and instantiated as verl's workers do."""
     from hydra import compose, initialize_config_dir
+    from verl.utils.config import validate_config
 
+    overrides = [
+        "actor_rollout_ref.actor.policy_loss.llds_lambda=0.3",
+        "data.train_files=train.parquet",
+        "data.val_files=test.parquet",
+        f"actor_rollout_ref.rollout.multi_turn.tool_config_path={RECIPE / 'search_tool_config.yaml'}",
+    ]
     with initialize_config_dir(config_dir=str(RECIPE), version_base=None):
-        cfg = compose(config_name="search_r1_llds", overrides=["actor_rollout_ref.actor.policy_loss.llds_lambda=0.3"])
+        cfg = compose(config_name="search_r1_llds", overrides=overrides)
+    validate_config(cfg, use_reference_policy=True, use_critic=False)
     actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
     assert isinstance(actor.policy_loss, LLDSPolicyLossConfig)
     assert actor.policy_loss.loss_mode == LOSS_MODE and actor.policy_loss.llds_lambda == 0.3
