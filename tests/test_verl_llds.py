@@ -142,6 +142,28 @@ def test_registry_loss_is_vanilla_plus_llds_term(agg, gate, normalization, dtype
     assert {"actor/pg_clipfrac", "actor/ppo_kl", "actor/llds/activation_rate"} <= metrics.keys()
 
 
+def test_rollout_importance_weights_reach_the_vanilla_term_only():
+    batch = verl_batch(seed=9, dtype=torch.float64)
+    weights = torch.rand(batch["log_prob"].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cfg = actor_config()
+    args = {k: batch[k] for k in ("old_log_prob", "log_prob", "advantages", "response_mask")}
+    loss, _ = compute_policy_loss_llds(**args, loss_agg_mode=cfg.loss_agg_mode, config=cfg, rollout_is_weights=weights)
+    vanilla, _ = core_algos.get_policy_loss_fn("vanilla")(
+        **args, loss_agg_mode=cfg.loss_agg_mode, config=cfg, rollout_is_weights=weights
+    )
+    term, _ = llds_loss(
+        batch["log_prob"],
+        batch["old_log_prob"],
+        batch["row_adv"],
+        batch["response_mask"],
+        lam=cfg.policy_loss.llds_lambda,
+        gate_tol=cfg.policy_loss.llds_gate_tol,
+    )
+    torch.testing.assert_close(loss, vanilla + term, **TOL[torch.float64])
+    torch.testing.assert_close(grad(loss, batch), grad(vanilla + term, batch), **TOL[torch.float64])
+    assert not torch.allclose(vanilla, vanilla_loss(batch, cfg))  # the weights did change the vanilla term
+
+
 def authors_llds_term(batch: dict, lam: float) -> torch.Tensor:
     """The authors' dp_actor.py computation, written out (LLDS-A, chunk sums > 0, masked_mean over
     the response mask): preserving tokens by the per-token advantage sign, chunks as runs of mask * pos."""
