@@ -388,6 +388,28 @@ def test_remote_envs_through_the_env_server(env_server, model, tokenizer):
     engine.close()
 
 
+def test_the_trainer_rolls_out_remotely_with_one_request_per_round(env_server, model, tokenizer):
+    from trainer.config import TrainConfig
+    from trainer.grpo_trainer import GRPOTrainer
+
+    config = TrainConfig.model_validate({"env": {"env_url": env_server.url, "data": DATA, "split": "test"}})
+    trainer = GRPOTrainer.__new__(GRPOTrainer)  # rollout_envs needs only the config and the env options
+    trainer.config, trainer.env_options, trainer.remote_envs = config, {"max_turns": 2, "topk": 2}, None
+    envs = trainer.rollout_envs(4)
+    assert trainer.remote_envs is not None and list(envs) == list(trainer.remote_envs.envs)
+    assert len({id(env.http) for env in envs}) == 1 and trainer.rollout_envs(4) == envs  # kept across steps
+    sent: list[str] = []
+    trainer.remote_envs.http._sync().event_hooks["request"].append(lambda r: sent.append(r.url.path))
+    engine = RolloutEngine(HFGenerator(model, tokenizer), tokenizer, group_size=2, max_new_tokens_per_turn=16,
+                           max_total_tokens=2048)
+    episodes = engine.collect(envs, [0, 1])
+    assert all(ep.done and ep.turns <= 2 for ep in episodes)
+    steps = [p for p in sent if p.endswith("/step")]
+    assert steps == ["/sessions/step"] * engine.last_stats.generate_calls  # one request per round, all sessions
+    assert sum(p.endswith("/reset") for p in sent) == 4
+    trainer.remote_envs.close()
+
+
 # -- evaluation: the same engine, greedy ------------------------------------------------------------------
 def test_evaluation_plays_the_token_stream_training_sees(bm25_server, records, model, tokenizer, tmp_path):
     """The trainer's held-out evaluation (`EnginePlayer.like` its engine, through the benchmark harness)
