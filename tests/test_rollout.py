@@ -600,6 +600,30 @@ def test_openai_generator_needs_token_ids(fake_vllm):
         gen.generate([[1, 2]], 8)
 
 
+def test_search_trainer_eval_samples_from_an_openai_server_with_no_weights_loaded(
+    bm25_server, fake_vllm, tokenizer, tmp_path, capsys
+):
+    # Training refuses the openai backend (its server never gets the updated weights); evaluation keeps it.
+    from search_env.evaluation import read_jsonl
+    from trainer.cli import main as trainer_main
+
+    tokenizer.save_pretrained(tmp_path / "tokenizer")  # only a tokenizer: no model weights to load
+    out = tmp_path / "eval" / "openai.jsonl"
+    n = len(fake_vllm.requests)
+    code = trainer_main(
+        ["eval", "--model", str(tmp_path / "tokenizer"), "--openai-base-url", fake_vllm.url, "--served-model",
+         "policy", "--data", "world:small:single", "--limit", "2", "--retriever-url", bm25_server.url,
+         "--max-turns", "2", "--max-new-tokens", "8", "--max-total-tokens", "600", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = read_jsonl(out)
+    assert sorted((r["policy"], r["index"]) for r in rows) == [("openai:policy", 0), ("openai:policy", 1)]
+    sent = fake_vllm.requests[n:]
+    assert sent and all(r["model"] == "policy" and r["temperature"] == 0.0 and r["max_tokens"] <= 8 for r in sent)
+    first = rows[0]["transcript"][1]["text"]  # the fake's sampled ids, decoded by the tokenizer
+    assert first == tokenizer.decode([5, 17, 9], skip_special_tokens=True)
+
+
 def test_engine_step_survives_a_search_the_retriever_refuses(strict_server, records):
     # An action at the env's full 8,192 characters whose query the (strict) retriever refuses, among
     # ordinary searches: that episode reads why, the others their documents, and the rollout goes on.

@@ -281,6 +281,7 @@ class GRPOTrainer:
         old_logp = self._logprobs(self.model, batch)
         ref_logp = self._reference_logprobs(batch)
         metrics.likelihood(old_logp, batch.loss_mask, rewards=batch.rewards, advantages=advantages)
+        metrics.sampler_gap(batch.sampler_logprobs, old_logp, batch.loss_mask)
         if cfg.diagnostics.probe_every and step % cfg.diagnostics.probe_every == 0:
             for key, value in self._probe(batch, old_logp, ref_logp, advantages, options).items():
                 metrics.set(key, value)
