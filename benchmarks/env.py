@@ -1,7 +1,7 @@
 """Env steps per second, in process and through the env server, with retrieval excluded (actions that
 do not search) and included (every action searches). Then the scripted baseline's EM on the test split.
 
-    python benchmarks/env.py [--world default] [--sizes 16 64] [--repeats 5] [--rounds 3]
+    python benchmarks/env.py [--world default] [--sizes 16 64] [--repeats 5] [--min-seconds 1]
 
 Cells, for each number of sessions (sub-envs) and kind of action:
 - remote, vector env: RemoteSearchVectorEnv (`gymnasium.make_vec("searchgym/RemoteSearchQA-v0")`), one
@@ -12,10 +12,11 @@ Cells, for each number of sessions (sub-envs) and kind of action:
 - in process, vector env: SearchQAVectorEnv (one `/retrieve` per step), against in-process envs stepped
   one by one.
 Each cell is timed `--repeats` times; the cells run in alternating order (rotated every repetition,
-so drift in the machine's load falls on all of them alike), each repetition a warm-up round then
-`--rounds` timed rounds of one step per session; the table gives the median and the range of the
-repetitions. Episodes never end (max_turns 10**6), so every step is a step. The retriever runs with its
-result cache off so that every search is really searched.
+so drift in the machine's load falls on all of them alike), each timing a warm-up round then timed
+rounds of one step per session, at least `--rounds` of them and for at least `--min-seconds`; the
+table gives the median steps/s and the range of the repetitions. Episodes never end (max_turns
+10**6), so every step is a step. The retriever runs with its result cache off so that every search
+is really searched.
 """
 
 from __future__ import annotations
@@ -59,16 +60,20 @@ CELLS = (
 )
 
 
-def timed_sync(step_all: Callable[[int], object], rounds: int) -> float:
-    """Seconds for `rounds` rounds after one untimed warm-up round."""
+def timed_sync(step_all: Callable[[int], object], rounds: int, min_s: float) -> tuple[int, float]:
+    """(rounds, seconds) of at least `rounds` rounds and `min_s` seconds, after one untimed warm-up round."""
     step_all(0)
     began = time.perf_counter()
-    for r in range(1, rounds + 1):
-        step_all(r)
-    return time.perf_counter() - began
+    done = 0
+    while done < rounds or time.perf_counter() - began < min_s:
+        done += 1
+        step_all(done)
+    return done, time.perf_counter() - began
 
 
-def timed_async(envs: list[RemoteSearchEnv], url: str, actions: Callable[[int], list[str]], rounds: int) -> float:
+def timed_async(
+    envs: list[RemoteSearchEnv], url: str, actions: Callable[[int], list[str]], rounds: int, min_s: float
+) -> tuple[int, float]:
     """`timed_sync` for concurrent asyncio clients: one request per session, all in flight at once."""
     http = env_server_client(url)
 
@@ -77,13 +82,15 @@ def timed_async(envs: list[RemoteSearchEnv], url: str, actions: Callable[[int], 
         paths = [f"/sessions/{e.session_id}/step" for e in envs]
         await asyncio.gather(*(http.arequest("POST", path, json=b) for path, b in zip(paths, bodies, strict=True)))
 
-    async def run() -> float:
+    async def run() -> tuple[int, float]:
         try:
             await step_round(0)  # warm-up: opens the connections
             began = time.perf_counter()
-            for r in range(1, rounds + 1):
-                await step_round(r)
-            return time.perf_counter() - began
+            done = 0
+            while done < rounds or time.perf_counter() - began < min_s:
+                done += 1
+                await step_round(done)
+            return done, time.perf_counter() - began
         finally:
             await http.aclose()
 
@@ -95,7 +102,8 @@ def main() -> None:
     p.add_argument("--world", default="default")
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 64], help="sessions (sub-envs) per cell")
     p.add_argument("--repeats", type=int, default=5, help="timings per cell (the median is reported)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds of one step per session, per timing")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds of one step per session, per timing (at least)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="and rounds until this long, per timing")
     p.add_argument("--eval-limit", type=int, default=0, help="test questions for the scripted EM (0: all)")
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench-env"))
     args = p.parse_args()
@@ -149,16 +157,17 @@ def measure(
     for i, env in enumerate(singles + concurrent + local):
         env.reset(options={"index": i % n})
 
-    def one_by_one(envs: list[Any], kind: str) -> float:
-        return timed_sync(lambda r: [e.step(a) for e, a in zip(envs, actions(kind, r), strict=True)], args.rounds)
+    def one_by_one(envs: list[Any], kind: str) -> tuple[int, float]:
+        step = lambda r: [e.step(a) for e, a in zip(envs, actions(kind, r), strict=True)]  # noqa: E731
+        return timed_sync(step, args.rounds, args.min_seconds)
 
-    def batched(envs: Any, kind: str) -> float:
-        return timed_sync(lambda r: envs.step(tuple(actions(kind, r))), args.rounds)
+    def batched(envs: Any, kind: str) -> tuple[int, float]:
+        return timed_sync(lambda r: envs.step(tuple(actions(kind, r))), args.rounds, args.min_seconds)
 
-    run: dict[str, Callable[[str], float]] = {
+    run: dict[str, Callable[[str], tuple[int, float]]] = {
         CELLS[0]: lambda kind: batched(vector, kind),
         CELLS[1]: lambda kind: one_by_one(singles, kind),
-        CELLS[2]: lambda kind: timed_async(concurrent, url, lambda r: actions(kind, r), args.rounds),
+        CELLS[2]: lambda kind: timed_async(concurrent, url, lambda r: actions(kind, r), args.rounds, args.min_seconds),
         CELLS[3]: lambda kind: batched(local_vector, kind),
         CELLS[4]: lambda kind: one_by_one(local, kind),
     }
@@ -167,7 +176,8 @@ def measure(
             for rep in range(args.repeats):
                 order = CELLS[rep % len(CELLS) :] + CELLS[: rep % len(CELLS)]
                 for cell in order:
-                    rates.setdefault((n, kind, cell), []).append(n * args.rounds / run[cell](kind))
+                    rounds, seconds = run[cell](kind)
+                    rates.setdefault((n, kind, cell), []).append(n * rounds / seconds)
             for cell in CELLS:
                 got = rates[n, kind, cell]
                 console.print(f"{n} sessions, {kind}, {cell}: " + " ".join(f"{x:.0f}" for x in got))
@@ -179,7 +189,7 @@ def measure(
 def print_table(rates: dict[tuple[int, str, str], list[float]], args: argparse.Namespace) -> None:
     table = Table(
         title=f"env steps/s, world '{args.world}' (BM25, cache off): median of {args.repeats} alternating timings "
-        f"of {args.rounds} rounds [min-max]"
+        f"of >= {args.min_seconds:g} s [min-max]"
     )
     for col in ("sessions", "actions", "cell", "steps/s", "vs 1 request per session"):
         table.add_column(col)
