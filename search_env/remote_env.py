@@ -15,6 +15,12 @@ the server answers 404 for the session, it creates a new one, resets it to the s
 the actions (their answers must match the recorded ones: the env is deterministic given question and
 actions; if not, EpisodeReplayMismatch), then makes the pending call. A replay costs one retrieval per
 past search; nothing the client holds is lost.
+
+`batched_remote_step` steps many RemoteSearchEnvs that share one client (one server) in one
+`POST /sessions/step` request: each session keeps its own request ids, record and rebuild-by-replay
+(a session the server lost is rebuilt and stepped alone), and a session the server refuses ends
+truncated with the refusal in its info, leaving the others' steps standing. `RemoteSearchVectorEnv`
+(search_env.remote_vector_env) and the trainer's rollout engine step through it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,15 @@ import contextlib
 import logging
 import operator
 import secrets
+from collections.abc import Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
 from search_env.env_schema import (
+    BatchStepItem,
+    BatchStepRequest,
+    BatchStepResponse,
     CreateSessionRequest,
     ResetRequest,
     ResetResponse,
@@ -53,10 +63,37 @@ class EpisodeReplayMismatch(RuntimeError):
 
 log = logging.getLogger("search_env.remote_env")
 
+StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
+#: the env server's default `--max-batch`: steps per `POST /sessions/step`
+DEFAULT_MAX_BATCH = 4096
+
 
 def new_request_id() -> str:
     """A fresh id for one logical call (its retries reuse it)."""
     return secrets.token_urlsafe(16)
+
+
+def env_server_client(
+    server_url: str,
+    *,
+    token: str | None = None,
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    outage_wait_s: float = 0.0,
+) -> JsonHttpClient:
+    """The HTTP client of an env server (the project's one retry policy, search_env.http_client)."""
+    return JsonHttpClient(
+        server_url,
+        what="env server",
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        outage_wait_s=outage_wait_s,
+        token=token,
+        unavailable=EnvServerUnavailable,
+        refused=EnvServerRefused,
+    )
 
 
 class RemoteSearchEnv(gym.Env[str, str]):
@@ -72,19 +109,15 @@ class RemoteSearchEnv(gym.Env[str, str]):
         retries: int = 3,
         backoff: float = 0.5,
         outage_wait_s: float = 0.0,
+        http: JsonHttpClient | None = None,
         **options: Any,
     ):
-        """Creates the session. Raises EnvServerRefused (a bad option: 422) or EnvServerUnavailable."""
-        self.http = JsonHttpClient(
-            server_url,
-            what="env server",
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            outage_wait_s=outage_wait_s,
-            token=token,
-            unavailable=EnvServerUnavailable,
-            refused=EnvServerRefused,
+        """Creates the session. `http`: a client shared with other sessions of the same server (then
+        server_url, token, timeout, retries, backoff and outage_wait_s are its own, and close() leaves
+        it open). Raises EnvServerRefused (a bad option: 422) or EnvServerUnavailable."""
+        self._owns_http = http is None
+        self.http = http or env_server_client(
+            server_url, token=token, timeout=timeout, retries=retries, backoff=backoff, outage_wait_s=outage_wait_s
         )
         self._env_id = env_id
         self._options = options
@@ -175,7 +208,10 @@ class RemoteSearchEnv(gym.Env[str, str]):
         """One turn on the server. Raises EnvServerRefused (e.g. 409: after the end),
         EnvServerUnavailable, or EpisodeReplayMismatch (the session was lost and could not be rebuilt)."""
         body = StepRequest(action=action, request_id=new_request_id()).model_dump()
-        answer = StepResponse.model_validate(self._call("/step", body))
+        return self._took(action, StepResponse.model_validate(self._call("/step", body)))
+
+    def _took(self, action: str, answer: StepResponse) -> StepResult:
+        """Record a turn the server answered (for a replay) and return it as gymnasium's 5-tuple."""
         self._steps.append((action, answer))
         return answer.observation, answer.reward, answer.terminated, answer.truncated, answer.info
 
@@ -185,5 +221,62 @@ class RemoteSearchEnv(gym.Env[str, str]):
             with contextlib.suppress(ServiceUnavailable, RequestRefused):
                 self.http.request("DELETE", self._path, retries=0, outage_wait_s=0)
             self._path = ""
-        self.http.close()
+        if self._owns_http:
+            self.http.close()
         super().close()
+
+
+def _refused_step(env: RemoteSearchEnv, status: int, detail: str) -> StepResult:
+    """A session the server refused a step of (after a rebuild, if it was lost): its episode ends here,
+    truncated with reward 0 and the refusal in its info, so the other sessions of the batch go on."""
+    log.warning(
+        "env server refused a step of session %s (%d: %s): its episode ends truncated", env.session_id, status, detail
+    )
+    return "", 0.0, False, True, {"error": detail, "error_status": status}
+
+
+def batched_remote_step(
+    envs: Sequence[RemoteSearchEnv], actions: Sequence[str], *, max_batch: int = DEFAULT_MAX_BATCH
+) -> list[StepResult]:
+    """One turn of each env in one `POST /sessions/step` per `max_batch` envs; the results in order.
+
+    The envs must share one client (`RemoteSearchEnv(http=...)`, as RemoteSearchVectorEnv's sub-envs
+    do). Each item carries a fresh request id, the same on the client's retries (a retried batch gets
+    the recorded answers of the items already applied). A session the server lost (404) is rebuilt
+    by replay and stepped alone (`RemoteSearchEnv.step`); a step the server refuses (409, 422...), or
+    a rebuild that fails, ends that env's episode truncated with `info["error"]` and
+    `info["error_status"]`. Raises EnvServerUnavailable (the server, or its retriever, stayed down
+    past the retries and outage wait: no session was changed) and ValueError (envs of several clients).
+    """
+    if len(envs) != len(actions):
+        raise ValueError(f"{len(envs)} envs but {len(actions)} actions")
+    if len({id(env.http) for env in envs}) > 1:
+        raise ValueError("batched_remote_step needs envs that share one client (RemoteSearchEnv(http=...))")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    results: list[StepResult] = []
+    for start in range(0, len(envs), max_batch):
+        chunk = list(zip(envs[start : start + max_batch], actions[start : start + max_batch], strict=True))
+        items = [
+            BatchStepItem(session_id=env.session_id, action=action, request_id=new_request_id())
+            for env, action in chunk
+        ]
+        body = BatchStepRequest(steps=items).model_dump()
+        answer = BatchStepResponse.model_validate(chunk[0][0].http.request("POST", "/sessions/step", json=body))
+        if len(answer.results) != len(chunk):
+            raise EnvServerUnavailable(f"env server answered {len(answer.results)} results for {len(chunk)} steps")
+        for (env, action), item in zip(chunk, answer.results, strict=True):
+            if item.result is not None:
+                results.append(env._took(action, item.result))
+            elif item.error is not None and item.error.status == 404:
+                try:  # its own path: the 404 again, the rebuild by replay, then the step
+                    results.append(env.step(action))
+                except EnvServerRefused as err:
+                    results.append(_refused_step(env, err.status, err.message))
+                except EpisodeReplayMismatch as err:
+                    results.append(_refused_step(env, 409, str(err)))
+            elif item.error is not None:
+                results.append(_refused_step(env, item.error.status, item.error.detail))
+            else:
+                raise EnvServerUnavailable(f"env server answered neither a result nor an error for {env.session_id}")
+    return results

@@ -159,6 +159,16 @@ def test_step_metrics_builds_documented_keys() -> None:
     assert metric_table_markdown().count("\n") == len(METRIC_KEYS) + 1
 
 
+def test_sampler_gap_compares_the_samplers_log_probs_with_the_trainers_on_generated_tokens_only():
+    trainer = torch.log(torch.tensor([[0.5, 0.5, 0.25, 0.9], [0.5, 0.1, 0.2, 0.5]]))
+    sampler = torch.log(torch.tensor([[0.9, 0.5, 0.5, 0.3], [0.1, 0.1, 0.2, 0.5]]))
+    mask = torch.tensor([[False, True, True, False], [False, True, True, True]])  # prompt and pad masked out
+    out = StepMetrics(1).sampler_gap(sampler, trainer, mask).build()
+    assert out["rollout/logprob_gap_mean"] == pytest.approx(math.log(2) / 5, abs=1e-6)  # one token doubled
+    assert out["rollout/probs_diff_mean"] == pytest.approx(0.25 / 5) and out["rollout/probs_diff_max"] == 0.25
+    assert "rollout/logprob_gap_mean" not in StepMetrics(1).sampler_gap(sampler, trainer, mask & False).build()
+
+
 # ---------------------------------------------------------------- collapse monitor
 
 REWARD_FALLS_AT = 130

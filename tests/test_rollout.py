@@ -388,6 +388,28 @@ def test_remote_envs_through_the_env_server(env_server, model, tokenizer):
     engine.close()
 
 
+def test_the_trainer_rolls_out_remotely_with_one_request_per_round(env_server, model, tokenizer):
+    from trainer.config import TrainConfig
+    from trainer.grpo_trainer import GRPOTrainer
+
+    config = TrainConfig.model_validate({"env": {"env_url": env_server.url, "data": DATA, "split": "test"}})
+    trainer = GRPOTrainer.__new__(GRPOTrainer)  # rollout_envs needs only the config and the env options
+    trainer.config, trainer.env_options, trainer.remote_envs = config, {"max_turns": 2, "topk": 2}, None
+    envs = trainer.rollout_envs(4)
+    assert trainer.remote_envs is not None and list(envs) == list(trainer.remote_envs.envs)
+    assert len({id(env.http) for env in envs}) == 1 and trainer.rollout_envs(4) == envs  # kept across steps
+    sent: list[str] = []
+    trainer.remote_envs.http._sync().event_hooks["request"].append(lambda r: sent.append(r.url.path))
+    engine = RolloutEngine(HFGenerator(model, tokenizer), tokenizer, group_size=2, max_new_tokens_per_turn=16,
+                           max_total_tokens=2048)
+    episodes = engine.collect(envs, [0, 1])
+    assert all(ep.done and ep.turns <= 2 for ep in episodes)
+    steps = [p for p in sent if p.endswith("/step")]
+    assert steps == ["/sessions/step"] * engine.last_stats.generate_calls  # one request per round, all sessions
+    assert sum(p.endswith("/reset") for p in sent) == 4
+    trainer.remote_envs.close()
+
+
 # -- evaluation: the same engine, greedy ------------------------------------------------------------------
 def test_evaluation_plays_the_token_stream_training_sees(bm25_server, records, model, tokenizer, tmp_path):
     """The trainer's held-out evaluation (`EnginePlayer.like` its engine, through the benchmark harness)
@@ -576,6 +598,30 @@ def test_openai_generator_needs_token_ids(fake_vllm):
         OpenAIGeneratorError, match="return_tokens_as_token_ids"
     ):
         gen.generate([[1, 2]], 8)
+
+
+def test_search_trainer_eval_samples_from_an_openai_server_with_no_weights_loaded(
+    bm25_server, fake_vllm, tokenizer, tmp_path, capsys
+):
+    # Training refuses the openai backend (its server never gets the updated weights); evaluation keeps it.
+    from search_env.evaluation import read_jsonl
+    from trainer.cli import main as trainer_main
+
+    tokenizer.save_pretrained(tmp_path / "tokenizer")  # only a tokenizer: no model weights to load
+    out = tmp_path / "eval" / "openai.jsonl"
+    n = len(fake_vllm.requests)
+    code = trainer_main(
+        ["eval", "--model", str(tmp_path / "tokenizer"), "--openai-base-url", fake_vllm.url, "--served-model",
+         "policy", "--data", "world:small:single", "--limit", "2", "--retriever-url", bm25_server.url,
+         "--max-turns", "2", "--max-new-tokens", "8", "--max-total-tokens", "600", "--out", str(out), "--no-progress"]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = read_jsonl(out)
+    assert sorted((r["policy"], r["index"]) for r in rows) == [("openai:policy", 0), ("openai:policy", 1)]
+    sent = fake_vllm.requests[n:]
+    assert sent and all(r["model"] == "policy" and r["temperature"] == 0.0 and r["max_tokens"] <= 8 for r in sent)
+    first = rows[0]["transcript"][1]["text"]  # the fake's sampled ids, decoded by the tokenizer
+    assert first == tokenizer.decode([5, 17, 9], skip_special_tokens=True)
 
 
 def test_engine_step_survives_a_search_the_retriever_refuses(strict_server, records):

@@ -191,6 +191,11 @@ def _refusal(capsys) -> str:
         (["--set", "rollout.max_new_tokens=100000000"], r"rollout\.max_new_tokens: Input should be less than or equal"),
         (["--set", "rollout.questions_per_step=60000", "--group-size", "1000"], r"episodes per step: more than"),
         (["--model", "./nowhere"], r"model\.name_or_path './nowhere': no such file or folder"),
+        (
+            ["--set", "rollout.backend=openai", "--set", "rollout.openai_base_url=http://127.0.0.1:9"],
+            r"rollout\.backend: .*'openai' cannot train: the vLLM server never receives the updated weights, so its "
+            r"rollouts would be off-policy while the loss treats them as on-policy; use rollout\.backend 'hf'",
+        ),
         (["--model", "/no/such/model/dir"], r"model\.name_or_path '/no/such/model/dir': no such file or folder"),
     ],
 )
@@ -327,8 +332,13 @@ def test_run_logs_the_diagnostics_every_step(short_run):
         "likelihood/incorrect_mean",
         "likelihood/displacement_correct",
         "monitor/phase",
+        "rollout/logprob_gap_mean",
+        "rollout/probs_diff_max",
     ):
         assert key in records[-1], key
+    for r in records:  # the sampler is the trained model: top_p < 1 only raises the sampled tokens' log-probs
+        assert config.rollout.top_p < 1 and r["rollout/logprob_gap_mean"] >= -1e-4
+        assert 0 <= r["rollout/probs_diff_mean"] <= r["rollout/probs_diff_max"] <= 1
     assert all(r["optim/steps"] == config.optimizer_steps_per_round == 2 for r in records)
     assert (result.run_dir / "tensorboard").is_dir()
     assert result.plot is not None and result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("trainer")
 
@@ -118,6 +119,12 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="smollm2, or a Hugging Face model name or local path (a run's checkpoint model folder, "
         "a built embedded policy under $SEARCHGYM_HOME/policies)",
     )
+    p.add_argument(
+        "--openai-base-url",
+        help="sample the turns from this OpenAI-compatible server (vLLM, tokens in and out) instead of loading "
+        "--model's weights; --model then gives the tokenizer",
+    )
+    p.add_argument("--served-model", help="the model name the --openai-base-url server serves (default: --model)")
     p.add_argument("--gguf-file", help="load this GGUF file of --model")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default="auto")
@@ -156,6 +163,7 @@ def run_eval(args: argparse.Namespace) -> int:
         resolve_device,
     )
     from trainer.rollout.hf_generator import HFGenerator
+    from trainer.rollout.openai_generator import OpenAIGenerator
 
     try:
         parse_data_specs(args.data or [DEFAULT_DATA], args.split)  # a bad spec fails before the model loads
@@ -171,26 +179,38 @@ def run_eval(args: argparse.Namespace) -> int:
         check_policy_source(cfg)
         tokenizer = load_tokenizer(cfg)
         check_tokenizer(tokenizer, cfg)
-        model = load_model(cfg, resolve_device(cfg.device))
+        model = None if args.openai_base_url else load_model(cfg, resolve_device(cfg.device))
     except (EvalDataError, PolicyError, ValidationError, OSError) as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
     concurrency = args.concurrency or 16
+    name = "smollm2-135m-instruct" if args.model == "smollm2" else f"hf:{args.model}"
+    label = "hf"
+    if args.openai_base_url:
+        served = args.served_model or args.model
+        generator: Any = OpenAIGenerator(args.openai_base_url, served, batch_size=concurrency)
+        name, label = f"openai:{served}", "openai"
+    else:
+        generator = HFGenerator(model, tokenizer, batch_size=concurrency)
     player = EnginePlayer(
-        HFGenerator(model, tokenizer, batch_size=concurrency),
+        generator,
         tokenizer,
-        name="smollm2-135m-instruct" if args.model == "smollm2" else f"hf:{args.model}",
+        name=name,
         max_new_tokens_per_turn=args.max_new_tokens,
         max_total_tokens=args.max_total_tokens,
         temperature=args.temperature,
     )
-    return run_benchmark_command(
-        player,
-        args,
-        label="hf",
-        concurrency=concurrency,
-        env_options={"prompt_template": prompt_template(args.prompt_template)},
-    )
+    try:
+        return run_benchmark_command(
+            player,
+            args,
+            label=label,
+            concurrency=concurrency,
+            env_options={"prompt_template": prompt_template(args.prompt_template)},
+        )
+    finally:
+        if isinstance(generator, OpenAIGenerator):
+            generator.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

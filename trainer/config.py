@@ -143,8 +143,21 @@ class EnvSection(_Section):
 MAX_EPISODES_PER_STEP = 1_048_576
 
 
+# Training samples with the model being trained. A vLLM server behind the openai backend never receives
+# the updated weights (searchgym has no weight sync), so after the first update its rollouts would come
+# from the initial model while the PPO ratio treats them as on-policy.
+OPENAI_TRAINING_REFUSED = (
+    "rollout.backend 'openai' cannot train: the vLLM server never receives the updated weights, so its rollouts "
+    "would be off-policy while the loss treats them as on-policy; use rollout.backend 'hf' (the trained model "
+    "samples), or verl / TRL with their vLLM weight sync; the openai backend serves evaluation "
+    "(search-trainer eval --openai-base-url)"
+)
+
+
 class RolloutSection(_Section):
+    #: "hf" only: "openai" is refused for training (OPENAI_TRAINING_REFUSED); it serves `search-trainer eval`
     backend: Literal["hf", "openai"] = "hf"
+    #: kept so an old config that sets them gets the refusal above, not "unknown key"
     openai_base_url: str | None = None
     openai_model: str | None = None
     group_size: int = Field(
@@ -187,11 +200,12 @@ class RolloutSection(_Section):
     )
     generation_batch_size: int = Field(64, ge=1, le=65_536, description="sequences per generate call (at most 65,536)")
 
-    @model_validator(mode="after")
-    def _openai(self) -> RolloutSection:
-        if self.backend == "openai" and not self.openai_base_url:
-            raise ValueError("rollout.backend 'openai' needs rollout.openai_base_url")
-        return self
+    @field_validator("backend")
+    @classmethod
+    def _on_policy(cls, value: str) -> str:
+        if value == "openai":
+            raise ValueError(OPENAI_TRAINING_REFUSED)
+        return value
 
     @model_validator(mode="after")
     def _sizes(self) -> RolloutSection:

@@ -32,7 +32,7 @@ from search_env.evaluation.datasets import EvalSet, parse_data_specs
 from search_env.evaluation.results import SetMetrics
 from search_env.home import searchgym_home
 from search_env.protocol import SEARCH_R1_TEMPLATE
-from search_env.remote_env import RemoteSearchEnv
+from search_env.remote_vector_env import RemoteSearchVectorEnv
 from search_env.search_qa_env import SearchQAEnv
 from trainer.checkpoint import (
     check_compatible,
@@ -59,9 +59,8 @@ from trainer.policy_loading import (
 )
 from trainer.preflight import check_env_reachable
 from trainer.rollout.batch import RolloutBatch, token_logprobs
-from trainer.rollout.engine import RolloutEngine
+from trainer.rollout.engine import EnvSource, RolloutEngine
 from trainer.rollout.hf_generator import HFGenerator
-from trainer.rollout.openai_generator import OpenAIGenerator
 from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
 
 log = logging.getLogger("trainer")
@@ -94,6 +93,7 @@ class GRPOTrainer:
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         self.ready = False
+        self.remote_envs: RemoteSearchVectorEnv | None = None
 
     # -- setup ------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -162,12 +162,10 @@ class GRPOTrainer:
             self.start_step = state["step"]
             log.info("resumed from %s at step %d", self.resume_from.path, self.start_step)
 
-        if cfg.rollout.backend == "openai":
-            generator: Any = OpenAIGenerator(cfg.rollout.openai_base_url, cfg.rollout.openai_model or "")
-        else:
-            generator = HFGenerator(
-                self.accelerator.unwrap_model(self.model), self.tokenizer, batch_size=cfg.rollout.generation_batch_size
-            )
+        # Rollouts are sampled by the model being trained (the config refuses rollout.backend 'openai').
+        generator = HFGenerator(
+            self.accelerator.unwrap_model(self.model), self.tokenizer, batch_size=cfg.rollout.generation_batch_size
+        )
         self.engine = RolloutEngine(
             generator,
             self.tokenizer,
@@ -201,14 +199,27 @@ class GRPOTrainer:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
         return weights
 
-    def make_env(self) -> Any:
+    def rollout_envs(self, n: int) -> EnvSource:
+        """What a rollout of `n` episodes plays on: with an env server, the sessions of one
+        RemoteSearchVectorEnv (each round of turns is one `/sessions/step` request; made again only if
+        a rollout needs more sessions), else the in-process env factory `make_env`."""
+        cfg = self.config.env
+        if not cfg.env_url:
+            return self.make_env
+        if self.remote_envs is None or self.remote_envs.num_envs < n:
+            if self.remote_envs is not None:
+                self.remote_envs.close()
+                self.remote_envs = None
+            options = {k: v for k, v in self.env_options.items() if v is not None}
+            # The env server's own retriever outages come back as 503s: waited out here too.
+            self.remote_envs = RemoteSearchVectorEnv(
+                n, server_url=cfg.env_url, data=cfg.data, split=cfg.split, outage_wait_s=cfg.outage_wait_s, **options
+            )
+        return self.remote_envs.envs
+
+    def make_env(self) -> SearchQAEnv:
         cfg = self.config.env
         options = {k: v for k, v in self.env_options.items() if v is not None}
-        if cfg.env_url:
-            # The env server's own retriever outages come back as 503s: waited out here too.
-            return RemoteSearchEnv(
-                cfg.env_url, data=cfg.data, split=cfg.split, outage_wait_s=cfg.outage_wait_s, **options
-            )
         return SearchQAEnv(
             self.records,
             split=cfg.split,
@@ -255,7 +266,8 @@ class GRPOTrainer:
         cfg = self.config
         started = time.perf_counter()
         n = min(cfg.rollout.questions_per_step, len(self.records))
-        episodes = self.engine.collect(self.make_env, self.sampler.sample(range(len(self.records)), n))
+        envs = self.rollout_envs(n * cfg.rollout.group_size)
+        episodes = self.engine.collect(envs, self.sampler.sample(range(len(self.records)), n))
         with_answer = cfg.llds.answer_weight != 1 or cfg.llds.answer_weight_schedule is not None
         batch = RolloutBatch.from_episodes(episodes, self.tokenizer, with_answer_mask=with_answer).to(self.device)
         return episodes, batch, time.perf_counter() - started
@@ -269,6 +281,7 @@ class GRPOTrainer:
         old_logp = self._logprobs(self.model, batch)
         ref_logp = self._reference_logprobs(batch)
         metrics.likelihood(old_logp, batch.loss_mask, rewards=batch.rewards, advantages=advantages)
+        metrics.sampler_gap(batch.sampler_logprobs, old_logp, batch.loss_mask)
         if cfg.diagnostics.probe_every and step % cfg.diagnostics.probe_every == 0:
             for key, value in self._probe(batch, old_logp, ref_logp, advantages, options).items():
                 metrics.set(key, value)
@@ -454,4 +467,7 @@ class GRPOTrainer:
             }
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self.engine.close()
+        if self.remote_envs is not None:
+            self.remote_envs.close()
+            self.remote_envs = None
         return TrainResult(self.run_dir, cfg.run.steps, before, after, plot)

@@ -10,6 +10,7 @@ Order in the loop, all optional:
     m = StepMetrics(step)
     m.rollout(rewards=..., group_ids=..., em=..., f1=..., valid_action=..., turns=..., searches=..., gen_tokens=...)
     m.likelihood(old_logp, gen_mask, rewards=..., advantages=...)       # rollout policy's log-probs
+    m.sampler_gap(sampler_logp, old_logp, gen_mask)                     # the sampler's own against them
     for each optimizer step: m.optimizer_step(loss_stats, grad_norm=..., lr=...)
     m.displacement(old_logp, new_logp, gen_mask, rewards=..., group_ids=...)  # needs one extra forward pass
     m.timings(rollout_s=..., update_s=...)
@@ -80,6 +81,14 @@ METRIC_KEYS: dict[str, str] = {
     "likelihood/adv_neg_seq_mean": "mean summed log-prob of responses with advantage < 0",
     "likelihood/authors_pos_avg": "authors' pos_avg_old_log_prob: sum over A >= 0 tokens / all generated tokens",
     "likelihood/authors_neg_avg": "authors' neg_avg_old_log_prob: sum over A < 0 tokens / all generated tokens",
+    # sampler vs trainer: the rollout's own log-probs against the training model's recomputed old_logp
+    "rollout/logprob_gap_mean": "mean over generated tokens of sampler log-prob - trainer's old_logp (nats): "
+    "recompute noise when both are the same policy at temperature 1 and top_p 1; top_p < 1 raises it (the sampler "
+    "renormalises over the nucleus), a stale or different sampler moves it",
+    "rollout/probs_diff_mean": "mean over generated tokens of |p_sampler - p_trainer| (verl's "
+    "training/rollout_probs_diff_mean)",
+    "rollout/probs_diff_max": "max over generated tokens of |p_sampler - p_trainer| (verl's "
+    "training/rollout_probs_diff_max)",
     # displacement across the update round: same rollout batch, policy before vs after the round
     "likelihood/displacement_correct": "mean over correct responses of Δ = Σ_t (logp_after - logp_before)",
     "likelihood/displacement_incorrect": "mean over incorrect responses of Δ",
@@ -208,6 +217,20 @@ class StepMetrics:
             self._values["response/gen_tokens_mean"] = _mean(lengths)
             self._values["response/gen_tokens_max"] = float(lengths.max()) if lengths.numel() else math.nan
             self._gen_tokens_total = float(lengths.sum())
+        return self
+
+    def sampler_gap(self, sampler_logp: torch.Tensor, logp: torch.Tensor, gen_mask: torch.Tensor) -> StepMetrics:
+        """The sampler/trainer log-prob gap over the generated tokens: `sampler_logp` (B, T) as the rollout
+        backend returned them, `logp` (B, T) the training model's recomputed old_logp (verl logs the
+        probability form as training/rollout_probs_diff_*)."""
+        mask = gen_mask.bool()
+        if not bool(mask.any()):
+            return self
+        sampler, trainer = sampler_logp.to(logp.device)[mask].double(), logp[mask].double()
+        diff = (sampler.exp() - trainer.exp()).abs()
+        self._values["rollout/logprob_gap_mean"] = float((sampler - trainer).mean())
+        self._values["rollout/probs_diff_mean"] = float(diff.mean())
+        self._values["rollout/probs_diff_max"] = float(diff.max())
         return self
 
     def displacement(

@@ -1,6 +1,6 @@
 """The rollout engine of the GRPO trainer: generation backends, multi-turn episodes, loss tensors.
 
-    generator = HFGenerator(model, tokenizer)            # or OpenAIGenerator(url, model) for vLLM
+    generator = HFGenerator(model, tokenizer)            # OpenAIGenerator(url, model): vLLM, evaluation only
     engine = RolloutEngine(generator, tokenizer, group_size=5, max_new_tokens_per_turn=500)
     episodes = engine.collect(env_factory, question_indices)   # G episodes per question
     batch = RolloutBatch.from_episodes(episodes, tokenizer)

@@ -6,11 +6,15 @@ and the env's observation is tokenised (`encode_text`) and appended. Search-R1's
 research notes) with its gotchas fixed: stop strings end each turn, the trained ids are the sampled
 ids, and the policy/env token split is an explicit mask (`Transcript.gen_mask`).
 
-Envs are stepped in one batch when they are `SearchQAEnv` instances (`batched_step`: one
-`/retrieve` request for all of a round's searches); any other env (`RemoteSearchEnv`, a wrapped env,
-any gymnasium.Env) is stepped one by one. An episode ends when its env ends it, or when its token
-budget (`max_total_tokens`, prompt included) is spent: then it is truncated with reward 0 and its env
-is not stepped further.
+Envs are stepped in batches: `SearchQAEnv`s sharing a retriever client by `batched_step` (one
+`/retrieve` request for all of a round's searches), `RemoteSearchEnv`s sharing a client (the sub-envs
+of a `RemoteSearchVectorEnv`, which the trainer plays on when the env is remote) by
+`batched_remote_step` (one `/sessions/step` request per round); any other env (a wrapped env, any
+gymnasium.Env) is stepped one by one. (The engine steps only the episodes still running, so it plays
+on a vector env's sub-envs rather than through its all-envs `step` with autoreset.)
+
+An episode ends when its env ends it, or when its token budget (`max_total_tokens`, prompt included)
+is spent: then it is truncated with reward 0 and its env is not stepped further.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Literal
 
 import gymnasium as gym
 
+from search_env.remote_env import RemoteSearchEnv, batched_remote_step
 from search_env.search_qa_env import SearchQAEnv, batched_step
 from trainer.rollout.generation import STOP_STRINGS, Generated, Generator
 from trainer.rollout.stats import RolloutStats
@@ -138,15 +143,19 @@ class RolloutEngine:
         # string anyway, so a runaway tail is what goes.
         limits = [getattr(env.action_space, "max_length", None) for env in envs]
         actions = [a[:lim] if lim else a for a, lim in zip(actions, limits, strict=True)]
-        # SearchQAEnvs sharing a retriever client: one /retrieve request for all their searches.
-        batches: dict[int, list[int]] = {}
+        # SearchQAEnvs sharing a retriever client: one /retrieve request for all their searches;
+        # RemoteSearchEnvs sharing a client: one /sessions/step request.
+        batches: dict[tuple[str, int], list[int]] = {}
         for i, env in enumerate(envs):
             if isinstance(env, SearchQAEnv):
-                batches.setdefault(id(env.retriever), []).append(i)
+                batches.setdefault(("local", id(env.retriever)), []).append(i)
+            elif isinstance(env, RemoteSearchEnv):
+                batches.setdefault(("remote", id(env.http)), []).append(i)
             else:
                 results[i] = tuple(env.step(actions[i]))
-        for idx in batches.values():
-            stepped = batched_step([envs[i] for i in idx], [actions[i] for i in idx])  # type: ignore[misc]
+        for (kind, _), idx in batches.items():
+            step = batched_step if kind == "local" else batched_remote_step
+            stepped = step([envs[i] for i in idx], [actions[i] for i in idx])  # type: ignore[operator]
             for i, result in zip(idx, stepped, strict=True):
                 results[i] = result
         return results  # type: ignore[return-value]

@@ -6,8 +6,11 @@ returned token comes back as `"token_id:<id>"` with its log-prob: tokens in, tok
 re-tokenising of the policy's text. The stop string's token is part of the returned tokens
 (`include_stop_str_in_output` also keeps it in the text, for logging).
 
-The sampler's log-probs are only logged and compared (e.g. to watch the sampler/trainer mismatch):
-the log-probs the loss uses are always recomputed by the training model (`token_logprobs`).
+It serves evaluation (`search-trainer eval --openai-base-url`), not training: the server never
+receives the trainer's updated weights, so after the first update its samples would come from the
+initial model while the loss treats them as on-policy; the training config refuses
+`rollout.backend: openai` (trainer.config.OPENAI_TRAINING_REFUSED). The sampler's log-probs are
+returned for logging and comparison only.
 429s, 5xx and connection errors are retried with exponential backoff, honouring Retry-After.
 """
 
