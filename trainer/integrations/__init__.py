@@ -1,0 +1,1 @@
+"""Plugins that bring searchgym's LLDS loss and search tools into other RL trainers (verl, TRL)."""
