@@ -105,7 +105,9 @@ def _inputs(trainer, old_shift: float, tool_shift: float = 0.0) -> dict:
         "completion_mask": completion_mask,
         "tool_mask": tool_mask,
         "advantages": torch.tensor([1.0, 0.5, -1.0, 0.0]),
-        "num_items_in_batch": (completion_mask * tool_mask).sum(),
+        # TRL's count of the generation batch's generated tokens, larger than this micro-batch's 37: the
+        # dapo policy term and the LLDS term are both divided by it.
+        "num_items_in_batch": torch.tensor(50),
     }
     with torch.no_grad():
         logps = _logps(trainer, inputs)
@@ -124,8 +126,11 @@ def _grads(loss: torch.Tensor, model) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
 
 
-def test_loss_is_trls_grpo_loss_plus_llds(loss_trainer):
+@pytest.mark.parametrize(("loss_type", "normalizer"), [("dapo", 50.0), ("grpo", None)])
+def test_loss_is_trls_grpo_loss_plus_llds(loss_trainer, monkeypatch, loss_type, normalizer):
+    """dapo (TRL's default) divides both terms by the window's tokens; grpo keeps per-micro-batch means."""
     trainer, model = loss_trainer, loss_trainer.model
+    monkeypatch.setattr(trainer, "loss_type", loss_type)
     inputs = _inputs(trainer, old_shift=0.05)  # every token's likelihood fell by 0.05 nats
     got = trainer._compute_loss(model, inputs)
     trl_loss = GRPOTrainer._compute_loss(trainer, model, inputs)
@@ -136,6 +141,7 @@ def test_loss_is_trls_grpo_loss_plus_llds(loss_trainer):
         inputs["completion_mask"] * inputs["tool_mask"],
         lam=LAM,
         gate_tol=trainer.args.llds_gate_tol,
+        normalizer=normalizer,  # one process, no accumulation
     )
     assert stats["llds/loss"] > 0
     expected = trl_loss + term

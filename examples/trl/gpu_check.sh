@@ -4,7 +4,7 @@
 #
 #   WHEELS=build/trl-wheels bash examples/trl/gpu_check.sh [OUT_DIR]
 #
-# For a box with python 3.12, torch, transformers >= 5.2, accelerate, pandas and pyarrow but no trl: the
+# For a box with python 3.12, torch, transformers >= 5.13, accelerate, pandas and pyarrow but no trl: the
 # wheels in $WHEELS (listed in examples/trl/README.md) are installed with --no-deps, nothing is downloaded.
 # The retriever is benchmarks/stand_in_retriever.py (no Java for BM25 there; same wire schema) and the
 # policy is the tiny one built from the embedded world and warm-started to call the search tool: this

@@ -35,9 +35,13 @@ generation batch: TRL then always computes old log-probs), and `GRPOLLDSTrainer`
 batch arrives without them. The first optimizer step of a round compares the policy with itself up to
 recompute noise, which ``llds_gate_tol`` keeps from firing the gate.
 
-Normalisation under gradient accumulation follows TRL's ``grpo``/``bnpo`` convention: each micro-batch's
-LLDS term is normalised over that micro-batch (``llds_normalization``: its generated tokens, or its
-preserving completions) and divided by ``current_gradient_accumulation_steps``.
+Normalisation follows the policy term's: with ``llds_normalization="code"`` (the authors' token mean)
+and a ``loss_type`` that TRL normalises by the tokens of the whole accumulation window (``dapo``, TRL's
+default, ``cispo``, ``vespo``), the LLDS sum is divided by that same count (TRL's ``num_items_in_batch``
+rescaled to one optimizer step and process, as it does), so micro-batches add up to the window's token
+mean as in verl and searchgym's own trainer. Otherwise (``grpo``, ``bnpo``, ``dr_grpo``, ``luspo``, or
+``llds_normalization="paper"``) each micro-batch's term is normalised over itself and divided by
+``current_gradient_accumulation_steps``, TRL's convention for those loss types.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ __all__ = [
     "qa_prompt_rows",
     "trl_llds_loss",
 ]
+
+
+#: TRL loss types whose policy term is divided by the generated tokens of the accumulation window.
+_WINDOW_TOKEN_LOSSES = ("dapo", "cispo", "vespo")
 
 
 @dataclass
@@ -108,13 +116,15 @@ def trl_llds_loss(
     gate: str = "action",
     normalization: str = "code",
     gate_tol: float = DEFAULT_GATE_TOL,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``lam * L_LLDS`` of one TRL micro-batch, and its stats (`trainer.losses.llds.llds_loss`).
 
     ``per_token_logps`` (B, T) with gradient; ``inputs`` is the dict TRL's ``_compute_loss`` receives:
     ``old_per_token_logps`` (B, T), ``completion_mask`` (B, T), ``advantages`` (B,), and ``tool_mask``
     (B, T, 0 on tool-response tokens) in multi-turn runs. The loss mask is ``completion_mask * tool_mask``
-    and the action spans are its contiguous runs. Raises ValueError without ``old_per_token_logps`` or
+    and the action spans are its contiguous runs; ``normalizer`` replaces this micro-batch's denominator.
+    Raises ValueError without ``old_per_token_logps`` or
     with token-level (B, T) advantages (LLDS's preserving set is per completion).
     """
     old = inputs.get("old_per_token_logps")
@@ -130,7 +140,15 @@ def trl_llds_loss(
     if inputs.get("tool_mask") is not None:
         mask = mask * inputs["tool_mask"]
     return llds_loss(
-        per_token_logps, old, advantages, mask, lam=lam, gate=gate, normalization=normalization, gate_tol=gate_tol
+        per_token_logps,
+        old,
+        advantages,
+        mask,
+        lam=lam,
+        gate=gate,
+        normalization=normalization,
+        gate_tol=gate_tol,
+        normalizer=normalizer,
     )
 
 
@@ -174,6 +192,13 @@ class GRPOLLDSTrainer(GRPOTrainer):
         if logps is None or inputs.get("old_per_token_logps") is None:
             return loss  # evaluation without old log-probs: LLDS is 0 there
         args = self.args
+        normalizer, scale = None, self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        if args.llds_normalization == "code" and self.loss_type in _WINDOW_TOKEN_LOSSES:
+            # TRL's own normaliser for these loss types: the generated tokens of one optimizer step's window.
+            normalizer = float(inputs["num_items_in_batch"].clamp(min=1.0)) / self.accelerator.num_processes
+            if mode == "train":
+                normalizer *= self.current_gradient_accumulation_steps / args.steps_per_generation
+            scale = 1.0
         llds, stats = trl_llds_loss(
             logps,
             inputs,
@@ -181,8 +206,8 @@ class GRPOLLDSTrainer(GRPOTrainer):
             gate=args.llds_gate,
             normalization=args.llds_normalization,
             gate_tol=args.llds_gate_tol,
+            normalizer=normalizer,
         )
-        scale = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         values = torch.tensor([stats[name] for name in self._LOGGED], device=loss.device)
         values = self.accelerator.gather(values.unsqueeze(0)).mean(dim=0).tolist()
         for name, value in zip(self._LOGGED, values, strict=True):
