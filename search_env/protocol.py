@@ -20,6 +20,16 @@ SEARCH_R1_TEMPLATE = (
     "illustrations. For example, <answer> Beijing </answer>. Question: {question}\n"
 )
 
+# The same task for a policy that searches through its chat template's tool calls (TRL's `tools=` /
+# `environment_factory`, verl's tool agent loop) instead of <search> tags: the tool is named `search`.
+TOOL_CALLING_TEMPLATE = (
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you "
+    "get new information. If you find you lack some knowledge, you can call the search tool, which returns the "
+    "top searched results. You can search as many times as your want. If you find no further external "
+    "knowledge needed, you can directly provide the answer inside <answer> and </answer>, without detailed "
+    "illustrations. For example, <answer> Beijing </answer>. Question: {question}\n"
+)
+
 INVALID_ACTION_MESSAGE = (
     "\nMy previous action is invalid. "
     "If I want to search, I should put the query between <search> and </search>. "

@@ -1,1 +1,2 @@
-"""searchgym's trainer pieces inside other RL frameworks (each module imports its framework)."""
+"""Plugins that bring searchgym's LLDS loss and search tools into other RL trainers (verl, TRL); each
+module imports its framework."""
