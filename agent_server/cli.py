@@ -107,6 +107,9 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--encoder", help="sentence-transformers model name or path (default: packaged MiniLM)")
     p.add_argument("--world", default="default", help="embedded world preset served when no index is given")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="building from --corpus: index its good lines and log how many bad ones were skipped "
+                   "(default: fail naming the first bad line)")
     p.add_argument("--threads", type=int, default=2, help="search threads (pyserini batch_search)")
     _add_server_args(p, 8000)
     d = RetrievalLimits()
@@ -169,6 +172,7 @@ def _retriever_loader(args: argparse.Namespace):
             corpus=corpus,
             encoder=args.encoder,
             threads=args.threads,
+            skip_bad_lines=args.skip_bad_lines,
         )
 
     return load
