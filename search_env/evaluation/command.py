@@ -34,6 +34,7 @@ from search_env.evaluation.policy import EpisodePlayer, Policy, close_policy
 from search_env.evaluation.scripted import ScriptedPolicy
 from search_env.evaluation.table import render_table
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
+from search_env.threads import SERVER_DEFAULT, apply_threads
 
 POLICIES = ("scripted", "scripted-entity", "openai")
 DEFAULT_DATA = "world:default"
@@ -81,6 +82,11 @@ def add_eval_parser(commands: Any) -> None:
         default=3,
         help="openai: more attempts after a timeout, connection error, 408/409/429 or 5xx, with jittered "
         "exponential backoff from 1 s up to 30 s (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help=f"torch/OpenMP threads of this process (default {SERVER_DEFAULT}: it waits on HTTP; see README, Threads)",
     )
     add_benchmark_args(p)
     p.set_defaults(func=run_eval_command)
@@ -165,6 +171,7 @@ def _scripted(name: str) -> ScriptedPolicy:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
+    apply_threads(args.threads, default=SERVER_DEFAULT)
     policy = build_policy(args)
     return run_benchmark_command(policy, args, label=args.policy, concurrency=16 if args.policy == "openai" else 4)
 
