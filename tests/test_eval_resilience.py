@@ -128,3 +128,22 @@ def test_bad_limits_are_refused(flag: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--policy", "openai", "--model", "m", flag])
     assert exit_.value.code == 2 and flag.split("=")[0] in capsys.readouterr().err
+
+
+def test_a_bad_qa_line_is_named_in_one_line_or_skipped(tmp_path: Path, capsys) -> None:
+    qa = tmp_path / "mine.jsonl"
+    good = [json.dumps({"id": str(i), "question": f"Who is q{i}?", "golden_answers": ["x"]}) for i in range(4)]
+    qa.write_text("\n".join([*good[:2], '{"question": "no answer?"}', *good[2:]]) + "\n", encoding="utf-8")
+    out = tmp_path / "qa.jsonl"
+    args = [*_eval_args("http://127.0.0.1:9/v1", out, 10), "--data", str(qa)]
+    args.remove("world:small")
+    args.remove("--data")  # the first --data, world:small's
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"search-env eval: stopped: BadRecordError: {qa}:3: record has no gold answer" in err
+    assert "Traceback" not in err
+    endpoint = FlakyEndpoint()
+    with serving(endpoint.app, timeout_graceful_shutdown=1) as url:
+        args[args.index("http://127.0.0.1:9/v1")] = f"{url}/v1"
+        assert main([*args, "--skip-bad-lines"]) == 0
+    assert [e["em"] for e in read_jsonl(out)] == [1.0] * 4  # every good question played (gold "x")

@@ -71,6 +71,7 @@ async def run_benchmark(
     progress: bool = True,
     env_options: dict[str, Any] | None = None,
     max_consecutive_failures: int | None = None,
+    skip_bad_lines: bool = False,
 ) -> BenchmarkResult:
     """Evaluate `policy` (then `reference`, if given) on every set, in order.
 
@@ -79,7 +80,8 @@ async def run_benchmark(
     `env_options` go to every env (e.g. the `prompt_template` or `reward` a trained policy expects).
     A failed episode is recorded as failed and the run goes on; `max_consecutive_failures` failures
     in a row stop a text policy's run. Raises BenchmarkStopped (summary written) if the run is
-    stopped, fails or is interrupted before the end.
+    stopped, fails or is interrupted before the end. `skip_bad_lines` leaves out the bad records of a
+    local QA file (else the first is named in the error).
     """
     env_options = dict(env_options or {})
     config = {
@@ -120,7 +122,7 @@ async def run_benchmark(
                 factory: Any = RemoteEnvFactory(env_url, eval_set, topk=topk, max_turns=max_turns, **env_options)
                 indices = None  # the server owns the questions: its count decides
             else:
-                records = load_eval_records(eval_set)
+                records = load_eval_records(eval_set, skip_bad_lines=skip_bad_lines)
                 factory = LocalEnvFactory(records, retriever_url, topk=topk, max_turns=max_turns, **env_options)
                 indices = select_indices(len(records), limit, seed)
             try:

@@ -144,6 +144,12 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="episodes JSONL (default: runs/eval/<policy>-<time>.jsonl); aggregates go to <out>.summary.json",
     )
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="leave out the bad records of a local QA file, counted in a warning (default: stop, naming "
+        "the first by file and line or row)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -212,6 +218,7 @@ def run_benchmark_command(
                 progress=not args.no_progress,
                 env_options=env_options,
                 max_consecutive_failures=args.max_consecutive_failures,
+                skip_bad_lines=args.skip_bad_lines,
             )
         finally:
             await close_policy(policy)
@@ -223,7 +230,8 @@ def run_benchmark_command(
         result, code = stop.result, 130
     except BenchmarkStopped as stop:
         result, code = stop.result, 1
-    print(render_table(result.metrics, title=f"searchgym eval ({result.seconds:.1f} s)"), end="")
+    if result.metrics:
+        print(render_table(result.metrics, title=f"searchgym eval ({result.seconds:.1f} s)"), end="")
     failed = sum(m.failed for m in result.metrics)
     if failed:
         print(f"failed episodes: {failed} (scored 0; their errors are in the episodes file)")
