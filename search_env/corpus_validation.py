@@ -160,6 +160,7 @@ def _validate(path: Path, skip: bool, stamp: tuple[int, int]) -> CorpusCheck:
         reject(err)
         duplicates += 1
     bad.sort()
+    errors.sort(key=lambda e: e.line or 0)  # a repeated id is found after the pass: keep file order
     passages = len(lines) - duplicates
     if passages == 0:
         raise ValueError(f"{path}: no passages" + (f" ({len(bad)} bad line(s), first: {errors[0]})" if bad else ""))
