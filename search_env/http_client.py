@@ -60,8 +60,8 @@ class JsonHttpClient:
 
     Connection errors, timeouts and `retry_statuses` (default 502/503/504) are retried `retries` times,
     sleeping `backoff`, 2x, 4x... seconds (at most `max_backoff`, or what a Retry-After header asks,
-    within that cap) between attempts, each sleep drawn at random from its upper half (jitter) so
-    many callers do not come back in step. With `shared_backoff` a failure pauses every request of
+    within that cap) between attempts, plus up to a quarter more at random (jitter) so many callers
+    do not come back in step. With `shared_backoff` a failure pauses every request of
     this client, new ones included, until its sleep is over: a server that handles one request at a
     time (a timed-out request still runs there) is not sent more work while it is behind.
     With `outage_wait_s` > 0 the client then keeps trying (every
@@ -149,7 +149,7 @@ class JsonHttpClient:
         outage wait goes on until `wait_s` after the first failure, logging each sleep."""
         if attempt < retries:
             delay = min(self.max_backoff, self.backoff * 2**attempt)
-            delay = min(self.max_backoff, asked) if asked is not None else random.uniform(delay / 2, delay)
+            delay = min(self.max_backoff, asked) if asked is not None else delay * random.uniform(1.0, 1.25)
             if self.shared_backoff:
                 self._resume_at = max(self._resume_at, time.monotonic() + delay)
             return delay

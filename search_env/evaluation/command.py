@@ -81,7 +81,7 @@ def add_eval_parser(commands: Any) -> None:
         type=_non_negative_int,
         default=3,
         help="openai: more attempts after a timeout, connection error, 408/409/429 or 5xx, with jittered "
-        "exponential backoff from 1 s up to 30 s (default: %(default)s)",
+        "exponential backoff from 1 s up to 30 s, each up to a quarter longer at random (default: %(default)s)",
     )
     p.add_argument(
         "--threads",
