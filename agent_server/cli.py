@@ -11,6 +11,8 @@ from agent_server.serving.auth import token_from_env, tokens_from_env
 from agent_server.serving.connection_limits import ConnectionLimits, uvicorn_settings
 from agent_server.serving.request_body import BodyLimits, items_for
 from search_env.retrieval_schema import RetrievalLimits
+from search_env.threads import SERVER_DEFAULT as SERVER_THREADS
+from search_env.threads import apply_threads
 
 log = logging.getLogger("agent_server")
 
@@ -107,7 +109,15 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--encoder", help="sentence-transformers model name or path (default: packaged MiniLM)")
     p.add_argument("--world", default="default", help="embedded world preset served when no index is given")
-    p.add_argument("--threads", type=int, default=2, help="search threads (pyserini batch_search)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="building from --corpus: index its good lines and log how many bad ones were skipped "
+                   "(default: fail naming the first bad line)")
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        help="CPU threads: torch intra-op (dense query encoding), faiss/OpenMP, and pyserini batch_search "
+        f"(default {SERVER_THREADS}: see README, Threads)",
+    )
     _add_server_args(p, 8000)
     d = RetrievalLimits()
     p.add_argument("--topk", type=int, default=d.default_topk, help="topk when a request gives none")
@@ -169,6 +179,7 @@ def _retriever_loader(args: argparse.Namespace):
             corpus=corpus,
             encoder=args.encoder,
             threads=args.threads,
+            skip_bad_lines=args.skip_bad_lines,
         )
 
     return load
@@ -177,6 +188,7 @@ def _retriever_loader(args: argparse.Namespace):
 def run_retriever(args: argparse.Namespace) -> None:
     from agent_server.retrieval.app import create_retrieval_app
 
+    args.threads = apply_threads(args.threads, default=SERVER_THREADS).threads
     token = token_from_env()
     if args.host not in LOOPBACK and not token:
         log.warning("binding %s without SEARCHGYM_API_TOKEN: anyone who reaches it can query", args.host)
@@ -235,6 +247,11 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
         "'large' takes minutes and GBs to generate on first use)",
     )
     p.add_argument("--data-cache", type=int, default=8, help="loaded (data set, split) kept in memory")
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        help=f"torch/OpenMP threads of this process (default {SERVER_THREADS}: see README, Threads)",
+    )
     p.add_argument("--retriever-timeout", type=float, default=30.0)
     p.add_argument("--retriever-retries", type=int, default=2)
 
@@ -242,6 +259,7 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
 def run_env(args: argparse.Namespace) -> None:
     from agent_server.env.app import create_env_app
 
+    args.threads = apply_threads(args.threads, default=SERVER_THREADS).threads
     datasets: dict[str, str] = {}
     for item in args.data:
         name, sep, path = item.partition("=")

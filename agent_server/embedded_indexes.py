@@ -42,15 +42,18 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def index_key(backend: Backend, corpus: Path, encoder: str | None = None, index_type: str = "Flat") -> str:
+def index_key(backend: Backend, corpus: Path, encoder: str | None = None, index_type: str = "Flat",
+              skip_bad_lines: bool = False) -> str:
     dense = backend == "dense"
-    parts = {
+    parts: dict[str, object] = {
         "backend": backend,
         "corpus": corpus_fingerprint(corpus),
         "encoder": canonical_encoder_name(encoder) if dense else None,
         "index_type": index_type if dense else None,
         "searchgym": __version__,
     }
+    if skip_bad_lines:  # only when set, so the keys of existing caches stay as they were
+        parts["skip_bad_lines"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -63,14 +66,16 @@ def _is_complete(backend: Backend, path: Path) -> bool:
 
 
 def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None = None,
-                 root: Path | None = None, *, index_type: str = "Flat", threads: int = 2) -> Path:
-    """The cached `backend` index of `corpus`, built now if this is its first use."""
+                 root: Path | None = None, *, index_type: str = "Flat", threads: int = 2,
+                 skip_bad_lines: bool = False) -> Path:
+    """The cached `backend` index of `corpus`, built now if this is its first use; a bad corpus line
+    raises BadRecordError unless `skip_bad_lines` (see search_env.corpus_validation)."""
     if backend not in ("bm25", "dense"):
         raise ValueError(f"backend must be 'bm25' or 'dense', not {backend!r}")
     corpus = Path(corpus).absolute()
     encoder_name = encoder.name if isinstance(encoder, Encoder) else encoder
     indexes = (root or searchgym_home()) / "indexes"
-    name = f"{backend}-{index_key(backend, corpus, encoder_name, index_type)}"
+    name = f"{backend}-{index_key(backend, corpus, encoder_name, index_type, skip_bad_lines)}"
     path = indexes / name
     if _is_complete(backend, path):
         return path
@@ -83,11 +88,11 @@ def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None =
         if backend == "bm25":
             from agent_server.backends.bm25 import build_bm25_index
 
-            build_bm25_index(corpus, path, threads=threads)
+            build_bm25_index(corpus, path, threads=threads, skip_bad_lines=skip_bad_lines)
         else:
             from agent_server.backends.dense import build_dense_index
 
-            build_dense_index(corpus, path, encoder=encoder, index_type=index_type)
+            build_dense_index(corpus, path, encoder=encoder, index_type=index_type, skip_bad_lines=skip_bad_lines)
         logger.info("built %s in %.1f s", path, time.perf_counter() - started)
     return path
 
@@ -95,7 +100,7 @@ def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None =
 def load_retriever(backend: Literal["bm25", "dense", "hybrid"], *, bm25_index: Path | None = None,
                    dense_index: Path | None = None, corpus: Path | None = None,
                    encoder: str | Encoder | None = None, threads: int = 2,
-                   root: Path | None = None) -> Retriever:
+                   root: Path | None = None, skip_bad_lines: bool = False) -> Retriever:
     """The retriever the server runs: given indexes are opened, missing ones built from `corpus`.
 
     For BM25 the corpus also serves passages of an index that stores no raw docs; for dense it
@@ -110,7 +115,8 @@ def load_retriever(backend: Literal["bm25", "dense", "hybrid"], *, bm25_index: P
             return Path(given)
         if corpus is None:
             raise ValueError(f"the {kind} backend needs an index path or a corpus to build one from")
-        return ensure_index(kind, corpus, encoder if kind == "dense" else None, root, threads=threads)
+        return ensure_index(kind, corpus, encoder if kind == "dense" else None, root, threads=threads,
+                            skip_bad_lines=skip_bad_lines)
 
     bm25 = dense = None
     if backend in ("bm25", "hybrid"):

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from search_env.bad_records import BadRecordError
+from search_env.corpus_validation import validate_corpus
+
 
 def add_index_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -29,6 +32,9 @@ def add_index_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--batch-size", type=int, default=64, help="dense: passages per encoder batch")
     parser.add_argument("--device", default=None, help="dense: torch device (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=2, help="bm25: indexing threads")
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="index the good lines of a corpus with bad ones, and report how many were skipped "
+                        "(default: stop at the first bad line, naming it)")
     parser.set_defaults(func=run_index)
     return parser
 
@@ -51,6 +57,9 @@ def run_index(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"agent-server index: interrupted; no index at {args.out}", file=sys.stderr)
         raise SystemExit(130) from None
+    except BadRecordError as err:
+        print(f"agent-server index: bad corpus line: {err} (--skip-bad-lines indexes the rest)", file=sys.stderr)
+        raise SystemExit(1) from None
     except (OSError, RuntimeError, ValueError) as err:
         print(f"agent-server index: failed: {type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -61,18 +70,24 @@ def run_index(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    # Checked here first so the report comes before the build; the builder finds the result cached.
+    check = validate_corpus(args.corpus, skip_bad_lines=args.skip_bad_lines)
+    if check.skipped:
+        print(f"agent-server index: {check.report()}", file=sys.stderr)
     if args.backend == "bm25":
         from agent_server.backends.bm25 import build_bm25_index
 
-        out = build_bm25_index(args.corpus, args.out, threads=args.threads)
+        out = build_bm25_index(args.corpus, args.out, threads=args.threads, skip_bad_lines=args.skip_bad_lines)
         what = "BM25 (Lucene)"
     else:
         from agent_server.backends.dense import build_dense_index
 
         out = build_dense_index(args.corpus, args.out, encoder=args.encoder, index_type=args.index_type,
-                                batch_size=args.batch_size, device=args.device)
+                                batch_size=args.batch_size, device=args.device, skip_bad_lines=args.skip_bad_lines)
         what = f"dense ({args.index_type}, encoder {args.encoder or 'all-MiniLM-L6-v2'})"
-    print(f"built {what} index of {args.corpus} at {out} in {time.perf_counter() - started:.1f} s")
+    skipped = f", {check.skipped} bad line(s) skipped" if check.skipped else ""
+    print(f"built {what} index of {args.corpus} ({check.passages} passages{skipped}) at {out} "
+          f"in {time.perf_counter() - started:.1f} s")
     return 0
 
 

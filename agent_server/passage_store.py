@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from agent_server.corpus_fingerprint import corpus_fingerprint
 from search_env.corpus import Passage, format_contents
+from search_env.corpus_validation import clean_line
 
 META = "passages.json"
 OFFSETS = "offsets.npy"
@@ -88,11 +89,14 @@ class PassageStore:
     # -- building ---------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, corpus: str | Path, store_dir: str | Path, *, progress: bool = True) -> PassageStore:
+    def build(cls, corpus: str | Path, store_dir: str | Path, *, progress: bool = True,
+              skip_lines: Collection[int] = ()) -> PassageStore:
         """One streaming pass over `corpus` (`.jsonl` or `.jsonl.gz`) writing a store at `store_dir`.
 
         Written to a sibling temp folder and renamed into place, so a crash leaves no half store.
-        A `.gz` corpus is decompressed to `store_dir/corpus.jsonl` on the way.
+        A `.gz` corpus is decompressed to `store_dir/corpus.jsonl` on the way; with `skip_lines`
+        (1-based lines that corpus validation left out) the good lines are copied there instead, each
+        with a string id (search_env.corpus_validation.clean_line), and the store reads that copy.
         """
         corpus, store_dir = Path(corpus).absolute(), Path(store_dir).absolute()
         if not corpus.is_file():
@@ -106,13 +110,15 @@ class PassageStore:
         tmp.mkdir(parents=True)
         try:
             gz = corpus.suffix == ".gz"
-            ids = cls._write_tables(corpus, tmp, gz=gz, progress=progress)
+            copied = gz or bool(skip_lines)
+            ids = cls._write_tables(corpus, tmp, gz=gz, progress=progress, skip_lines=frozenset(skip_lines))
             meta = {
                 "format": FORMAT,
                 "count": ids.pop("count"),
                 "source": {"path": str(corpus), **_file_stamp(corpus),
                            "fingerprint": corpus_fingerprint(corpus, with_name=False)},
-                "data_file": GZ_COPY if gz else None,
+                "data_file": GZ_COPY if copied else None,
+                "skipped_lines": len(skip_lines),
                 "ids": ids,
             }
             (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
@@ -128,7 +134,8 @@ class PassageStore:
         return cls.open(store_dir)
 
     @staticmethod
-    def _write_tables(corpus: Path, out: Path, *, gz: bool, progress: bool) -> dict[str, Any]:
+    def _write_tables(corpus: Path, out: Path, *, gz: bool, progress: bool,
+                      skip_lines: frozenset[int]) -> dict[str, Any]:
         offsets = array("Q")
         hashes = array("Q")  # filled only once the ids stop being row numbers
         base: int | None = None
@@ -137,11 +144,15 @@ class PassageStore:
         with contextlib.ExitStack() as stack:
             raw = stack.enter_context(corpus.open("rb"))
             reader: BinaryIO = stack.enter_context(gzip.open(raw, "rb")) if gz else raw  # type: ignore[arg-type]
-            copy = stack.enter_context((out / GZ_COPY).open("wb")) if gz else None
+            copy = stack.enter_context((out / GZ_COPY).open("wb")) if gz or skip_lines else None
             bar = stack.enter_context(tqdm(
                 total=corpus.stat().st_size, unit="B", unit_scale=True, disable=not progress,
                 desc=f"passage store {corpus.name}" + (" (decompressing)" if gz else "")))
-            for line in reader:
+            for lineno, line in enumerate(reader, start=1):
+                if skip_lines:
+                    if lineno in skip_lines or not line.strip():
+                        continue
+                    line = clean_line(line, corpus, lineno)
                 if copy is not None:
                     copy.write(line)
                 if line.strip():
@@ -220,14 +231,19 @@ class PassageStore:
         )
 
     @classmethod
-    def open_or_build(cls, corpus: str | Path, store_dir: str | Path, *, progress: bool = True) -> PassageStore:
-        """Open the store at `store_dir` if it was built from `corpus`, else (re)build it."""
+    def open_or_build(cls, corpus: str | Path, store_dir: str | Path, *, progress: bool = True,
+                      skip_lines: Collection[int] = ()) -> PassageStore:
+        """Open the store at `store_dir` if it was built from `corpus` (skipping as many lines), else
+        (re)build it."""
         if cls.exists(store_dir):
             try:
-                return cls.open(store_dir, corpus)
+                store = cls.open(store_dir, corpus)
+                if store.meta.get("skipped_lines", 0) == len(skip_lines):
+                    return store
+                store.close()
             except CorpusChangedError:
                 pass
-        return cls.build(corpus, store_dir, progress=progress)
+        return cls.build(corpus, store_dir, progress=progress, skip_lines=skip_lines)
 
     # -- lookups ----------------------------------------------------------------------------------
 

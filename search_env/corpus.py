@@ -51,16 +51,13 @@ def open_text(path: str | Path) -> IO[str]:
 def iter_corpus(path: str | Path) -> Iterator[Passage]:
     """Stream the passages of a `.jsonl` or `.jsonl.gz` corpus, in file order.
 
-    Raises ValueError naming the line for a record without `contents`; a record without `id` gets its
-    0-based line number as id (as Search-R1's row-number fallback does).
+    Raises BadRecordError (a ValueError) naming the file, line and fault of a bad line, as
+    `search_env.corpus_validation` checks it (the index builders validate the whole file first); a
+    record without `id` gets its 0-based line number as id (as Search-R1's row-number fallback does).
     """
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                contents = record["contents"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{lineno + 1}: not a wiki-18 passage record ({err})") from err
-            yield Passage(id=str(record.get("id", lineno)), contents=str(contents))
+    from search_env.corpus_validation import numbered_lines, parse_passage_line
+
+    for lineno, raw in numbered_lines(Path(path)):
+        if raw.strip():
+            passage_id, contents, _ = parse_passage_line(raw, path, lineno)
+            yield Passage(id=passage_id, contents=contents)

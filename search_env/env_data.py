@@ -16,12 +16,15 @@ def load_env_records(
     config: str | None = None,
     hops: Sequence[int] | None = None,
     limit: int | None = None,
+    *,
+    skip_bad_lines: bool = False,
 ) -> list[QARecord]:
     """Records for an env.
 
     `data` is `"world"` / `"world:<preset>"` (the embedded world, generated on first use), a file
     or folder path, a Hugging Face data set name (with `config`, e.g. FlashRAG's "nq"), or records.
     `hops` keeps only records whose `metadata["hops"]` is listed (the world's single/multi-hop variants).
+    A bad record of a file raises BadRecordError naming it, or with `skip_bad_lines` is left out (load_qa).
     """
     if isinstance(data, str | Path):
         text = str(data)
@@ -31,7 +34,7 @@ def load_env_records(
             preset = text.partition(":")[2] or "default"
             records = load_qa(ensure_world(preset).qa[split])
         else:
-            records = load_qa(data, split=split, config=config)
+            records = load_qa(data, split=split, config=config, skip_bad_lines=skip_bad_lines)
     else:
         records = list(data)
     if hops is not None:

@@ -1,5 +1,6 @@
-"""A JSON-over-HTTP client with timeouts and retries with backoff, shared by the retriever client
-and the remote env (sync and async): the one retry policy of the project, outage wait included."""
+"""A JSON-over-HTTP client with timeouts and retries with backoff, shared by the retriever client,
+the remote env and the OpenAI-compatible policy (sync and async): the one retry policy of the
+project, outage wait included."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from typing import Any
 
@@ -56,8 +58,13 @@ def _json_body(kwargs: dict[str, Any]) -> dict[str, Any]:
 class JsonHttpClient:
     """`request()` / `arequest()` return the decoded JSON body of a 2xx answer.
 
-    Connection errors, timeouts and 502/503/504 are retried `retries` times, sleeping `backoff`, 2x,
-    4x... seconds between attempts. With `outage_wait_s` > 0 the client then keeps trying (every
+    Connection errors, timeouts and `retry_statuses` (default 502/503/504) are retried `retries` times,
+    sleeping `backoff`, 2x, 4x... seconds (at most `max_backoff`, or what a Retry-After header asks,
+    within that cap) between attempts, plus up to a quarter more at random (jitter) so many callers
+    do not come back in step. With `shared_backoff` a failure pauses every request of
+    this client, new ones included, until its sleep is over: a server that handles one request at a
+    time (a timed-out request still runs there) is not sent more work while it is behind.
+    With `outage_wait_s` > 0 the client then keeps trying (every
     MAX_WAIT_INTERVAL_S at most, each wait logged as a warning) until that many seconds have passed
     since the first failure, so a server that restarts (a BM25 retriever takes ~10 s) is waited
     for; then `unavailable` (a ServiceUnavailable subclass) is raised.
@@ -77,12 +84,21 @@ class JsonHttpClient:
         token: str | None = None,
         unavailable: type[ServiceUnavailable] = ServiceUnavailable,
         refused: type[RequestRefused] = RequestRefused,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        max_backoff: float = 30.0,
+        shared_backoff: bool = False,
     ):
         self.base_url = base_url.rstrip("/")
         self.what = what
         self.timeout = timeout
+        if retries < 0 or not timeout > 0:
+            raise ValueError(f"retries must be >= 0 and timeout > 0, got {retries} and {timeout}")
         self.retries = retries
         self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.retry_statuses = retry_statuses
+        self.shared_backoff = shared_backoff
+        self._resume_at = 0.0  # monotonic time before which no request starts (shared_backoff)
         if not outage_wait_s >= 0:
             raise ValueError(f"outage_wait_s must be >= 0, got {outage_wait_s}")
         self.outage_wait_s = outage_wait_s
@@ -92,6 +108,7 @@ class JsonHttpClient:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
 
     def _sync(self) -> httpx.Client:
         if self._client is None:
@@ -99,21 +116,25 @@ class JsonHttpClient:
         return self._client
 
     def _async(self) -> httpx.AsyncClient:
-        if self._aclient is None:
+        # An AsyncClient's connections belong to one event loop; a new asyncio.run needs a new client.
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aclient_loop is not loop:
             self._aclient = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+            self._aclient_loop = loop
         return self._aclient
 
-    def _outcome(self, response: httpx.Response) -> tuple[bool, Any]:
-        """(done, body) for an answer; raises for a 4xx or an unexpected status."""
-        if response.status_code in RETRY_STATUSES:
-            return False, f"HTTP {response.status_code}: {error_message(response)}"
+    def _outcome(self, response: httpx.Response) -> tuple[bool, Any, float | None]:
+        """(done, body or why not, the seconds a Retry-After asks for) for an answer; raises for a 4xx
+        or an unexpected status."""
+        if response.status_code in self.retry_statuses:
+            return False, f"HTTP {response.status_code}: {error_message(response)[:500]}", _retry_after_s(response)
         if 400 <= response.status_code < 500:
             raise self._refused(response.status_code, error_message(response))
         if response.status_code >= 300:
             raise self._unavailable(
                 f"{self.what} at {self.base_url} failed: HTTP {response.status_code}: {error_message(response)}"
             )
-        return True, (response.json() if response.content else None)
+        return True, (response.json() if response.content else None), None
 
     def _give_up(self, last: str, attempts: int, started: float) -> ServiceUnavailable:
         waited = time.monotonic() - started
@@ -121,11 +142,17 @@ class JsonHttpClient:
             f"{self.what} at {self.base_url} unavailable after {attempts} attempts over {waited:.1f}s: {last}"
         )
 
-    def _delay(self, attempt: int, retries: int, wait_s: float, started: float, last: str) -> float | None:
+    def _delay(
+        self, attempt: int, retries: int, wait_s: float, started: float, last: str, asked: float | None = None
+    ) -> float | None:
         """Seconds to sleep before the next attempt, or None to give up. Past the retries, an
         outage wait goes on until `wait_s` after the first failure, logging each sleep."""
         if attempt < retries:
-            return self.backoff * 2**attempt
+            delay = min(self.max_backoff, self.backoff * 2**attempt)
+            delay = min(self.max_backoff, asked) if asked is not None else delay * random.uniform(1.0, 1.25)
+            if self.shared_backoff:
+                self._resume_at = max(self._resume_at, time.monotonic() + delay)
+            return delay
         left = started + wait_s - time.monotonic()
         if left <= 0:
             return None
@@ -158,15 +185,19 @@ class JsonHttpClient:
         started = time.monotonic()
         attempt = 0
         while True:
+            pause = self._resume_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            asked = None
             try:
-                done, body = self._outcome(self._sync().request(method, self.base_url + path, **kwargs))
+                done, body, asked = self._outcome(self._sync().request(method, self.base_url + path, **kwargs))
                 if done:
                     self._back(attempt, retries, started)
                     return body
                 last = body
             except httpx.TransportError as err:
                 last = f"{type(err).__name__}: {err}"
-            delay = self._delay(attempt, retries, wait_s, started, last)
+            delay = self._delay(attempt, retries, wait_s, started, last, asked)
             if delay is None:
                 raise self._give_up(last, attempt + 1, started)
             time.sleep(delay)
@@ -183,15 +214,18 @@ class JsonHttpClient:
         started = time.monotonic()
         attempt = 0
         while True:
+            while (pause := self._resume_at - time.monotonic()) > 0:  # another request may extend it
+                await asyncio.sleep(pause)
+            asked = None
             try:
-                done, body = self._outcome(await self._async().request(method, self.base_url + path, **kwargs))
+                done, body, asked = self._outcome(await self._async().request(method, self.base_url + path, **kwargs))
                 if done:
                     self._back(attempt, retries, started)
                     return body
                 last = body
             except httpx.TransportError as err:
                 last = f"{type(err).__name__}: {err}"
-            delay = self._delay(attempt, retries, wait_s, started, last)
+            delay = self._delay(attempt, retries, wait_s, started, last, asked)
             if delay is None:
                 raise self._give_up(last, attempt + 1, started)
             await asyncio.sleep(delay)
@@ -208,6 +242,15 @@ class JsonHttpClient:
 
     async def aclose(self) -> None:
         if self._aclient is not None:
-            await self._aclient.aclose()
+            if self._aclient_loop is asyncio.get_running_loop():
+                await self._aclient.aclose()
             self._aclient = None
         self.close()
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """Seconds a Retry-After header (in seconds) asks to wait, None without a usable one."""
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from search_env.bad_records import BadRecordError
+from search_env.corpus_validation import not_utf8
+
+log = logging.getLogger(__name__)
+# Where a record is: (file or data set, 1-based line or 0-based row/item, "line" | "row" | "item").
+Where = tuple[str, int, str]
 
 _JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 _PARQUET_SUFFIXES = (".parquet",)
@@ -37,13 +45,17 @@ def load_qa(
     split: str | None = None,
     config: str | None = None,
     limit: int | None = None,
+    *,
+    skip_bad_lines: bool = False,
 ) -> list[QARecord]:
     """Load QA records from a local file, a folder holding `<split>.jsonl`/`.parquet`, or a HF data set.
 
     A local `.jsonl`, `.json`, `.jsonl.gz` or `.parquet` file is read as is (`split` and `config` are
     ignored). Anything that is not an existing path and has no such suffix is taken as a Hugging Face
     data set name and loaded by `datasets.load_dataset(source, config, split=split or "train")`.
-    Raises ValueError naming the file and line (or row) of a record without a question or an answer.
+    Raises BadRecordError (a ValueError) naming the file and line (JSONL), row (parquet) or item (JSON
+    array) of a bad record: not JSON, not UTF-8, no question, no gold answer. With `skip_bad_lines`
+    such records are left out and counted in a warning instead; ValueError if none is left.
     """
     path = Path(source)
     if path.is_dir():
@@ -60,10 +72,22 @@ def load_qa(
     else:
         rows = _iter_hf_rows(str(source), config, split or "train")
     records: list[QARecord] = []
-    for index, (where, row) in enumerate(rows):
-        if limit is not None and index >= limit:
+    skipped: list[BadRecordError] = []
+    for index, item in enumerate(rows):
+        if limit is not None and len(records) >= limit:
             break
-        records.append(to_qa_record(row, where=where, index=index))
+        try:
+            if isinstance(item, BadRecordError):
+                raise item
+            records.append(to_qa_record(item[1], where=item[0], index=index))
+        except BadRecordError as err:
+            if not skip_bad_lines:
+                raise
+            skipped.append(err)
+    if skipped:
+        log.warning("%s: %d bad record(s) skipped (first: %s)", source, len(skipped), skipped[0])
+        if not records:
+            raise ValueError(f"{source}: no good QA record ({len(skipped)} bad, first: {skipped[0]})")
     return records
 
 
@@ -78,16 +102,19 @@ def write_qa_jsonl(records: Iterable[QARecord], path: str | Path) -> Path:
     return path
 
 
-def to_qa_record(row: dict[str, Any], where: str = "<record>", index: int = 0) -> QARecord:
-    """Map one raw record of any accepted shape to a QARecord; `where` names it in errors."""
+def to_qa_record(row: dict[str, Any], where: Where | str = "<record>", index: int = 0) -> QARecord:
+    """Map one raw record of any accepted shape to a QARecord; `where` (path, position, unit) names it
+    in the BadRecordError raised for a record with no question or no gold answer."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: a QA record must be a JSON object, got {type(row).__name__}")
+        raise _bad(where, f"a QA record must be a JSON object, got {type(row).__name__}")
     question = _question_of(row)
     if not question:
-        raise ValueError(f"{where}: record has no question")
+        found = row.get("question")
+        detail = "" if found is None else f" (`question` is {type(found).__name__} {str(found)[:40]!r})"
+        raise _bad(where, f"record has no question{detail}")
     answers = _answers_of(row)
     if not answers:
-        raise ValueError(f"{where}: record has no gold answer")
+        raise _bad(where, "record has no gold answer (`golden_answers`: a non-empty list of strings)")
     extra_info = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
     record_id = row.get("id")
     if record_id is None:
@@ -102,6 +129,12 @@ def to_qa_record(row: dict[str, Any], where: str = "<record>", index: int = 0) -
         data_source=str(row.get("data_source") or ""),
         metadata=metadata,
     )
+
+
+def _bad(where: Where | str, reason: str) -> BadRecordError:
+    if isinstance(where, tuple):
+        return BadRecordError(where[0], where[1], reason, unit=where[2])
+    return BadRecordError(where, None, reason)
 
 
 def _question_of(row: dict[str, Any]) -> str:
@@ -171,31 +204,37 @@ def _split_file(folder: Path, split: str) -> Path:
     raise FileNotFoundError(f"no {split}.jsonl / .json / .parquet in {folder}")
 
 
-def _iter_json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+Row = tuple[Where, Any] | BadRecordError  # a record and where it is, or why the line is unreadable
+
+
+def _iter_json_rows(path: Path) -> Iterator[Row]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
-    stripped = text.lstrip()
-    if path.name.lower().endswith((".json", ".json.gz")) and stripped.startswith("["):
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if path.name.lower().endswith((".json", ".json.gz")) and data.lstrip().startswith(b"["):
         # A JSON array file (one document); errors name the array index.
         try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
+            rows = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
         for index, row in enumerate(rows):
-            yield f"{path} item {index}", row
+            yield (str(path), index, "item"), row
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            yield BadRecordError(path, lineno, not_utf8(raw, err))
+            continue
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not a JSON record ({err})") from err
-        yield f"{path}:{lineno}", row
+            yield BadRecordError(path, lineno, f"not JSON ({err.msg} at column {err.colno})")
+            continue
+        yield (str(path), lineno, "line"), row
 
 
-def _iter_parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _iter_parquet_rows(path: Path) -> Iterator[Row]:
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
@@ -204,11 +243,11 @@ def _iter_parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     row_index = 0
     for batch in parquet.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
-            yield f"{path} row {row_index}", row
+            yield (str(path), row_index, "row"), row
             row_index += 1
 
 
-def _iter_hf_rows(name: str, config: str | None, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _iter_hf_rows(name: str, config: str | None, split: str) -> Iterator[Row]:
     try:
         import datasets
     except ImportError as err:
@@ -218,4 +257,4 @@ def _iter_hf_rows(name: str, config: str | None, split: str) -> Iterator[tuple[s
         ) from err
     dataset = datasets.load_dataset(name, config, split=split)
     for index, row in enumerate(dataset):
-        yield f"{name}[{split}] row {index}", dict(row)
+        yield (f"{name}[{split}]", index, "row"), dict(row)

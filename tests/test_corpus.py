@@ -42,11 +42,18 @@ def test_integer_ids_become_strings(tmp_path: Path) -> None:
     assert next(iter_corpus(path)).id == "17"
 
 
-@pytest.mark.parametrize("bad_line", ['{"id": "1"}', "{not json", "[1, 2]"])
-def test_bad_line_error_names_the_line(tmp_path: Path, bad_line: str) -> None:
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ('{"id": "1"}', "no `contents` field"),
+        ("{not json", "not JSON"),
+        ("[1, 2]", r"not an object with `id` and `contents` \(an array\)"),
+    ],
+)
+def test_bad_line_error_names_the_line(tmp_path: Path, bad_line: str, reason: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n" + bad_line + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not a wiki-18 passage record"):
+    with pytest.raises(ValueError, match=rf"bad\.jsonl:2: {reason}"):
         list(iter_corpus(path))
 
 

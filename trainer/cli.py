@@ -65,6 +65,29 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--out-dir")
     p.add_argument("--resume", help="a run directory or checkpoint to continue")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch/OpenMP threads of this process (default: half the CPUs it may use, at least 1, leaving "
+        "the rest to the retriever and env server; see README, Threads)",
+    )
+
+
+def _threads(args: argparse.Namespace) -> int | None:
+    """Set the process's threads (search_env.threads) from --threads; None when fine, else the exit code."""
+    from search_env.threads import apply_threads, trainer_default
+
+    try:
+        apply_threads(args.threads, default=trainer_default(), load_torch=True)
+    except ValueError as err:
+        print(f"search-trainer: {err}", file=sys.stderr)
+        return 2
+    return None
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
@@ -142,6 +165,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         default=4096,
         help="prompt + all turns and observations; an episode past it ends with reward 0",
     )
+    add_threads_arg(p)
     add_benchmark_args(p)
 
 
@@ -253,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return monitor_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "eval", "demo") and (code := _threads(args)) is not None:
+        return code
     if args.command == "train":
         return run_train(args)
     if args.command == "death-spiral":

@@ -22,6 +22,7 @@ from agent_server.lucene_indexer import run_indexer
 from agent_server.passage_store import PassageStore, cached_store
 from search_env import __version__
 from search_env.corpus import format_contents
+from search_env.corpus_validation import validate_corpus, write_clean_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _remove_dead_partials(out_dir: Path) -> None:
             pass  # alive, another user's
 
 
-def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2) -> Path:
+def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2, *, skip_bad_lines: bool = False) -> Path:
     """Index `corpus` (wiki-18 JSONL, optionally gzipped) into a Lucene index at `out_dir`.
 
     Runs pyserini's own indexer (positions, doc vectors and raw docs stored) in a subprocess, into a
@@ -78,12 +79,17 @@ def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2) -> Path:
     interruption (an exception, KeyboardInterrupt, the thread's BuildScope stopped) the indexer is
     ended and the temp folder removed before the exception propagates: RuntimeError (indexer failed),
     BuildInterrupted, KeyboardInterrupt.
+
+    The corpus is validated first (search_env.corpus_validation): a bad line raises BadRecordError
+    naming it (pyserini would fail the whole file with a Java stack trace), or with `skip_bad_lines`
+    is left out; the indexer then reads a cleaned copy (also written when ids need normalising).
     """
     corpus, out_dir = Path(corpus).absolute(), Path(out_dir).absolute()
     if not corpus.is_file():
         raise FileNotFoundError(f"corpus not found: {corpus}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
+    check = validate_corpus(corpus, skip_bad_lines=skip_bad_lines)
     _remove_dead_partials(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -91,19 +97,28 @@ def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2) -> Path:
     index_dir = tmp / "index"
     started = time.perf_counter()
     try:
-        _link_corpus(corpus, tmp / "input")
+        if check.needs_copy:
+            write_clean_corpus(check, tmp / "input" / "corpus.jsonl")
+        else:
+            _link_corpus(corpus, tmp / "input")
         counters = run_indexer([
             "--collection", "JsonCollection", "--input", str(tmp / "input"), "--index", str(index_dir),
             "--generator", "DefaultLuceneDocumentGenerator", "--threads", str(threads),
             "--storePositions", "--storeDocvectors", "--storeRaw",
         ])
-        if counters.get("indexed", 0) == 0:
-            raise RuntimeError(f"the Lucene indexer indexed no passages from {corpus} ({counters})")
+        indexed = counters.get("indexed", 0)
+        if indexed == 0:
+            raise RuntimeError(f"the Lucene indexer indexed none of the {check.passages} passages of {corpus} "
+                               f"({counters}); its log has the reason")
+        if indexed != check.passages:
+            logger.warning("the Lucene indexer indexed %d of the %d passages of %s (%s)", indexed, check.passages,
+                           corpus, counters)
         stat = corpus.stat()
         meta = {
             "backend": "bm25",
             "corpus": {"path": str(corpus), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
             "count": counters["indexed"],
+            "skipped_lines": check.skipped,
             "counters": counters,
             "threads": threads,
             "build_seconds": round(time.perf_counter() - started, 3),

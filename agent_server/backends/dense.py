@@ -23,6 +23,7 @@ from agent_server.encoder import Encoder, canonical_encoder_name, load_encoder
 from agent_server.index_builds import current_scope
 from agent_server.passage_store import PassageStore
 from search_env import __version__
+from search_env.corpus_validation import validate_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _allocated_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
 
 def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None = None,
                       index_type: str = "Flat", batch_size: int = 64, *, device: str | None = None,
-                      progress: bool = True) -> Path:
+                      progress: bool = True, skip_bad_lines: bool = False) -> Path:
     """Encode `corpus` passage by passage into a faiss index at `out_dir`; returns `out_dir`.
 
     Passages stream from the corpus's PassageStore in chunks; embeddings go to a float32 memmap
@@ -94,9 +95,12 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
     (same corpus and encoder). The finished folder is renamed to `out_dir`. Not safe for two
     processes building the same `out_dir` at once (ensure_index locks for that).
 
+    The corpus is validated first (search_env.corpus_validation): a bad line raises BadRecordError
+    naming it, or with `skip_bad_lines` is left out (the passage store then reads a cleaned copy).
+
     The memmap's blocks are allocated on disk before it is written, so a full disk raises OSError
     (ENOSPC) here instead of killing the process with SIGBUS on a write through the map. Raises
-    FileNotFoundError, FileExistsError, ValueError (index type), OSError (disk), BuildInterrupted
+    FileNotFoundError, FileExistsError, BadRecordError, ValueError (index type), OSError (disk), BuildInterrupted
     (this thread's BuildScope stopped; the partial encoding is kept for the next build to resume).
     """
     import faiss
@@ -106,13 +110,14 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
         raise FileNotFoundError(f"corpus not found: {corpus}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
+    check = validate_corpus(corpus, skip_bad_lines=skip_bad_lines)
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder, device)
     make_faiss_index(index_type, enc.dim)  # a bad index type fails now, not after hours of encoding
     work = out_dir.with_name(f".{out_dir.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
-    store = PassageStore.open_or_build(corpus, work / STORE_DIR, progress=progress)
+    store = PassageStore.open_or_build(corpus, work / STORE_DIR, progress=progress, skip_lines=check.bad_set)
     count = len(store)
     key = {"encoder": enc.name, "dim": enc.dim, "count": count,
            "corpus": corpus_fingerprint(corpus, with_name=False)}
@@ -159,6 +164,7 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
         "encoder": enc.name,
         "dim": enc.dim,
         "count": count,
+        "skipped_lines": check.skipped,
         "index_type": index_type,
         "corpus": {"path": str(corpus), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
         "encode_passages_per_s": round((count - done) / encode_seconds, 1) if encode_seconds else None,

@@ -35,6 +35,7 @@ from search_env.retrieval_schema import (
     RetrieveRequest,
     RetrieveResponse,
 )
+from search_env.threads import current_threads
 
 router = APIRouter()
 
@@ -83,9 +84,14 @@ async def health(service: Service) -> JSONResponse:
 
 @router.get("/info")
 async def info(service: Service, request: Request) -> dict[str, Any]:
-    """Backend, index size, encoder, limits, cache hit counts, batching figures, awkward-query counts."""
+    """Backend, index size, encoder, limits, cache hit counts, batching figures, awkward-query counts,
+    CPU threads."""
     limits = service.limits.model_dump()
-    return service.info() | {"limits": limits, "request_body": dataclasses.asdict(body_limits_of(request))}
+    return service.info() | {
+        "limits": limits,
+        "request_body": dataclasses.asdict(body_limits_of(request)),
+        "threads": current_threads(),
+    }
 
 
 @router.post(

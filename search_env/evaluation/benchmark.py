@@ -2,10 +2,16 @@
 episodes streamed to JSONL, the aggregates to `<out>.summary.json`, and one metrics row per set.
 
 A text `Policy` is played by the runner's loop; an `EpisodePlayer` (the trainer's token-level player
-of Hugging Face models) plays its episodes itself under the same contract."""
+of Hugging Face models) plays its episodes itself under the same contract.
+
+The summary is written however the run ends: finished, stopped by failures (RunStopped), by an
+error, or by Ctrl-C. A run that did not finish raises BenchmarkStopped (a RuntimeError) or, on
+Ctrl-C / cancellation, BenchmarkInterrupted (a KeyboardInterrupt); both carry the result of the
+episodes played so far and why the run stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +35,24 @@ class BenchmarkResult:
     summary: Path | None = None
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    stopped: str | None = None  # why the run ended early (None: it played everything)
+
+
+class BenchmarkStopped(RuntimeError):
+    """The run failed or was stopped before playing everything; `result` holds what was played (its
+    summary written) and, in `result.stopped`, why."""
+
+    def __init__(self, result: BenchmarkResult) -> None:
+        super().__init__(result.stopped)
+        self.result = result
+
+
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a cancellation) ended the run; `result` holds what was played (its summary written)."""
+
+    def __init__(self, result: BenchmarkResult) -> None:
+        super().__init__(result.stopped)
+        self.result = result
 
 
 async def run_benchmark(
@@ -46,12 +70,18 @@ async def run_benchmark(
     out: str | Path | None = None,
     progress: bool = True,
     env_options: dict[str, Any] | None = None,
+    max_consecutive_failures: int | None = None,
+    skip_bad_lines: bool = False,
 ) -> BenchmarkResult:
     """Evaluate `policy` (then `reference`, if given) on every set, in order.
 
     Local envs (the default) search `retriever_url`; with `env_url` each episode runs in a session of
     that env server instead. The same questions (`limit`, `seed`) are played by both policies.
     `env_options` go to every env (e.g. the `prompt_template` or `reward` a trained policy expects).
+    A failed episode is recorded as failed and the run goes on; `max_consecutive_failures` failures
+    in a row stop a text policy's run. Raises BenchmarkStopped (summary written) if the run is
+    stopped, fails or is interrupted before the end. `skip_bad_lines` leaves out the bad records of a
+    local QA file (else the first is named in the error).
     """
     env_options = dict(env_options or {})
     config = {
@@ -74,24 +104,34 @@ async def run_benchmark(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         handle = out_path.open("w", encoding="utf-8")
 
+    finished: list[EpisodeResult] = []  # as they end: what a stopped run reports
+
     def write(result: EpisodeResult) -> None:
+        finished.append(result)
         if handle is not None:
             handle.write(result.to_json() + "\n")
             handle.flush()  # a long run killed halfway keeps what it finished
 
     episodes: list[EpisodeResult] = []
+    stopped: str | None = None
+    cause: BaseException | None = None
+    interrupted = False
     try:
         for eval_set in sets:
             if env_url:
                 factory: Any = RemoteEnvFactory(env_url, eval_set, topk=topk, max_turns=max_turns, **env_options)
                 indices = None  # the server owns the questions: its count decides
             else:
-                records = load_eval_records(eval_set)
+                records = load_eval_records(eval_set, skip_bad_lines=skip_bad_lines)
                 factory = LocalEnvFactory(records, retriever_url, topk=topk, max_turns=max_turns, **env_options)
                 indices = select_indices(len(records), limit, seed)
             try:
                 for player in (policy, reference) if reference else (policy,):
-                    play = player.play if isinstance(player, EpisodePlayer) else partial(evaluate, player)
+                    play = (
+                        player.play
+                        if isinstance(player, EpisodePlayer)
+                        else partial(evaluate, player, max_consecutive_failures=max_consecutive_failures)
+                    )
                     episodes += await play(
                         factory,
                         data_set=eval_set.name,
@@ -105,11 +145,22 @@ async def run_benchmark(
             finally:
                 if isinstance(factory, LocalEnvFactory):
                     await factory.aclose()
+    except (asyncio.CancelledError, KeyboardInterrupt) as err:
+        stopped, interrupted, cause = f"interrupted after {len(finished)} episodes", True, err
+    except Exception as err:
+        stopped, cause = f"{type(err).__name__}: {err}", err
     finally:
         if handle is not None:
             handle.close()
-    metrics = aggregate(episodes)
-    result = BenchmarkResult(metrics, episodes, out_path, seconds=time.perf_counter() - started, config=config)
+    played = finished if stopped else episodes
+    metrics = aggregate(played)
+    result = BenchmarkResult(metrics, played, out_path, seconds=time.perf_counter() - started, config=config)
+    result.stopped = stopped
     if out_path is not None:
-        result.summary = write_summary(summary_path(out_path), metrics, config | {"seconds": result.seconds})
+        summary_config = config | {"seconds": result.seconds, "stopped": stopped}
+        result.summary = write_summary(summary_path(out_path), metrics, summary_config)
+    if interrupted:
+        raise BenchmarkInterrupted(result) from cause
+    if stopped:
+        raise BenchmarkStopped(result) from cause
     return result

@@ -7,6 +7,12 @@
 Hugging Face models are benchmarked by `search-trainer eval --model NAME_OR_PATH` (same data, env and
 output options): the trainer plays them token by token, as it trains them.
 
+A slow or failing endpoint does not end the run: each request has `--request-timeout` seconds and
+`--retries` more attempts (jittered backoff, all requests pausing together so a one-request server
+catches up); an episode that still fails is recorded as failed (the table's `failed` column, scored
+0) and the run goes on, until `--max-consecutive-failures` fail in a row. The table and the summary
+are written however the run ends, Ctrl-C included (exit 130; 1 when stopped by failures).
+
 Reference rows (a scripted policy on the same questions: `scripted` answers the top passage's title,
 `scripted-entity` the best-matching name) are opt-in with `--with-reference [scripted|scripted-entity]`:
 they cost one search per question, which matters on the 51k-question Search-R1 sets.
@@ -16,16 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from search_env.evaluation.benchmark import run_benchmark
-from search_env.evaluation.datasets import parse_data_specs
+from search_env.evaluation.benchmark import BenchmarkInterrupted, BenchmarkStopped, run_benchmark
+from search_env.evaluation.datasets import EvalDataError, parse_data_specs
+from search_env.evaluation.openai_policy import DEFAULT_BASE_URL
 from search_env.evaluation.policy import EpisodePlayer, Policy, close_policy
 from search_env.evaluation.scripted import ScriptedPolicy
 from search_env.evaluation.table import render_table
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
+from search_env.threads import SERVER_DEFAULT, apply_threads
 
 POLICIES = ("scripted", "scripted-entity", "openai")
 DEFAULT_DATA = "world:default"
@@ -49,7 +58,8 @@ def add_eval_parser(commands: Any) -> None:
     p.add_argument("--model", help="model name (openai)")
     p.add_argument(
         "--base-url",
-        help="OpenAI-compatible base URL incl. /v1 (default: $OPENAI_BASE_URL or http://127.0.0.1:8000/v1)",
+        help=f"OpenAI-compatible base URL incl. /v1 (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL}, "
+        "llama.cpp's llama-server; vLLM serves on :8000, the retriever's port here: pass it)",
     )
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
     p.add_argument(
@@ -60,6 +70,24 @@ def add_eval_parser(commands: Any) -> None:
     )
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-new-tokens", type=int, default=500, help="tokens per turn (Search-R1: 500)")
+    p.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=120.0,
+        help="openai: seconds each request may take (connect, send, each read) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=3,
+        help="openai: more attempts after a timeout, connection error, 408/409/429 or 5xx, with jittered "
+        "exponential backoff from 1 s up to 30 s, each up to a quarter longer at random (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help=f"torch/OpenMP threads of this process (default {SERVER_DEFAULT}: it waits on HTTP; see README, Threads)",
+    )
     add_benchmark_args(p)
     p.set_defaults(func=run_eval_command)
 
@@ -88,7 +116,20 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--env-url", help="run episodes as sessions of this env server (RemoteSearchQA-v0)")
     p.add_argument("--max-turns", type=int, default=4, help="turns per episode (default: %(default)s)")
     p.add_argument("--topk", type=int, default=3, help="passages per search (default: %(default)s)")
-    p.add_argument("--concurrency", type=int, default=None, help="episodes at once (default: the policy's)")
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        help="episodes at once, so requests in flight to an endpoint (default: 16 for openai, 4 scripted; "
+        "1 suits a server that handles one request at a time)",
+    )
+    p.add_argument(
+        "--max-consecutive-failures",
+        type=_positive_int,
+        default=10,
+        help="stop the run (table and summary still written) after this many failed episodes in a row "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--with-reference",
         nargs="?",
@@ -102,6 +143,12 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="episodes JSONL (default: runs/eval/<policy>-<time>.jsonl); aggregates go to <out>.summary.json",
+    )
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="leave out the bad records of a local QA file, counted in a warning (default: stop, naming "
+        "the first by file and line or row)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -120,6 +167,8 @@ def build_policy(args: argparse.Namespace) -> Policy:
         api_key_env=args.api_key_env,
         temperature=args.temperature,
         max_tokens=args.max_new_tokens,
+        timeout=args.request_timeout,
+        retries=args.retries,
     )
 
 
@@ -128,6 +177,7 @@ def _scripted(name: str) -> ScriptedPolicy:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
+    apply_threads(args.threads, default=SERVER_DEFAULT)
     policy = build_policy(args)
     return run_benchmark_command(policy, args, label=args.policy, concurrency=16 if args.policy == "openai" else 4)
 
@@ -141,8 +191,13 @@ def run_benchmark_command(
     env_options: dict[str, Any] | None = None,
 ) -> int:
     """Benchmark `policy` as `add_benchmark_args`' options say (`concurrency` unless --concurrency
-    is given), print the table, and close the policy."""
-    sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
+    is given), print the table, and close the policy. Returns 0 when every episode was played (failed
+    ones included), 1 when the run stopped early, 130 on Ctrl-C: the table and summary of what was
+    played are printed and written in every case."""
+    try:
+        sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
+    except EvalDataError as err:
+        raise SystemExit(f"search-env eval: {err}") from None
     reference = _scripted(args.with_reference) if args.with_reference and args.with_reference != label else None
     out = args.out or Path("runs/eval") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
 
@@ -162,11 +217,46 @@ def run_benchmark_command(
                 out=out,
                 progress=not args.no_progress,
                 env_options=env_options,
+                max_consecutive_failures=args.max_consecutive_failures,
+                skip_bad_lines=args.skip_bad_lines,
             )
         finally:
             await close_policy(policy)
 
-    result = asyncio.run(run())
-    print(render_table(result.metrics, title=f"searchgym eval ({result.seconds:.1f} s)"), end="")
+    code = 0
+    try:
+        result = asyncio.run(run())
+    except BenchmarkInterrupted as stop:
+        result, code = stop.result, 130
+    except BenchmarkStopped as stop:
+        result, code = stop.result, 1
+    if result.metrics:
+        print(render_table(result.metrics, title=f"searchgym eval ({result.seconds:.1f} s)"), end="")
+    failed = sum(m.failed for m in result.metrics)
+    if failed:
+        print(f"failed episodes: {failed} (scored 0; their errors are in the episodes file)")
     print(f"episodes: {result.out}\nsummary:  {result.summary}")
-    return 0
+    if result.stopped:
+        print(f"search-env eval: stopped: {result.stopped}", file=sys.stderr)
+    return code
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value

@@ -123,11 +123,18 @@ def parse_data_specs(specs: Sequence[str], split: str | None = None) -> list[Eva
     return sets
 
 
-def load_eval_records(eval_set: EvalSet) -> list[QARecord]:
+def load_eval_records(eval_set: EvalSet, *, skip_bad_lines: bool = False) -> list[QARecord]:
     """The set's questions (the world is generated locally on first use; HF sets come from the hub
-    or its cache, and fail with a message naming the way out when offline)."""
+    or its cache, and fail with a message naming the way out when offline). A bad record of a file
+    raises BadRecordError naming its line or row, unless `skip_bad_lines` leaves it out."""
     try:
-        return load_env_records(eval_set.data, split=eval_set.split, config=eval_set.config, hops=eval_set.hops)
+        return load_env_records(
+            eval_set.data,
+            split=eval_set.split,
+            config=eval_set.config,
+            hops=eval_set.hops,
+            skip_bad_lines=skip_bad_lines,
+        )
     except (FileNotFoundError, ValueError, ImportError):
         raise
     except Exception as err:  # datasets/huggingface_hub raise many types (offline, gated, missing)

@@ -7,30 +7,42 @@ Two ways to show the episode to the model:
   to the model's own text exactly as Search-R1's rollout does (for base models and models trained
   that way; the server applies no chat template).
 Generation stops at `</search>` / `</answer>`; the API strips the stop string, so it is put back.
-429s, 5xx and connection errors are retried with exponential backoff (honouring Retry-After).
+Requests go through the project's one retry policy (search_env.http_client.JsonHttpClient): 408,
+409, 429, 5xx, timeouts and connection errors are retried with jittered exponential backoff
+(honouring Retry-After), and a failure pauses all of this policy's requests until its backoff is
+over, so a server that serves one request at a time is not sent more while it is behind.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import httpx
-
 from search_env.evaluation.policy import STOP_STRINGS
 from search_env.evaluation.transcript import Transcript
+from search_env.http_client import JsonHttpClient, RequestRefused, ServiceUnavailable
 
 Mode = Literal["chat", "completions"]
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+# llama.cpp's `llama-server` port: not the retriever's 8000 (nor the env server's 8001), so a
+# forgotten --base-url never sends chat requests to our own retriever. vLLM users pass theirs.
+DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _OPEN_TAG = re.compile(r"<(search|answer)>")
 
 
 class OpenAIPolicyError(RuntimeError):
-    """The endpoint refused the request, or stayed unavailable after every retry."""
+    """The endpoint refused the request, answered something unexpected, or stayed unavailable after
+    every retry."""
+
+
+class EndpointUnavailable(ServiceUnavailable, OpenAIPolicyError):
+    """No answer (timeouts, connection errors, 5xx) after every retry."""
+
+
+class EndpointRefused(RequestRefused, OpenAIPolicyError):
+    """A 4xx other than 408/409/429 (a wrong model name, a prompt longer than the context...)."""
 
 
 class OpenAIPolicy:
@@ -48,11 +60,13 @@ class OpenAIPolicy:
         system_prompt: str | None = None,
         extra_body: dict[str, Any] | None = None,
         timeout: float = 120.0,
-        retries: int = 5,
+        retries: int = 3,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         name: str | None = None,
     ):
+        """`timeout`: seconds for each request (connect, send, and each read); `retries`: attempts after
+        the first; `backoff` / `max_backoff`: the first and the longest sleep between attempts (s)."""
         if mode not in ("chat", "completions"):
             raise ValueError(f"mode must be 'chat' or 'completions', got {mode!r}")
         self.model = model
@@ -63,15 +77,21 @@ class OpenAIPolicy:
         self.stop = list(stop)
         self.system_prompt = system_prompt
         self.extra_body = dict(extra_body or {})
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.name = name or f"openai:{model}"
         key = api_key if api_key is not None else os.environ.get(api_key_env)
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._http = JsonHttpClient(
+            self.base_url,
+            what="OpenAI-compatible endpoint",
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            token=key or "",
+            unavailable=EndpointUnavailable,
+            refused=EndpointRefused,
+            retry_statuses=RETRY_STATUSES,
+            shared_backoff=True,
+        )
 
     # -- request ----------------------------------------------------------------------------------
     def request_body(self, transcript: Transcript) -> tuple[str, dict[str, Any]]:
@@ -90,33 +110,11 @@ class OpenAIPolicy:
             return "/chat/completions", body | {"messages": messages}
         return "/completions", body | {"prompt": transcript.as_text()}
 
-    def _http(self) -> httpx.AsyncClient:
-        # An AsyncClient's connections belong to one event loop; a new asyncio.run needs a new client.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            self._client = httpx.AsyncClient(timeout=self.timeout, headers=self._headers)
-            self._client_loop = loop
-        return self._client
-
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = self.base_url + path
-        last = ""
-        for attempt in range(self.retries + 1):
-            delay = min(self.max_backoff, self.backoff * 2**attempt)
-            try:
-                response = await self._http().post(url, json=body)
-            except httpx.TransportError as err:
-                last = f"{type(err).__name__}: {err}"
-            else:
-                if response.status_code < 300:
-                    return response.json()
-                last = f"HTTP {response.status_code}: {response.text[:500]}"
-                if response.status_code not in RETRY_STATUSES and response.status_code < 500:
-                    raise OpenAIPolicyError(f"{url} refused the request: {last}")
-                delay = _retry_after(response, delay, self.max_backoff)
-            if attempt < self.retries:
-                await asyncio.sleep(delay)
-        raise OpenAIPolicyError(f"{url} unavailable after {self.retries + 1} attempts: {last}")
+        reply = await self._http.arequest("POST", path, json=body)
+        if not isinstance(reply, dict):
+            raise OpenAIPolicyError(f"unexpected response from {self.base_url + path}: {str(reply)[:500]}")
+        return reply
 
     # -- policy -----------------------------------------------------------------------------------
     async def act(self, transcript: Transcript) -> str:
@@ -130,9 +128,7 @@ class OpenAIPolicy:
         return restore_stop(text or "", choice, self.stop)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._http.aclose()
 
 
 def restore_stop(text: str, choice: dict[str, Any], stop: Sequence[str]) -> str:
@@ -150,10 +146,3 @@ def restore_stop(text: str, choice: dict[str, Any], stop: Sequence[str]) -> str:
             if closing in stop and closing not in text[opened[-1].end() :]:
                 return text + closing
     return text
-
-
-def _retry_after(response: httpx.Response, default: float, cap: float) -> float:
-    try:
-        return min(cap, max(0.0, float(response.headers.get("retry-after", ""))))
-    except ValueError:
-        return default

@@ -32,6 +32,8 @@ class EpisodeResult:
     searches: list[str] = field(default_factory=list)
     hops: int | None = None
     transcript: list[dict[str, str]] = field(default_factory=list)
+    failed: bool = False  # the policy or the env raised: scored 0, counted in the table's `failed`
+    error: str | None = None
 
     @classmethod
     def from_env(
@@ -73,6 +75,45 @@ class EpisodeResult:
             transcript=transcript,
         )
 
+    @classmethod
+    def failure(
+        cls,
+        *,
+        data_set: str,
+        policy: str,
+        index: int,
+        error: BaseException,
+        reset_info: dict[str, Any] | None = None,
+        transcript: list[dict[str, str]] | None = None,
+        golden_answers: Sequence[str] = (),
+    ) -> EpisodeResult:
+        """The row of an episode that could not be played to its end: scored 0 and marked failed, with
+        the error and whatever was played before it."""
+        reset_info = reset_info or {}
+        turns = sum(1 for t in transcript or [] if t.get("role") == "policy")
+        return cls(
+            data_set=data_set,
+            policy=policy,
+            index=index,
+            question_id=str(reset_info.get("question_id", index)),
+            question=str(reset_info.get("question", "")),
+            golden_answers=list(golden_answers),
+            answer=None,
+            em=0.0,
+            subem=0.0,
+            f1=0.0,
+            reward=0.0,
+            turns=turns,
+            num_searches=0,
+            invalid_actions=0,
+            terminated=False,
+            truncated=False,
+            hops=reset_info.get("hops"),
+            transcript=transcript or [],
+            failed=True,
+            error=f"{type(error).__name__}: {error}"[:2000],
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
@@ -91,6 +132,7 @@ class SetMetrics:
     mean_searches: float
     invalid_action_rate: float  # invalid actions / all actions taken
     answered: float  # share of episodes that ended with an answer (not truncated)
+    failed: int = 0  # episodes the policy or the env failed (in n, scored 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +160,7 @@ def aggregate(episodes: Sequence[EpisodeResult] | Sequence[dict[str, Any]]) -> l
                 mean_searches=sum(r["num_searches"] for r in rows) / n,
                 invalid_action_rate=sum(r["invalid_actions"] for r in rows) / actions if actions else 0.0,
                 answered=sum(1 for r in rows if r["terminated"]) / n,
+                failed=sum(1 for r in rows if r.get("failed")),
             )
         )
     return metrics

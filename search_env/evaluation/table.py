@@ -1,4 +1,4 @@
-"""The results table: data set | n | EM | F1 | mean turns | mean searches | invalid-action rate."""
+"""The results table: data set | n | EM | F1 | mean turns | mean searches | invalid-action rate | failed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.table import Table
 
 from search_env.evaluation.results import SetMetrics
 
-HEADERS = ("data set", "policy", "n", "EM", "F1", "mean turns", "mean searches", "invalid-action rate")
+HEADERS = ("data set", "policy", "n", "EM", "F1", "mean turns", "mean searches", "invalid-action rate", "failed")
 
 
 def table_rows(metrics: Sequence[SetMetrics]) -> list[tuple[str, ...]]:
@@ -24,6 +24,7 @@ def table_rows(metrics: Sequence[SetMetrics]) -> list[tuple[str, ...]]:
             f"{m.mean_turns:.2f}",
             f"{m.mean_searches:.2f}",
             f"{m.invalid_action_rate:.3f}",
+            str(m.failed),
         )
         for m in metrics
     ]
@@ -37,5 +38,5 @@ def render_table(metrics: Sequence[SetMetrics], title: str = "searchgym eval") -
     for row in table_rows(metrics):
         table.add_row(*row)
     buffer = io.StringIO()
-    Console(file=buffer, width=120, force_terminal=False, color_system=None).print(table)
+    Console(file=buffer, width=150, force_terminal=False, color_system=None).print(table)
     return buffer.getvalue()

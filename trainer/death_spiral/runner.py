@@ -92,6 +92,7 @@ def _launch(run: Run, command: list[str], threads: int) -> None:
         shutil.rmtree(run.out)
     run.out.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [*command, "--threads", str(threads)]
     with (run.out / "train.log").open("ab") as log:
         run.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
