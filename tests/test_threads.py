@@ -47,14 +47,15 @@ def test_the_helper_sets_torch_and_openmp(restore_threads, caplog: pytest.LogCap
 
 def test_a_retriever_started_with_threads_logs_and_reports_them(small_world, tmp_path: Path) -> None:
     log = tmp_path / "retriever.log"
-    server = ServerProcess(["retriever", "--backend", "bm25", "--world", "small", "--threads", "3"], log).start()
+    server = ServerProcess(["retriever", "--backend", "bm25", "--world", "small", "--threads", "3",
+                            "--search-threads", "4"], log).start()
     try:
         server.wait_ready()
         info = httpx.get(server.url + "/info", timeout=10).json()
     finally:
         server.stop()
     assert info["threads"]["omp_num_threads"] == "3"
-    assert info["backend"]["threads"] == 3  # pyserini's batch_search threads too
+    assert info["backend"]["threads"] == 4  # pyserini's batch_search threads: their own flag
     assert "threads: torch intra=3 (when loaded), faiss/OpenMP=3 (from --threads" in log.read_text()
 
 
