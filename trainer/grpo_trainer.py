@@ -100,7 +100,7 @@ class GRPOTrainer:
         """Everything that can fail fast is checked here, before any model is loaded or trained."""
         cfg = self.config
         check_policy_source(cfg.model, cfg.rollout.max_total_tokens)  # local and instant: first
-        check_env_reachable(cfg.env)
+        check_env_reachable(cfg.env, retriever_too=cfg.model.name_or_path == "embedded")
         self.resume_from = None
         resume_state = None
         if cfg.run.resume:
