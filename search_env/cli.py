@@ -1,7 +1,8 @@
 """`search-env`: command line of the environment suite.
 
 Subcommands: `world` writes the embedded world's corpus and QA files; `eval` runs the benchmark
-harness (search_env.evaluation) on any policy.
+harness (search_env.evaluation) on any policy; `download` fetches Search-R1's wiki-18 corpus, indexes
+and QA sets from the Hugging Face Hub (search_env.hub_download).
 """
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     world.set_defaults(func=_world)
 
     add_eval_parser(commands)
+
+    download = commands.add_parser(
+        "download",
+        help="fetch Search-R1's wiki-18 corpus, BM25 / e5 indexes and QA sets from the Hugging Face Hub",
+        description="Fetch Search-R1's data from the Hugging Face Hub (HF_ENDPOINT and HF_TOKEN respected), "
+        "resuming interrupted files and checking every file against the hub's hashes. "
+        "Assets: corpus, bm25, e5, qa, or all; none named: corpus bm25 qa. --list shows sizes.",
+    )
+    download.add_argument("assets", nargs="*", metavar="ASSET", help="corpus, bm25, e5, qa or all")
+    download.add_argument("--out", type=Path, default=None, help="default: $SEARCHGYM_HOME/wiki-18")
+    download.add_argument("--revision", default="main", help="branch, tag or commit of each repo (default: main)")
+    download.add_argument("--endpoint", default=None, help="a Hub mirror (default: $HF_ENDPOINT or huggingface.co)")
+    download.add_argument("--list", action="store_true", help="print the assets and their sizes, fetch nothing")
+    download.set_defaults(func=_download)
     return parser
 
 
@@ -41,6 +56,40 @@ def _world(args: argparse.Namespace) -> int:
     else:
         paths = ensure_world(args.preset, seed=args.seed)
     _print_world(paths)
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from search_env.hub_download import (
+        DownloadError,
+        default_out,
+        describe_assets,
+        disk_needed,
+        download_asset,
+        resolve_assets,
+    )
+
+    if args.list:
+        print(describe_assets())
+        return 0
+    out = args.out or default_out()
+    try:
+        assets = resolve_assets(args.assets)
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise DownloadError("HF_HUB_OFFLINE is set: downloads are off (run with HF_HUB_OFFLINE=0)")
+        print(f"into {out} ({disk_needed(out)} free): {', '.join(a.name for a in assets)}")
+        folders = [download_asset(a, out, endpoint=args.endpoint, revision=args.revision) for a in assets]
+    except DownloadError as err:
+        print(f"search-env download: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("search-env download: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    for folder in folders:
+        print(folder)
     return 0
 
 
