@@ -1,1 +1,1 @@
-"""FastAPI services of searchgym: the retrieval server and (later) the env server."""
+"""FastAPI services of searchgym: the retrieval server and the env server."""

@@ -1,25 +1,32 @@
-"""A cheap identity for a corpus file: size + sha256 of its first and last MiB (+ its file name).
-
-Reading 2 MiB costs milliseconds even for wiki-18's 13 GB, so caches can check it on every start.
-"""
+"""The corpus identity the retrieval server reports in /info (`served_corpora`); the fingerprint itself
+lives in search_env, so that clients compute the same one (search_env.world_pairing)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+from typing import Any
 
-_EDGE = 1 << 20
+from search_env.corpus_fingerprint import corpus_fingerprint
+
+__all__ = ["corpus_fingerprint", "served_corpora"]
 
 
-def corpus_fingerprint(path: str | Path, *, with_name: bool = True) -> str:
-    """Hex digest of (file name, size, first MiB, last MiB); `with_name=False` survives a rename or copy."""
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    digest.update(f"{path.name if with_name else ''}\0{size}\0".encode())
-    with path.open("rb") as handle:
-        digest.update(handle.read(_EDGE))
-        if size > _EDGE:
-            handle.seek(max(_EDGE, size - _EDGE))
-            digest.update(handle.read(_EDGE))
-    return digest.hexdigest()
+def served_corpora(description: dict[str, Any]) -> list[dict[str, Any]]:
+    """The corpus files named in a backend's `describe()` (a hybrid's two sides included), each with its
+    fingerprint (`with_name=False`: a copy or a rename is the same corpus); None where the file is gone."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "corpus" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+
+    walk(description)
+    out = []
+    for path in dict.fromkeys(found):
+        fingerprint = corpus_fingerprint(path, with_name=False) if Path(path).is_file() else None
+        out.append({"path": path, "fingerprint": fingerprint})
+    return out

@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     world = commands.add_parser("world", help="write the embedded world's corpus and train/dev/test QA files")
-    world.add_argument("--preset", default="default", choices=sorted(WORLD_PRESETS),
-                       help="world size (default: %(default)s)")
+    world.add_argument("--preset", default="default",
+                       help=f"world size: {', '.join(sorted(WORLD_PRESETS))} (default: %(default)s)")
     world.add_argument("--seed", type=int, default=None, help="generator seed (default: the preset's)")
     world.add_argument("--out", type=Path, default=None,
                        help="folder to write into (default: the cache under $SEARCHGYM_HOME/worlds, reused)")
@@ -46,11 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    from search_env.evaluation.datasets import EvalDataError
+    from search_env.world_pairing import WorldMismatch
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (EvalDataError, WorldMismatch, UnknownWorld) as err:  # a user's mistake: one line, no traceback
+        print(f"search-env {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+class UnknownWorld(ValueError):
+    """A world preset that does not exist."""
 
 
 def _world(args: argparse.Namespace) -> int:
+    if args.preset not in WORLD_PRESETS:
+        raise UnknownWorld(f"unknown world preset {args.preset!r}; known: {', '.join(sorted(WORLD_PRESETS))}")
     if args.out is not None:
         paths = write_world(args.preset, args.out, seed=args.seed)
     else:
