@@ -33,6 +33,12 @@ def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=port)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-file",
+        type=Path,
+        help="the full log, the libraries' start-up messages included "
+        "(default: $SEARCHGYM_HOME/logs/agent-server-<command>.log)",
+    )
     # Hostile requests (agent_server.serving: request_guard, connection_limits): the same on both servers.
     body, conn = BodyLimits(), ConnectionLimits()
     g = p.add_argument_group("request limits", "each refusal is a 4xx (or 408) with a message")
@@ -191,6 +197,13 @@ def _retriever_loader(args: argparse.Namespace):
 
 def run_retriever(args: argparse.Namespace) -> None:
     from agent_server.retrieval.app import create_retrieval_app
+    from agent_server.startup_checks import StartupError, check_retriever_args
+
+    try:
+        check_retriever_args(args.backend, args.world, args.bm25_index, args.dense_index, args.corpus)
+    except StartupError as err:
+        print(f"agent-server retriever: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     args.threads = apply_threads(args.threads, default=SERVER_THREADS).threads
     token = token_from_env()
@@ -268,7 +281,8 @@ def run_env(args: argparse.Namespace) -> None:
     for item in args.data:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"--data takes NAME=SOURCE, got {item!r}")
+            print(f"agent-server env: --data takes NAME=SOURCE, got {item!r}", file=sys.stderr)
+            raise SystemExit(2)
         datasets[name] = path
     tokens = tokens_from_env()
     if args.host not in LOOPBACK and not tokens:
@@ -289,8 +303,9 @@ def run_env(args: argparse.Namespace) -> None:
             token=tokens,
             body_limits=_body_limits(args, args.max_batch),
         )
-    except ValueError as err:
-        raise SystemExit(f"agent-server env: {err}") from None
+    except ValueError as err:  # a user's mistake (unknown world, bad --data): one line, exit code 2
+        print(f"agent-server env: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     _serve(app, args)
 
 
@@ -308,13 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from agent_server.console_logging import setup_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
+    setup_logging(args.command, getattr(args, "log_level", "info"), getattr(args, "log_file", None))
     if args.command == "index":
         from agent_server.index_cli import run_index
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 from agent_server.backends.base import Retriever
-from agent_server.corpus_fingerprint import corpus_fingerprint
 from agent_server.encoder import Encoder, canonical_encoder_name
 from search_env import __version__
+from search_env.corpus_fingerprint import corpus_fingerprint
 from search_env.home import searchgym_home
 
 logger = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from agent_server.corpus_fingerprint import corpus_fingerprint
 from search_env.corpus import Passage, format_contents
+from search_env.corpus_fingerprint import corpus_fingerprint
 from search_env.corpus_validation import clean_line
 
 META = "passages.json"

@@ -161,15 +161,44 @@ def test_dockerfile_matches_the_compose_file():
     assert os.access(ENTRYPOINT_SCRIPT, os.X_OK), "the entrypoint script must be executable (COPY keeps the mode)"
 
 
+def trainer_config_file(trainer: dict[str, Any]) -> Path:
+    """The host file the trainer's `--config` names: the /config mount's source + the file name."""
+    command = trainer["command"]
+    in_container = Path(command[command.index("--config") + 1])
+    mounts = {m["target"]: m for m in trainer["volumes"]}
+    assert str(in_container.parent) in mounts, f"{in_container} is not under a mounted folder"
+    return Path(mounts[str(in_container.parent)]["source"]) / in_container.name
+
+
 def test_trainer_profile(compose: ComposeRun):
     services = compose_config(compose, "--profile", "trainer")["services"]
     trainer = services["trainer"]
     assert trainer["profiles"] == ["trainer"]
-    assert trainer["command"] == ["search-trainer", "train", "--config", "/config/train.yaml"]
+    assert trainer["command"] == ["search-trainer", "train", "--config", "/config/compose.yaml"]
     assert trainer["environment"]["SEARCHGYM_ENV_URL"] == f"http://env:{ENV_PORT}"
+    assert trainer["environment"]["SEARCHGYM_RETRIEVER_URL"] == f"http://retriever:{RETRIEVER_PORT}"
     assert trainer["depends_on"]["env"]["condition"] == "service_healthy"
     assert trainer["image"] == services["retriever"]["image"]
-    assert {m["target"] for m in trainer["volumes"]} >= {"/config", "/data"}
+    assert {m["target"] for m in trainer["volumes"]} >= {"/config", "/data", "/runs"}
+
+    # The config the command names is shipped, loads, writes under the /runs mount, and trains on the
+    # world the retriever serves by default.
+    from trainer.config import ENV_VARIABLES, load_config
+
+    path = trainer_config_file(trainer)
+    assert path == REPO / "configs" / "compose.yaml" and path.is_file()
+    config = load_config(path, environ={})
+    assert config.run.out_dir.startswith("/runs/")
+    assert config.env.data == f"world:{services['retriever']['environment']['SEARCHGYM_WORLD']}"
+    # Every SEARCHGYM_* variable the file gives the trainer is one the code reads.
+    from search_env.http_client import TOKEN_ENV
+
+    given = {k for k in trainer["environment"] if k.startswith("SEARCHGYM_")}
+    assert given <= set(ENV_VARIABLES) | {TOKEN_ENV}
+    assert load_config(path, environ=trainer["environment"]).env.env_url == f"http://env:{ENV_PORT}"
+    # Another config file is chosen by a variable, as the comment in the file says.
+    other = compose_config(compose, "--profile", "trainer", env={"SEARCHGYM_TRAIN_CONFIG": "smollm2.yaml"})
+    assert other["services"]["trainer"]["command"][-1] == "/config/smollm2.yaml"
 
 
 def test_variables_reach_the_services(compose: ComposeRun, tmp_path: Path):
@@ -334,3 +363,54 @@ def test_entrypoint_refuses_unusable_settings(test_services, searchgym_home: Pat
     result = subprocess.run([*command, "--port", "0"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_trainer_command_trains_against_the_env_server(
+    compose: ComposeRun, compose_retriever: ServerProcess, searchgym_home: Path, tmp_path: Path
+):
+    """The trainer service's command line and environment as Compose gives them, run as a process: it
+    finds the env server through SEARCHGYM_ENV_URL alone (no URL flag, none in the config file) and
+    trains. Adjusted for a test: the `small` world the test retriever serves, a 20-step warm start, one
+    RL step and a 4-question evaluation, the run in tmp_path."""
+    services = compose_config(compose, "--profile", "trainer", env=TEST_VARS)["services"]
+    env_command = to_local(
+        services["env"]["command"], ENV_PORT, {f"http://retriever:{RETRIEVER_PORT}": compose_retriever.url}
+    )
+    env_server = ServerProcess(
+        [], tmp_path / "env.log", env=local_env(services["env"], searchgym_home), command=env_command
+    ).start()
+    try:
+        env_server.wait_ready(timeout=60)
+        trainer = services["trainer"]
+        command = list(trainer["command"])
+        command[0] = str(VENV_BIN / command[0])
+        command[command.index("--config") + 1] = str(trainer_config_file(trainer))
+        command += ["--data", "world:small", "--steps", "1", "--out-dir", str(tmp_path / "run")]
+        for item in (
+            "model.embedded_sft_examples=60",
+            "model.embedded_sft_steps=20",
+            "model.embedded_sft_first_action_steps=20",
+            "model.embedded_sft_copy_drill=0",
+            "rollout.group_size=2",
+            "rollout.questions_per_step=2",
+            "optim.ppo_mini_batch_size=1",
+            "run.eval_questions=4",
+        ):
+            command += ["--set", item]
+        env = local_env(trainer, searchgym_home)
+        env["SEARCHGYM_ENV_URL"] = env["SEARCHGYM_ENV_URL"].replace(f"http://env:{ENV_PORT}", env_server.url)
+        env["SEARCHGYM_RETRIEVER_URL"] = env["SEARCHGYM_RETRIEVER_URL"].replace(
+            f"http://retriever:{RETRIEVER_PORT}", compose_retriever.url
+        )
+        # PYTHONPATH: this checkout's code, also where the venv's editable install points elsewhere.
+        env |= {"OMP_NUM_THREADS": "1", "HOME": os.environ.get("HOME", str(tmp_path)), "PYTHONPATH": str(REPO)}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"env.env_url from $SEARCHGYM_ENV_URL: {env_server.url}" in result.stderr
+        metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in metrics] == [1]
+        # The episodes ran as sessions of this env server.
+        info = httpx.get(env_server.url + "/info", timeout=10).json()
+        assert info["sessions_created"] >= 2
+    finally:
+        env_server.stop()

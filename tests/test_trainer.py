@@ -284,12 +284,15 @@ def _fake_checkpoint(run: Path, config, tensors: object) -> Path:
 def test_a_checkpoint_that_would_run_code_is_refused_on_resume(bm25_server, tmp_path, capsys, no_model_load):
     marker = tmp_path / "code-ran"
     run = tmp_path / "run"
-    overrides = [f"env.retriever_url={bm25_server.url}", f"run.out_dir={run}", f"run.resume={run}"]
+    # world:small: the world bm25_server serves (another world is refused before the checkpoint is read)
+    overrides = [f"env.retriever_url={bm25_server.url}", "env.data=world:small", f"run.out_dir={run}"]
+    overrides.append(f"run.resume={run}")
     config = load_config(None, overrides)
     _fake_checkpoint(run, config, {"optimizer": _RunsCode(marker), "scheduler": _Prints(), "torch": torch.zeros(1)})
     with pytest.raises(CheckpointUnreadable, match=r"objects beyond tensors and plain data \(.*mkdir\).*nothing"):
         load_trainer_state(find_checkpoint(run))
-    code = trainer_main(["train", "--retriever-url", bm25_server.url, "--out-dir", str(run), "--resume", str(run)])
+    args = ["train", "--retriever-url", bm25_server.url, "--data", "world:small", "--out-dir", str(run)]
+    code = trainer_main([*args, "--resume", str(run)])
     assert code == 2
     refusal = _refusal(capsys)
     assert "refused, nothing in it was run" in refusal

@@ -264,6 +264,6 @@ def test_cli_world_defaults_to_the_cache(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_cli_rejects_unknown_preset(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["world", "--preset", "huge"])
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["world", "--preset", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "search-env world: unknown world preset 'huge'; known: default, large, small, tiny"

@@ -113,6 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
+    from search_env.world_pairing import WorldMismatch
     from trainer.checkpoint import CheckpointMismatch, CheckpointUnreadable
     from trainer.grpo_trainer import GRPOTrainer
     from trainer.policy_loading import PolicyError
@@ -120,7 +121,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         result = GRPOTrainer(config).train()
-    except (EnvUnreachable, PolicyError, CheckpointMismatch, CheckpointUnreadable, FileNotFoundError) as err:
+    except (
+        EnvUnreachable,
+        WorldMismatch,
+        PolicyError,
+        CheckpointMismatch,
+        CheckpointUnreadable,
+        FileNotFoundError,
+    ) as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
     from search_env.evaluation.table import render_table

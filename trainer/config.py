@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search_env.world.config import WORLD_PRESETS
 from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
+
+log = logging.getLogger("trainer")
+
+#: Environment variables read by `load_config`, and the key each sets. Precedence, lowest first:
+#: the field's default < the config file < these variables < `--set` and the shorthand flags. The compose
+#: file's trainer service reaches the other services by name through them (docker-compose.yml).
+ENV_VARIABLES = {
+    "SEARCHGYM_ENV_URL": "env.env_url",
+    "SEARCHGYM_RETRIEVER_URL": "env.retriever_url",
+}
 
 # Sources named in the field descriptions below:
 # - "paper": arXiv 2512.04220 v2, App. B.2.1 (experimental setup).
@@ -420,17 +433,38 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like section.key=value")
+    item = f"override {item!r}"
+    _set_key(data, key, yaml.safe_load(raw) if raw else None, item)  # "3" -> 3, "true" -> True, "x" -> "x"
+
+
+def _set_key(data: dict[str, Any], key: str, value: Any, source: str) -> None:
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw else None  # "3" -> 3, "true" -> True, "x" -> "x"
+            raise ConfigError(f"{source}: {part!r} is not a section")
+    node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TrainConfig:
+    """The config file at `path` (YAML or TOML; None: the defaults), then the `ENV_VARIABLES` set in
+    `environ` (default `os.environ`; an empty value counts as unset), then `overrides`
+    (``section.key=value``, what `--set` and the flags give), each over the one before.
+
+    Raises `ConfigError` naming the file, the key or the variable.
+    """
     data = _read(Path(path)) if path else {}
+    environ = os.environ if environ is None else environ
+    for variable, key in ENV_VARIABLES.items():
+        value = environ.get(variable, "").strip()
+        if value:
+            log.info("%s from $%s: %s", key, variable, value)
+            _set_key(data, key, value, f"${variable}")  # a URL as given, never parsed as YAML
     for item in overrides or []:
         _apply_override(data, item)
     try:

@@ -12,8 +12,7 @@ import argparse
 from pathlib import Path
 
 from agent_server.server_process import ServerProcess
-
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "embedded.yaml"
+from trainer.shipped_configs import shipped_config
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -31,7 +30,7 @@ def run_demo(args: argparse.Namespace) -> int:
         env_server = ServerProcess(["env", "--retriever-url", retriever.url], log_dir / "env-server.log").start()
         env_server.wait_ready(timeout=120)
         print(f"retriever {retriever.url}, env server {env_server.url}")
-        args.config = args.config or CONFIG
+        args.config = args.config or shipped_config("embedded.yaml")
         # The live servers first: the config file and the caller's flags set everything else.
         args.overrides = [
             f"env.retriever_url={retriever.url}",

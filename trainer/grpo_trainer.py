@@ -75,6 +75,11 @@ def prompt_template(name: str) -> str:
 
 @dataclass
 class TrainResult:
+    """What `GRPOTrainer.train` returns: the run folder (metrics.jsonl, checkpoints/, eval/, summary.json),
+    the RL steps run, the greedy held-out metrics before and after training (one `SetMetrics` per data
+    set: the whole split, its single-hop and its multi-hop questions for a world; empty when
+    run.eval_before_after is off), and the diagnostics plot."""
+
     run_dir: Path
     steps: int
     before: list[SetMetrics]
@@ -83,6 +88,12 @@ class TrainResult:
 
 
 class GRPOTrainer:
+    """GRPO(+LLDS) on `config` (a `TrainConfig`): `train()` runs the whole loop and returns a `TrainResult`,
+    `evaluate(tag)` a greedy held-out evaluation. Construction only sets up accelerate; the checks that
+    can fail fast (policy source, env reachable, checkpoint), the world, the policy and the optimizer come
+    with `setup()`, which `train()` and `evaluate()` call when needed. Raises `EnvUnreachable`,
+    `PolicyError`, `CheckpointMismatch` or `CheckpointUnreadable` (one-line messages) from `setup()`."""
+
     def __init__(self, config: TrainConfig):
         self.config = config
         self.run_dir = Path(config.run.out_dir)
@@ -100,7 +111,7 @@ class GRPOTrainer:
         """Everything that can fail fast is checked here, before any model is loaded or trained."""
         cfg = self.config
         check_policy_source(cfg.model, cfg.rollout.max_total_tokens)  # local and instant: first
-        check_env_reachable(cfg.env)
+        check_env_reachable(cfg.env, retriever_too=cfg.model.name_or_path == "embedded")
         self.resume_from = None
         resume_state = None
         if cfg.run.resume:
@@ -389,10 +400,14 @@ class GRPOTrainer:
             return parse_data_specs([cfg.data, f"{cfg.data}:single", f"{cfg.data}:multi"], cfg.eval_split)
         return [EvalSet(name=f"{cfg.data}", data=cfg.data, split=cfg.eval_split, config=cfg.data_config)]
 
-    def evaluate(self, tag: str) -> list[SetMetrics]:
-        """Greedy evaluation on the held-out split through the benchmark harness, played by the rollout
-        engine's generator with its budgets: the token stream training sees, at temperature 0."""
+    def evaluate(self, tag: str = "eval") -> list[SetMetrics]:
+        """Greedy evaluation on the held-out split (env.eval_split, run.eval_questions questions) through the
+        benchmark harness, played by the rollout engine's generator with its budgets: the token stream
+        training sees, at temperature 0. One `SetMetrics` per data set; the episodes are written to
+        `<run_dir>/eval/<tag>.jsonl`."""
         cfg = self.config
+        if not self.ready:
+            self.setup()
         result = asyncio.run(
             run_benchmark(
                 EnginePlayer.like(self.engine, name=tag),

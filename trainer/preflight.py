@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 
-from trainer.config import EnvSection
+from search_env.http_client import TOKEN_ENV
+from search_env.world_pairing import check_world_pairing, world_preset
+from trainer.config import ENV_VARIABLES, EnvSection
+
+ENV_VARIABLE_OF = {key: variable for variable, key in ENV_VARIABLES.items()}
 
 
 class EnvUnreachable(RuntimeError):
     """The retrieval server (or env server) of the run does not answer its /health."""
 
 
-def check_env_reachable(env: EnvSection, timeout: float = 10.0) -> None:
+def check_env_reachable(env: EnvSection, timeout: float = 10.0, *, retriever_too: bool = False) -> None:
+    """The run's env server (env.env_url) or, without one, its retrieval server answers /health with 200;
+    `retriever_too`: the retrieval server as well, even with an env server (the embedded policy's warm
+    start plays scripted episodes against it). A retrieval server checked must also serve the corpus of
+    env.data when that is an embedded world. Raises `EnvUnreachable` naming the URL and the key, or
+    `WorldMismatch` naming the world and what the retriever serves."""
+    targets = []
     if env.env_url:
-        url, what, command, key = env.env_url, "env server", "agent-server env", "env.env_url"
-    else:
-        url, what, command, key = env.retriever_url, "retrieval server", "agent-server retriever", "env.retriever_url"
+        targets.append((env.env_url, "env server", "agent-server env", "env.env_url"))
+    if not env.env_url or retriever_too:
+        targets.append((env.retriever_url, "retrieval server", "agent-server retriever", "env.retriever_url"))
+    for url, what, command, key in targets:
+        _check(url, what, command, key, timeout)
+        if key == "env.retriever_url" and world_preset(env.data) is not None:
+            base = url.rstrip("/").removesuffix("/retrieve")
+            token = os.environ.get(TOKEN_ENV)
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            info = httpx.get(base + "/info", timeout=timeout, headers=headers)
+            if info.status_code == 200:  # an /info behind a token, or none (Search-R1's server): unchecked
+                check_world_pairing(env.data, info.json(), base)
+
+
+def _check(url: str, what: str, command: str, key: str, timeout: float) -> None:
     base = url.rstrip("/").removesuffix("/retrieve")
     try:
         response = httpx.get(base + "/health", timeout=timeout)
     except httpx.TransportError as err:
         raise EnvUnreachable(
             f"the {what} at {base} is unreachable ({type(err).__name__}): start it (`{command} ...`) or fix {key}"
+            f" (or ${ENV_VARIABLE_OF[key]})"
         ) from err
     if response.status_code != 200:
         raise EnvUnreachable(f"the {what} at {base} is not ready: /health answered {response.status_code}")

@@ -18,11 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from agent_server.backends.base import Hit
-from agent_server.corpus_fingerprint import corpus_fingerprint
 from agent_server.encoder import Encoder, canonical_encoder_name, load_encoder
 from agent_server.index_builds import current_scope
 from agent_server.passage_store import PassageStore
 from search_env import __version__
+from search_env.corpus_fingerprint import corpus_fingerprint
 from search_env.corpus_validation import validate_corpus
 
 logger = logging.getLogger(__name__)

@@ -16,6 +16,13 @@ class HybridRetriever:
     name = "hybrid"
 
     def __init__(self, bm25: Retriever, dense: Retriever, depth: int = 50, rrf_k: int = 60) -> None:
+        """Raises ValueError when the two sides hold different numbers of passages: RRF fuses by passage id,
+        so both must index one corpus (agent_server.startup_checks compares the corpora before loading)."""
+        if len(bm25) != len(dense):
+            raise ValueError(
+                f"hybrid over two corpora: the BM25 index holds {len(bm25):,} passages and the dense index "
+                f"{len(dense):,}; build both from the same corpus"
+            )
         self.bm25, self.dense = bm25, dense
         self.depth, self.rrf_k = depth, rrf_k
 

@@ -18,6 +18,7 @@ from agent_server.index_builds import BuildScope, build_scope
 from agent_server.retrieval.query_coalescer import QueryCoalescer
 from agent_server.retrieval.query_isolation import QueryFailure, Row, search_isolated
 from agent_server.retrieval.result_cache import ResultCache
+from agent_server.retrieval.served_corpora import served_corpora
 from search_env.query_sanitizer import CHANGES, QueryRefused, sanitize_queries
 from search_env.retrieval_schema import RetrievalLimits
 
@@ -68,6 +69,7 @@ class RetrievalService:
         )
         self.started = time.time()
         self.load_seconds: float | None = None
+        self.corpora: list[dict[str, Any]] = []
         # Every searching request, cached or not (the coalescer counts only what reaches the backend).
         self.requests_served = 0
         self.queries_served = 0
@@ -95,6 +97,8 @@ class RetrievalService:
             log.error("retriever failed to load: %s", self.error)
             return
         self.load_seconds = time.perf_counter() - began
+        # What clients compare their data with (search_env.world_pairing): computed once, 2 MiB per corpus.
+        self.corpora = served_corpora(self.retriever.describe())
         self.state = "ready"
         log.info(
             "retriever ready: %s, %d passages, loaded in %.1fs",
@@ -179,6 +183,7 @@ class RetrievalService:
             "error": self.error,
             "backend": None if self.retriever is None else self.retriever.describe(),
             "passages": None if self.retriever is None else len(self.retriever),
+            "corpora": self.corpora,
             "load_seconds": self.load_seconds,
             "uptime_seconds": round(time.time() - self.started, 1),
             "traffic": {"requests": self.requests_served, "queries": self.queries_served},

@@ -35,6 +35,7 @@ from search_env.evaluation.scripted import ScriptedPolicy
 from search_env.evaluation.table import render_table
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
 from search_env.threads import SERVER_DEFAULT, apply_threads
+from search_env.world_pairing import check_world_sets
 
 POLICIES = ("scripted", "scripted-entity", "openai")
 DEFAULT_DATA = "world:default"
@@ -198,6 +199,8 @@ def run_benchmark_command(
         sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
     except EvalDataError as err:
         raise SystemExit(f"search-env eval: {err}") from None
+    if not args.env_url:  # in-process envs: their retriever must serve the worlds asked for
+        check_world_sets(sets, args.retriever_url)
     reference = _scripted(args.with_reference) if args.with_reference and args.with_reference != label else None
     out = args.out or Path("runs/eval") / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
 

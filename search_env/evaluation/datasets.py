@@ -18,6 +18,7 @@ from pathlib import Path
 
 from search_env.env_data import WORLD_PREFIX, load_env_records
 from search_env.qa_data import QARecord
+from search_env.world.config import WORLD_PRESETS
 
 FLASHRAG = "RUC-NLPIR/FlashRAG_datasets"
 WORLD_SPLIT = "test"
@@ -106,6 +107,9 @@ def _world_set(text: str) -> EvalSet:
     if len(parts) > 3:
         raise EvalDataError(f"bad world spec {text!r}: use world:<preset>[:single|:multi]")
     subset = parts[2] if len(parts) == 3 else None
+    if preset not in WORLD_PRESETS:
+        known = ", ".join(sorted(WORLD_PRESETS))
+        raise EvalDataError(f"unknown world preset {preset!r} in {text!r}: use one of {known}")
     if subset is not None and subset not in WORLD_SUBSETS:
         raise EvalDataError(f"bad world subset {subset!r} in {text!r}: use one of {sorted(WORLD_SUBSETS)}")
     name = f"world:{preset}" + (f":{subset}" if subset else "")

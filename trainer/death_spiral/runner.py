@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trainer.death_spiral.criterion import CollapseCriterion
 
-CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "death-spiral.yaml"
+CONFIG = "death-spiral.yaml"  # a shipped config (trainer.shipped_configs): configs/ in a checkout
 ARMS = {"grpo": "llds.enabled=false", "llds": "llds.enabled=true"}
 # --quick: one seed of each arm, a few steps with a small warm start: the whole machinery in minutes.
 QUICK = [
@@ -152,8 +152,10 @@ def execute(
 def run_death_spiral(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, load_config
     from trainer.death_spiral.report import write_report
+    from trainer.shipped_configs import shipped_config
 
     out: Path = args.out
+    args.config = args.config or shipped_config(CONFIG)
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
@@ -240,7 +242,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # One thread: the embedded policy is all per-op overhead; two runs with two threads each on the 2-core
     # machine took 35-50 s per step of configs/death-spiral.yaml, against 5-10 s with one thread each.
     p.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per run")
-    p.add_argument("--config", type=Path, default=CONFIG, help="the experiment's training config")
+    p.add_argument(
+        "--config", type=Path, default=None, help=f"the experiment's training config (default: the shipped {CONFIG})"
+    )
     p.add_argument("--steps", type=int, help="RL steps per run (overrides the config's run.steps)")
     p.add_argument(
         "--set",
