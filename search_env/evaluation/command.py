@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from search_env.evaluation.benchmark import BenchmarkInterrupted, BenchmarkStopped, run_benchmark
-from search_env.evaluation.datasets import EvalDataError, parse_data_specs
+from search_env.evaluation.datasets import parse_data_specs
 from search_env.evaluation.openai_policy import DEFAULT_BASE_URL
 from search_env.evaluation.policy import EpisodePlayer, Policy, close_policy
 from search_env.evaluation.scripted import ScriptedPolicy
@@ -195,10 +195,8 @@ def run_benchmark_command(
     is given), print the table, and close the policy. Returns 0 when every episode was played (failed
     ones included), 1 when the run stopped early, 130 on Ctrl-C: the table and summary of what was
     played are printed and written in every case."""
-    try:
-        sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
-    except EvalDataError as err:
-        raise SystemExit(f"search-env eval: {err}") from None
+    # A bad spec raises EvalDataError: the command's main prints it as one line (exit 2).
+    sets = parse_data_specs(args.data or [DEFAULT_DATA], args.split)
     if not args.env_url:  # in-process envs: their retriever must serve the worlds asked for
         check_world_sets(sets, args.retriever_url)
     reference = _scripted(args.with_reference) if args.with_reference and args.with_reference != label else None
