@@ -7,6 +7,7 @@
 #   KEEP=1 bash docker/smoke.sh           # leave the stack and its volume up afterwards
 #   STEPS=5 FULL_WARM_START=1 bash docker/smoke.sh   # more steps, the config's own warm start
 #   PYTHON_IMAGE=my-registry/python:3.11-slim bash docker/smoke.sh   # another base image
+#   TORCH_INDEX=https://my-mirror/simple bash docker/smoke.sh         # torch from another index
 #
 # It uses a project name of its own (searchgym-smoke) and its own ports, so it neither reuses nor
 # removes a running searchgym stack's containers or volume. Needs docker with Compose v2 and curl.
@@ -23,6 +24,9 @@ ENV_SERVER="http://127.0.0.1:${SEARCHGYM_ENV_PORT}"
 BUILD_ARGS=()
 if [[ -n "${PYTHON_IMAGE:-}" ]]; then
     BUILD_ARGS+=(--build-arg "PYTHON_IMAGE=${PYTHON_IMAGE}")
+fi
+if [[ -n "${TORCH_INDEX:-}" ]]; then
+    BUILD_ARGS+=(--build-arg "TORCH_INDEX=${TORCH_INDEX}")
 fi
 AUTH=()
 if [[ -n "${SEARCHGYM_API_TOKEN:-}" ]]; then
