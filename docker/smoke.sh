@@ -44,11 +44,18 @@ teardown() {
     if [[ "${KEEP:-0}" == 1 ]]; then
         echo "KEEP=1: the stack is still up (docker compose -p ${COMPOSE_PROJECT_NAME} down -v)"
     else
+        if [[ $status != 0 ]]; then
+            mark "(the stage that failed)"
+        fi
+        echo "== tear down"
         docker compose --profile trainer down -v --remove-orphans >/dev/null 2>&1 || true
+        mark "docker compose down -v"
     fi
     echo
     echo "smoke: $([[ $status == 0 ]] && echo passed || echo "FAILED (exit $status)")"
-    printf '  %s\n' "${TIMINGS[@]}"
+    if ((${#TIMINGS[@]})); then
+        printf '  %s\n' "${TIMINGS[@]}"
+    fi
     exit "$status"
 }
 trap teardown EXIT
@@ -65,7 +72,8 @@ mark "build the image"
 
 echo "== start the retriever and the env server"
 docker compose up -d
-mark "docker compose up -d (returns)"
+# `up -d` returns once the env server has started, i.e. after the retriever is healthy (depends_on).
+mark "docker compose up -d (retriever healthy)"
 
 echo "== wait until both are healthy"
 deadline=$((SECONDS + 900))
