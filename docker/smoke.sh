@@ -7,6 +7,7 @@
 #   KEEP=1 bash docker/smoke.sh           # leave the stack and its volume up afterwards
 #   STEPS=5 FULL_WARM_START=1 bash docker/smoke.sh   # more steps, the config's own warm start
 #   PYTHON_IMAGE=my-registry/python:3.11-slim bash docker/smoke.sh   # another base image
+#   TORCH_INDEX=https://my-mirror/simple bash docker/smoke.sh         # torch from another index
 #
 # It uses a project name of its own (searchgym-smoke) and its own ports, so it neither reuses nor
 # removes a running searchgym stack's containers or volume. Needs docker with Compose v2 and curl.
@@ -24,6 +25,9 @@ BUILD_ARGS=()
 if [[ -n "${PYTHON_IMAGE:-}" ]]; then
     BUILD_ARGS+=(--build-arg "PYTHON_IMAGE=${PYTHON_IMAGE}")
 fi
+if [[ -n "${TORCH_INDEX:-}" ]]; then
+    BUILD_ARGS+=(--build-arg "TORCH_INDEX=${TORCH_INDEX}")
+fi
 AUTH=()
 if [[ -n "${SEARCHGYM_API_TOKEN:-}" ]]; then
     AUTH+=(-H "Authorization: Bearer ${SEARCHGYM_API_TOKEN}")
@@ -40,11 +44,18 @@ teardown() {
     if [[ "${KEEP:-0}" == 1 ]]; then
         echo "KEEP=1: the stack is still up (docker compose -p ${COMPOSE_PROJECT_NAME} down -v)"
     else
+        if [[ $status != 0 ]]; then
+            mark "(the stage that failed)"
+        fi
+        echo "== tear down"
         docker compose --profile trainer down -v --remove-orphans >/dev/null 2>&1 || true
+        mark "docker compose down -v"
     fi
     echo
     echo "smoke: $([[ $status == 0 ]] && echo passed || echo "FAILED (exit $status)")"
-    printf '  %s\n' "${TIMINGS[@]}"
+    if ((${#TIMINGS[@]})); then
+        printf '  %s\n' "${TIMINGS[@]}"
+    fi
     exit "$status"
 }
 trap teardown EXIT
@@ -61,7 +72,8 @@ mark "build the image"
 
 echo "== start the retriever and the env server"
 docker compose up -d
-mark "docker compose up -d (returns)"
+# `up -d` returns once the env server has started, i.e. after the retriever is healthy (depends_on).
+mark "docker compose up -d (retriever healthy)"
 
 echo "== wait until both are healthy"
 deadline=$((SECONDS + 900))
