@@ -266,7 +266,7 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--retriever-info-ttl",
-        type=float,
+        type=_positive(float),
         default=DEFAULT_INFO_TTL_S,
         help="seconds the retriever's /info (the corpora it serves) is kept for the world pairing check: a "
         "session on world:<preset> data the retriever cannot answer is refused (409)",
