@@ -234,6 +234,7 @@ def run_retriever(args: argparse.Namespace) -> None:
 
 def _add_env_parser(sub: argparse._SubParsersAction) -> None:
     from agent_server.env.datasets import DEFAULT_WORLDS
+    from agent_server.env.world_check import DEFAULT_INFO_TTL_S
 
     p = sub.add_parser(
         "env",
@@ -259,9 +260,16 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--worlds",
-        default=",".join(DEFAULT_WORLDS),
-        help="embedded world presets clients may name as world:<preset>, comma-separated ('' for none; "
-        "'large' takes minutes and GBs to generate on first use)",
+        help=f"embedded world presets clients may name as world:<preset>, comma-separated (default "
+        f"{','.join(DEFAULT_WORLDS)}; '' for none; 'large' takes minutes and GBs to generate on first use). "
+        "Given, each one the retriever cannot answer is named in a warning at start-up",
+    )
+    p.add_argument(
+        "--retriever-info-ttl",
+        type=_positive(float),
+        default=DEFAULT_INFO_TTL_S,
+        help="seconds the retriever's /info (the corpora it serves) is kept for the world pairing check: a "
+        "session on world:<preset> data the retriever cannot answer is refused (409)",
     )
     p.add_argument("--data-cache", type=int, default=8, help="loaded (data set, split) kept in memory")
     p.add_argument(
@@ -275,6 +283,7 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_env(args: argparse.Namespace) -> None:
     from agent_server.env.app import create_env_app
+    from agent_server.env.datasets import DEFAULT_WORLDS
 
     args.threads = apply_threads(args.threads, default=SERVER_THREADS).threads
     datasets: dict[str, str] = {}
@@ -296,12 +305,14 @@ def run_env(args: argparse.Namespace) -> None:
             max_obs_chars=args.max_obs_chars,
             max_batch=args.max_batch,
             datasets=datasets,
-            worlds=[w.strip() for w in args.worlds.split(",") if w.strip()],
+            worlds=DEFAULT_WORLDS if args.worlds is None else [w.strip() for w in args.worlds.split(",") if w.strip()],
             data_cache=args.data_cache,
             retriever_timeout=args.retriever_timeout,
             retriever_retries=args.retriever_retries,
             token=tokens,
             body_limits=_body_limits(args, args.max_batch),
+            retriever_info_ttl_s=args.retriever_info_ttl,
+            warn_unserved_worlds=args.worlds is not None,
         )
     except ValueError as err:  # a user's mistake (unknown world, bad --data): one line, exit code 2
         print(f"agent-server env: {err}", file=sys.stderr)

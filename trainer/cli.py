@@ -113,6 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
+    from search_env.remote_env import EnvServerRefused
     from search_env.world_pairing import WorldMismatch
     from trainer.checkpoint import CheckpointMismatch, CheckpointUnreadable
     from trainer.grpo_trainer import GRPOTrainer
@@ -130,6 +131,13 @@ def run_train(args: argparse.Namespace) -> int:
         FileNotFoundError,
     ) as err:
         print(f"search-trainer: {err}", file=sys.stderr)
+        return 2
+    except EnvServerRefused as err:
+        # The env server refusing the run's sessions (data, options, or a retriever of another world: 409)
+        # is the run's configuration, not a bug: its message says it all. (A refused step ends its episode instead.)
+        print(
+            f"search-trainer: the env server refused the run's sessions ({err.status}): {err.message}", file=sys.stderr
+        )
         return 2
     from search_env.evaluation.table import render_table
 

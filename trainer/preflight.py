@@ -6,8 +6,9 @@ import os
 
 import httpx
 
-from search_env.http_client import TOKEN_ENV
-from search_env.world_pairing import check_world_pairing, world_preset
+from search_env.http_client import TOKEN_ENV, ServiceUnavailable
+from search_env.remote_env import EnvServerRefused, RemoteSearchEnv
+from search_env.world_pairing import WorldMismatch, check_world_pairing, world_preset
 from trainer.config import ENV_VARIABLES, EnvSection
 
 ENV_VARIABLE_OF = {key: variable for variable, key in ENV_VARIABLES.items()}
@@ -21,8 +22,9 @@ def check_env_reachable(env: EnvSection, timeout: float = 10.0, *, retriever_too
     """The run's env server (env.env_url) or, without one, its retrieval server answers /health with 200;
     `retriever_too`: the retrieval server as well, even with an env server (the embedded policy's warm
     start plays scripted episodes against it). A retrieval server checked must also serve the corpus of
-    env.data when that is an embedded world. Raises `EnvUnreachable` naming the URL and the key, or
-    `WorldMismatch` naming the world and what the retriever serves."""
+    env.data when that is an embedded world, and an env server must accept a session on it (its retriever
+    serves that world). Raises `EnvUnreachable` naming the URL and the key, or `WorldMismatch` naming the
+    world and what the retriever serves."""
     targets = []
     if env.env_url:
         targets.append((env.env_url, "env server", "agent-server env", "env.env_url"))
@@ -30,6 +32,8 @@ def check_env_reachable(env: EnvSection, timeout: float = 10.0, *, retriever_too
         targets.append((env.retriever_url, "retrieval server", "agent-server retriever", "env.retriever_url"))
     for url, what, command, key in targets:
         _check(url, what, command, key, timeout)
+        if key == "env.env_url" and world_preset(env.data) is not None:
+            _check_env_session(env, url, timeout)
         if key == "env.retriever_url" and world_preset(env.data) is not None:
             base = url.rstrip("/").removesuffix("/retrieve")
             token = os.environ.get(TOKEN_ENV)
@@ -50,3 +54,19 @@ def _check(url: str, what: str, command: str, key: str, timeout: float) -> None:
         ) from err
     if response.status_code != 200:
         raise EnvUnreachable(f"the {what} at {base} is not ready: /health answered {response.status_code}")
+
+
+def _check_env_session(env: EnvSection, url: str, timeout: float) -> None:
+    """Create (and close) one session on env.data: an env server whose retriever serves another world
+    refuses it with 409 and WorldMismatch's message (agent_server.env.world_check), raised here as
+    `WorldMismatch` before any model is loaded. Other refusals (an unknown data set: 422) raise
+    `EnvServerRefused`; a slow answer (the server generating the world) is left to the run."""
+    options = {"data": env.data, "split": env.split, "data_config": env.data_config}
+    try:
+        RemoteSearchEnv(url, timeout=timeout, retries=0, **{k: v for k, v in options.items() if v is not None}).close()
+    except EnvServerRefused as err:
+        if err.status == 409:
+            raise WorldMismatch(err.message) from None
+        raise
+    except ServiceUnavailable:
+        return

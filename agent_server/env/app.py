@@ -14,6 +14,7 @@ from agent_server.env.datasets import DEFAULT_WORLDS, DataRegistry
 from agent_server.env.routes import router
 from agent_server.env.sessions import SessionManager
 from agent_server.env.state import EnvServer
+from agent_server.env.world_check import DEFAULT_INFO_TTL_S, RetrieverWorlds
 from agent_server.serving.app_builder import build_app
 from agent_server.serving.request_body import BodyLimits, items_for
 from search_env.retriever_client import RetrieverClient
@@ -35,10 +36,15 @@ def create_env_app(
     health_timeout_s: float = 2.0,
     token: str | Sequence[str] | None = None,
     body_limits: BodyLimits | None = None,
+    retriever_info_ttl_s: float = DEFAULT_INFO_TTL_S,
+    warn_unserved_worlds: bool = False,
 ) -> FastAPI:
     """The env server's app. `datasets` maps names clients may give to files, folders or Hugging Face
     names; `worlds` are the embedded presets served; `token` one or more accepted bearer tokens;
-    request bodies are held to `body_limits` (agent_server.serving.request_guard).
+    request bodies are held to `body_limits` (agent_server.serving.request_guard). A session on an
+    embedded world the retriever does not serve is refused with 409 (agent_server.env.world_check; its
+    `/info` kept `retriever_info_ttl_s` seconds); `warn_unserved_worlds` logs a warning at start-up for
+    each of `worlds` the retriever cannot answer.
 
     Raises ValueError for a data set or world that cannot be offered.
     """
@@ -52,16 +58,22 @@ def create_env_app(
         idle_timeout_s=idle_timeout_s,
         max_action_chars=max_action_chars,
         max_obs_chars=max_obs_chars,
+        worlds=RetrieverWorlds(retriever.base_url, info_ttl_s=retriever_info_ttl_s),
     )
     server = EnvServer(retriever, manager, registry, max_batch=max_batch, health_timeout_s=health_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reaper = asyncio.get_running_loop().create_task(manager.reap_forever())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(manager.reap_forever())]
+        if warn_unserved_worlds and manager.worlds is not None and registry.worlds:
+            # In the background: the server answers at once, the warnings follow when the worlds are checked.
+            tasks.append(loop.create_task(manager.worlds.warn_unserved(registry.worlds)))
         yield
-        reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await retriever.aclose()
 
     return build_app(

@@ -31,7 +31,10 @@ from search_env.registration import ENV_IDS
 
 _ERRORS = {
     404: {"description": "unknown session (or another client's) or env id"},
-    409: {"description": "step before reset, or after the episode ended; a request_id reused for another request"},
+    409: {
+        "description": "step before reset, or after the episode ended; a request_id reused for another request; "
+        "data of an embedded world the server's retriever does not serve"
+    },
     422: {"description": "invalid request or option"},
     429: {"description": "too many live sessions"},
     503: {"description": "the retrieval server is unavailable; the session is unchanged"},

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from agent_server.env.datasets import DataRefused, DataRegistry
 from agent_server.env.replay_log import ReplayLog, ReplayMismatch, fingerprint
+from agent_server.env.world_check import RetrieverWorlds
 from agent_server.serving.errors import ClientError, validation_message
 from search_env.env_schema import SESSION_OPTIONS, SessionInfo, SessionOptions, StepResponse
 from search_env.registration import ENV_IDS
@@ -51,6 +52,12 @@ class ReusedRequestId(SessionError):
 
 class BadSessionRequest(SessionError):
     status = 422
+
+
+class WorldNotServed(SessionError):
+    """Data of an embedded world the server's retriever does not serve: valid, but not with this retriever."""
+
+    status = 409
 
 
 class TooManySessions(SessionError):
@@ -109,9 +116,11 @@ class SessionManager:
         idle_timeout_s: float = 900.0,
         max_action_chars: int = 8192,
         max_obs_chars: int = 32768,
+        worlds: RetrieverWorlds | None = None,
     ):
         self.retriever = retriever
         self.registry = registry
+        self.worlds = worlds  # None: no world pairing check
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self.max_action_chars = max_action_chars
@@ -130,7 +139,8 @@ class SessionManager:
     ) -> SessionInfo:
         """A new session's description; with `request_id`, a repeat gets the first one's answer.
 
-        Raises UnknownEnvId, BadSessionRequest (options, data), TooManySessions, ReusedRequestId.
+        Raises UnknownEnvId, BadSessionRequest (options, data), WorldNotServed, TooManySessions,
+        ReusedRequestId.
         """
         if request_id is None:
             return await self._create(env_id, options, owner)
@@ -166,6 +176,10 @@ class SessionManager:
             records = await self.registry.records(key, opts.hops)
         except DataRefused as err:
             raise BadSessionRequest(err.message) from None
+        # At create only: a session's data are fixed then (a reset only picks among its questions).
+        mismatch = await self.worlds.mismatch(key.name) if self.worlds is not None else None
+        if mismatch is not None:
+            raise WorldNotServed(mismatch)
         self._check_room()  # again: others may have filled it while the data loaded
         try:
             env = SearchQAEnv(
