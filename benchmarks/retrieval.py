@@ -44,7 +44,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_server.server_process import ServerProcess  # noqa: E402
+from agent_server.server_process import ServerProcess, free_port  # noqa: E402
 from search_env.qa_data import load_qa  # noqa: E402
 from search_env.world.store import ensure_world  # noqa: E402
 
@@ -264,9 +264,12 @@ def start_servers(backend: str, args: argparse.Namespace, log_dir: Path) -> list
     if args.naive:
         specs.append(("naive", ["--backend", backend, "--world", args.world], NAIVE, False))
     servers = []
-    for name, server_args, command, has_info in specs:
+    ports: set[int] = set()  # a port freed by free_port() may be handed out again before its server binds it
+    while len(ports) < len(specs):
+        ports.add(free_port())
+    for (name, server_args, command, has_info), port in zip(specs, sorted(ports), strict=True):
         if name == "search-r1":
-            proc = ServerProcess([], log_dir / f"{backend}-{name}.log", env=env, command=[])
+            proc = ServerProcess([], log_dir / f"{backend}-{name}.log", env=env, port=port)
             proc.cmd = [
                 *LAUNCHER,
                 str(args.search_r1 / SEARCH_R1_SERVER),
@@ -278,7 +281,7 @@ def start_servers(backend: str, args: argparse.Namespace, log_dir: Path) -> list
                 *_search_r1_args(backend, world),
             ]
         else:
-            proc = ServerProcess(server_args, log_dir / f"{backend}-{name}.log", env=env, command=command)
+            proc = ServerProcess(server_args, log_dir / f"{backend}-{name}.log", env=env, port=port, command=command)
         console.print(f"[bold]{backend}[/]: starting {name}: {' '.join(proc.cmd[1:])}")
         servers.append(Server(name, proc.start(), has_info))
     for s in servers:
