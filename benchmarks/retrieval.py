@@ -240,6 +240,17 @@ def _rows(body: bytes) -> list[list[str]]:
     return [[hit["document"]["contents"] for hit in row] for row in json.loads(body)["result"]]
 
 
+def warm_up(servers: list[Server], questions: list[str], n: int = 2048) -> None:
+    """Search `n` queries on each server first (JVM JIT, allocator, model), so no server's first round runs
+    cold; the queries are tagged so a result cache holds none of the measured ones."""
+    tagged = [f"{q} warm-up" for q in questions[:n]]
+    for s in servers:
+        conn = http.client.HTTPConnection("127.0.0.1", s.proc.port, timeout=600)
+        for start in range(0, len(tagged), 512):
+            _post(conn, tagged[start : start + 512])
+        conn.close()
+
+
 def same_topk(servers: list[Server], queries: list[str]) -> dict[str, float]:
     """Share of `queries` whose top-k passages (contents, in order) match ours, per baseline."""
     rows = {}
@@ -348,6 +359,7 @@ def main() -> None:
         for backend in args.backends.split(","):
             servers = start_servers(backend, args, args.log_dir)
             try:
+                warm_up(servers, questions)
                 agree = same_topk([s for s in servers if s.name != "ours+cache"], questions[:64])
                 console.print(f"  same top-{TOPK} as ours on 64 queries: {agree}")
                 for r in range(args.rounds):
