@@ -54,6 +54,7 @@ LAUNCHER = [sys.executable, str(ROOT / "benchmarks" / "search_r1_launcher.py")]
 SEARCH_R1_SERVER = Path("search_r1/search/retrieval_server.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOPK = 3
+WARM_UP = {"bm25": 20_000, "dense": 1024, "hybrid": 1024}  # queries per server before the rounds
 
 
 # -- server CPU from /proc ---------------------------------------------------------------------------
@@ -240,10 +241,11 @@ def _rows(body: bytes) -> list[list[str]]:
     return [[hit["document"]["contents"] for hit in row] for row in json.loads(body)["result"]]
 
 
-def warm_up(servers: list[Server], questions: list[str], n: int = 2048) -> None:
-    """Search `n` queries on each server first (JVM JIT, allocator, model), so no server's first round runs
-    cold; the queries are tagged so a result cache holds none of the measured ones."""
-    tagged = [f"{q} warm-up" for q in questions[:n]]
+def warm_up(servers: list[Server], questions: list[str], n: int) -> None:
+    """Search `n` queries on each server first, so no server runs cold in the rounds: Lucene under the JVM's
+    JIT kept speeding up for ~10^4 queries here (two identical servers, one warmed by the other loads, were
+    3x apart on the replay). The queries are tagged so a result cache holds none of the measured ones."""
+    tagged = [f"{q} warm-up {i // len(questions)}" for i, q in enumerate(questions * (n // len(questions) + 1))][:n]
     for s in servers:
         conn = http.client.HTTPConnection("127.0.0.1", s.proc.port, timeout=600)
         for start in range(0, len(tagged), 512):
@@ -332,6 +334,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="length of one load on one server")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads for both servers (0: default)")
+    p.add_argument("--warm-up", type=int, help="queries each server searches before the rounds (default per backend)")
     p.add_argument("--replay", action="store_true", help="also replay an RL rollout stream (train questions x 5)")
     p.add_argument("--replay-questions", type=int, default=256, help="questions per round of the replay")
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench-retrieval"))
@@ -359,7 +362,7 @@ def main() -> None:
         for backend in args.backends.split(","):
             servers = start_servers(backend, args, args.log_dir)
             try:
-                warm_up(servers, questions)
+                warm_up(servers, questions, args.warm_up if args.warm_up is not None else WARM_UP[backend])
                 agree = same_topk([s for s in servers if s.name != "ours+cache"], questions[:64])
                 console.print(f"  same top-{TOPK} as ours on 64 queries: {agree}")
                 for r in range(args.rounds):
