@@ -352,7 +352,8 @@ def main() -> None:
     )
     loads: list[tuple[str, str, object]] = []
     for b in (int(x) for x in args.batches.split(",") if x):
-        loads.append((f"batch {b}", "batch", [rng.sample(questions, min(b, len(questions))) for _ in range(4)]))
+        b = min(b, len(questions))  # a small world has fewer distinct questions than a large batch asks
+        loads.append((f"batch {b}", "batch", [rng.sample(questions, b) for _ in range(4)]))
     if args.clients:
         loads.append((f"{args.clients} clients", "clients", [[q] for q in questions]))
 
