@@ -155,7 +155,7 @@ def rl_stream(questions: list[str], group: int, turns: int, step_questions: int,
 
     Each question is rolled out `group` times (GRPO's n). Turn 1 is the question verbatim in 80% of
     rollouts (the rest drop a word, as a policy's rewrite might); later turns pick one of 3 variants
-    per question (a word dropped, or the question with a follow-up word), so rollouts of a question
+    per question and turn (its last words with a follow-up word), so rollouts of a question
     often repeat each other's query, as they do in training. 70% of rollouts search again each turn.
     """
     rng = random.Random(seed)
@@ -232,7 +232,7 @@ def _info(server: Server) -> dict | None:
 def _hit_rates(before: dict, after: dict, queries: int) -> dict[str, float]:
     """Of the queries sent: share answered from the cache, and share folded into a duplicate of a batch."""
     cache = after["cache"]["hits"] - before["cache"]["hits"]
-    dup = after.get("deduplication", {}).get("duplicates", 0) - before.get("deduplication", {}).get("duplicates", 0)
+    dup = after["deduplication"]["duplicates"] - before["deduplication"]["duplicates"]
     searched = after["batching"]["queries"] - before["batching"]["queries"]
     return {"cache_hit_rate": cache / queries, "dedup_rate": dup / queries, "searched_share": searched / queries}
 
