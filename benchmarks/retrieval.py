@@ -269,7 +269,7 @@ def start_servers(backend: str, args: argparse.Namespace, log_dir: Path) -> list
     env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
     world = ensure_world(args.world)
     ours = ["retriever", "--backend", backend, "--world", args.world]
-    if args.torch_threads:  # our --threads: torch intra-op, OpenMP and pyserini threads
+    if args.torch_threads:  # our --threads: torch intra-op and OpenMP (Lucene: --search-threads, default 2)
         ours += ["--threads", str(args.torch_threads)]
     specs: list[tuple[str, list[str], list[str] | None, bool]] = [("ours", [*ours, "--cache-size", "0"], None, True)]
     if args.replay:
