@@ -271,6 +271,7 @@ def start_servers(backend: str, args: argparse.Namespace, log_dir: Path) -> list
     ours = ["retriever", "--backend", backend, "--world", args.world]
     if args.torch_threads:  # our --threads: torch intra-op and OpenMP (Lucene: --search-threads, default 2)
         ours += ["--threads", str(args.torch_threads)]
+    ours += args.ours_args.split()
     specs: list[tuple[str, list[str], list[str] | None, bool]] = [("ours", [*ours, "--cache-size", "0"], None, True)]
     if args.replay:
         specs.append(("ours+cache", ours, None, True))
@@ -334,6 +335,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="length of one load on one server")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads for both servers (0: default)")
+    p.add_argument("--ours-args", default="", help='more `agent-server retriever` flags, e.g. "--search-threads 1"')
     p.add_argument("--warm-up", type=int, help="queries each server searches before the rounds (default per backend)")
     p.add_argument("--replay", action="store_true", help="also replay an RL rollout stream (train questions x 5)")
     p.add_argument("--replay-questions", type=int, default=256, help="questions per round of the replay")
