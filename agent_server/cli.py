@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from agent_server.encoder import ENCODE_DTYPES
 from agent_server.serving.auth import token_from_env, tokens_from_env
 from agent_server.serving.connection_limits import ConnectionLimits, uvicorn_settings
 from agent_server.serving.request_body import BodyLimits, items_for
@@ -128,6 +129,13 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     # parallel at no per-query overhead, so they keep their own count (the measured figures used 2).
     p.add_argument("--search-threads", type=_positive(int), default=2,
                    help="pyserini batch_search (and index build) threads for BM25 (default 2)")
+    g = p.add_argument_group("dense search", "faiss and query-encoder settings (dense and hybrid backends)")
+    g.add_argument("--nprobe", type=_positive(int), help="IVF lists searched per query (faiss default 1)")
+    g.add_argument("--ef-search", type=_positive(int), help="HNSW candidate list size (faiss default 16)")
+    g.add_argument("--encode-dtype", choices=ENCODE_DTYPES, default="auto",
+                   help="query encoder precision (auto: fp16 on CUDA, fp32 on CPU)")
+    g.add_argument("--faiss-gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="put the faiss index on the GPUs (default: when faiss has GPU support and sees one)")
     _add_server_args(p, 8000)
     d = RetrievalLimits()
     p.add_argument("--topk", type=int, default=d.default_topk, help="topk when a request gives none")
@@ -190,6 +198,10 @@ def _retriever_loader(args: argparse.Namespace):
             encoder=args.encoder,
             threads=args.search_threads,
             skip_bad_lines=args.skip_bad_lines,
+            nprobe=args.nprobe,
+            ef_search=args.ef_search,
+            encode_dtype=args.encode_dtype,
+            faiss_gpu=args.faiss_gpu,
         )
 
     return load

@@ -100,8 +100,12 @@ def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None =
 def load_retriever(backend: Literal["bm25", "dense", "hybrid"], *, bm25_index: Path | None = None,
                    dense_index: Path | None = None, corpus: Path | None = None,
                    encoder: str | Encoder | None = None, threads: int = 2,
-                   root: Path | None = None, skip_bad_lines: bool = False) -> Retriever:
+                   root: Path | None = None, skip_bad_lines: bool = False,
+                   nprobe: int | None = None, ef_search: int | None = None,
+                   encode_dtype: str = "auto", faiss_gpu: bool | None = None) -> Retriever:
     """The retriever the server runs: given indexes are opened, missing ones built from `corpus`.
+
+    `nprobe`, `ef_search`, `encode_dtype`, `faiss_gpu`: the dense backend's (DenseRetriever).
 
     For BM25 the corpus also serves passages of an index that stores no raw docs; for dense it
     overrides the corpus path recorded in the index.
@@ -127,7 +131,8 @@ def load_retriever(backend: Literal["bm25", "dense", "hybrid"], *, bm25_index: P
         from agent_server.backends.dense import DenseRetriever
 
         # A given index with no --encoder uses the encoder it was built with.
-        dense = DenseRetriever(need("dense", dense_index), encoder=encoder, corpus=corpus)
+        dense = DenseRetriever(need("dense", dense_index), encoder=encoder, corpus=corpus, nprobe=nprobe,
+                               ef_search=ef_search, dtype=encode_dtype, faiss_gpu=faiss_gpu)
     if backend == "hybrid":
         from agent_server.backends.hybrid import HybridRetriever
 

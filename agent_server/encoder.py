@@ -41,6 +41,7 @@ class Encoder:
         self.name = name
         self.query_prefix = query_prefix
         self.passage_prefix = passage_prefix
+        self.dtype = "fp32"  # the model's precision; load_encoder sets it
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
@@ -61,11 +62,25 @@ class Encoder:
         return self._encode([self.passage_prefix + p for p in passages], batch_size, show_progress)
 
 
-def load_encoder(name_or_path: str | None = None, device: str | None = None) -> Encoder:
+ENCODE_DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The precision an encoder runs in: `auto` is fp16 on CUDA (as Search-R1 encodes) and fp32 elsewhere,
+    where half-precision matmuls are emulated and slower. Raises ValueError for an unknown name."""
+    if dtype not in ENCODE_DTYPES:
+        raise ValueError(f"encode dtype must be one of {', '.join(ENCODE_DTYPES)}, not {dtype!r}")
+    if dtype == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    return dtype
+
+
+def load_encoder(name_or_path: str | None = None, device: str | None = None, dtype: str = "auto") -> Encoder:
     """Load a sentence-transformers model by name or path; None = the packaged all-MiniLM-L6-v2.
 
-    `device` None lets sentence-transformers choose (CUDA if available). Torch's thread count is
-    left as the process set it.
+    `device` None lets sentence-transformers choose (CUDA if available). `dtype` (ENCODE_DTYPES) is
+    the model's precision (see resolve_dtype); vectors come out float32 either way. Torch's thread
+    count is left as the process set it. Raises ValueError for an unknown dtype.
     """
     from sentence_transformers import SentenceTransformer
 
@@ -82,5 +97,12 @@ def load_encoder(name_or_path: str | None = None, device: str | None = None) -> 
     else:
         source = name
     model = SentenceTransformer(source, device=device)
+    precision = resolve_dtype(dtype, str(model.device))
+    if precision != "fp32":
+        import torch
+
+        model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
     query_prefix, passage_prefix = _prefixes(name)
-    return Encoder(model, name, query_prefix, passage_prefix)
+    encoder = Encoder(model, name, query_prefix, passage_prefix)
+    encoder.dtype = precision
+    return encoder

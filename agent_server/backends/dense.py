@@ -189,9 +189,13 @@ class DenseRetriever:
 
     def __init__(self, index_dir: str | Path, encoder: str | Encoder | None = None,
                  corpus: str | Path | None = None, *, nprobe: int | None = None,
-                 ef_search: int | None = None, mmap: bool = False, device: str | None = None) -> None:
+                 ef_search: int | None = None, mmap: bool = False, device: str | None = None,
+                 dtype: str = "auto", faiss_gpu: bool | None = None) -> None:
         """`encoder` None uses the one recorded at build time; `corpus` overrides the recorded path;
-        `nprobe` (IVF) / `ef_search` (HNSW) trade speed for recall; `mmap` maps the index from disk.
+        `nprobe` (IVF) / `ef_search` (HNSW) trade speed for recall; `mmap` maps the index from disk;
+        `dtype` is the query encoder's precision (encoder.resolve_dtype); `faiss_gpu` None moves the
+        index to the GPUs when faiss has GPU support and sees one. Raises ValueError for a search
+        parameter the index type does not have.
         """
         import faiss
 
@@ -207,20 +211,44 @@ class DenseRetriever:
                 f"the dense index {self.index_dir} was built with encoder {built_with!r}, not {asked!r}: "
                 "query vectors from another encoder are meaningless against it (omit --encoder to use its own)"
             )
-        self.encoder = encoder if isinstance(encoder, Encoder) else load_encoder(built_with, device)
+        self.encoder = encoder if isinstance(encoder, Encoder) else load_encoder(built_with, device, dtype)
         if self.encoder.dim != self.meta["dim"]:
             raise ValueError(f"encoder dim {self.encoder.dim} != index dim {self.meta['dim']}")
         flags = faiss.IO_FLAG_MMAP if mmap else 0
         self.index = faiss.read_index(str(self.index_dir / INDEX_FILE), flags)
         params = faiss.ParameterSpace()
-        if nprobe is not None:
-            params.set_index_parameter(self.index, "nprobe", nprobe)
-        if ef_search is not None:
-            params.set_index_parameter(self.index, "efSearch", ef_search)
+        for name, value, flag in (("nprobe", nprobe, "--nprobe"), ("efSearch", ef_search, "--ef-search")):
+            if value is None:
+                continue
+            try:
+                params.set_index_parameter(self.index, name, value)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"{flag} does not apply to the {self.meta['index_type']!r} index at {self.index_dir} "
+                    "(--nprobe is for IVF indexes, --ef-search for HNSW ones)"
+                ) from err
         self.nprobe, self.ef_search = nprobe, ef_search
+        self.faiss_gpu = self._to_gpu(faiss) if faiss_gpu is not False and not mmap else False
         self.store = PassageStore.open(self.index_dir / STORE_DIR, corpus)
         if self.index.ntotal != len(self.store):
             raise ValueError(f"index has {self.index.ntotal} vectors but the corpus {len(self.store)} passages")
+
+    def _to_gpu(self, faiss: Any) -> bool:
+        """Move the index to all GPUs when this faiss build has GPU support and sees one (faiss-cpu has
+        no get_num_gpus > 0). An index type faiss cannot put on a GPU (HNSW) stays on the CPU.
+        Untested in CI: no GPU there."""
+        if getattr(faiss, "get_num_gpus", lambda: 0)() <= 0:
+            return False
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True  # split the vectors across GPUs, as Search-R1's --faiss_gpu does
+        try:
+            self.index = faiss.index_cpu_to_all_gpus(self.index, co=options)
+        except RuntimeError as err:
+            logger.warning("the %s index stays on the CPU: %s", self.meta["index_type"], err)
+            return False
+        if self.nprobe is not None:
+            faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", self.nprobe)
+        return True
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -251,6 +279,8 @@ class DenseRetriever:
             "index_type": self.meta["index_type"],
             "nprobe": self.nprobe,
             "ef_search": self.ef_search,
+            "encode_dtype": self.encoder.dtype,
+            "faiss_gpu": self.faiss_gpu,
             "corpus": str(self.store.corpus_path),
         }
 

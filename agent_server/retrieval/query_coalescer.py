@@ -6,6 +6,9 @@ wait while the single search worker is busy, and each round searches what is wai
 Many single-query clients (SkyRL, GEM) thereby get pyserini's threaded batch_search / one faiss
 search instead of one search each, and the loop never blocks.
 
+Duplicates across the requests of a round are searched once and the row shared (issue 13): the
+rows are the ones separate searches give, as a backend's rows depend only on their own query.
+
 Fairness (issue 11): a round searches at most `max_chunk` queries. A request with more is searched
 over several rounds, its rows kept in order and answered once all are in, so its answer is the one a
 whole search gives. Each round's `max_chunk` is split max-min fairly across the waiting requests
@@ -89,6 +92,7 @@ class CoalescerStats:
     largest_batch: int = 0
     search_seconds: float = 0.0
     chunked_requests: int = 0  # requests searched over more than one round
+    duplicates: int = 0  # queries of a round that repeated another request's, searched once
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +103,7 @@ class CoalescerStats:
             "mean_batch": self.queries / self.batches if self.batches else 0.0,
             "search_seconds": round(self.search_seconds, 3),
             "chunked_requests": self.chunked_requests,
+            "duplicates": self.duplicates,
         }
 
 
@@ -202,16 +207,21 @@ class QueryCoalescer:
                 continue
             parts = [(p, p.queries[len(p.rows) : len(p.rows) + n]) for p, n in plan]
             queries = [q for _, part in parts for q in part]
+            # Concurrent clients often send the same query (a question's G rollouts): search it once.
+            unique = list(dict.fromkeys(queries))
             k = max(p.k for p, _ in plan)
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._search, queries, k)
+                found = await loop.run_in_executor(self._executor, self._search, unique, k)
             except Exception as err:  # noqa: BLE001 - handed to every request in this round
                 for p, _ in plan:
                     if not p.future.done():
                         p.future.set_exception(err)
                 continue
-            self._record(len(queries), time.perf_counter() - started)
+            self._record(len(unique), time.perf_counter() - started)
+            self.stats.duplicates += len(queries) - len(unique)
+            by_query = dict(zip(unique, found, strict=True))
+            results = [by_query[q] for q in queries]
             start = 0
             for p, part in parts:
                 p.rows.extend(_top(row, p.k) for row in results[start : start + len(part)])

@@ -73,6 +73,8 @@ class RetrievalService:
         # Every searching request, cached or not (the coalescer counts only what reaches the backend).
         self.requests_served = 0
         self.queries_served = 0
+        # Queries that repeated an earlier one of the same request, answered from its row (for /info).
+        self.duplicates_in_request = 0
         # Queries repaired (by kind), refused (strict) and failed in the backend, for /info.
         self.awkward: Counter[str] = Counter()
 
@@ -142,17 +144,18 @@ class RetrievalService:
         self.queries_served += len(queries)
         name = self.retriever.name
         found: dict[str, Row] = {}
-        misses: list[str] = []
+        misses: dict[str, None] = {}  # ordered set: a query repeated in the request is searched once
         for q in queries:
             if q in found or q in misses:
                 continue
             cached = self.cache.get(name, q, k)
             if cached is None:
-                misses.append(q)
+                misses[q] = None
             else:
                 found[q] = cached
+        self.duplicates_in_request += len(queries) - len(found) - len(misses)
         if misses:
-            for q, row in zip(misses, await self.coalescer.search(misses, k), strict=True):
+            for q, row in zip(misses, await self.coalescer.search(list(misses), k), strict=True):
                 if not isinstance(row, QueryFailure):
                     self.cache.put(name, q, k, row)
                 found[q] = row
@@ -189,6 +192,11 @@ class RetrievalService:
             "traffic": {"requests": self.requests_served, "queries": self.queries_served},
             "awkward_queries": {kind: self.awkward[kind] for kind in (*CHANGES, "refused", "failed")},
             "cache": self.cache.stats(),
+            "deduplication": {
+                "in_request": self.duplicates_in_request,
+                "across_requests": self.coalescer.stats.duplicates,
+                "duplicates": self.duplicates_in_request + self.coalescer.stats.duplicates,
+            },
             "batching": self.coalescer.stats.as_dict()
             | self.coalescer.waiting()
             | {
