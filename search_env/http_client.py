@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -107,12 +108,15 @@ class JsonHttpClient:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
         self._aclient: httpx.AsyncClient | None = None
         self._aclient_loop: asyncio.AbstractEventLoop | None = None
 
     def _sync(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
+        # httpx.Client is thread-safe; the lock only keeps threads sharing this client from making two.
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
         return self._client
 
     def _async(self) -> httpx.AsyncClient:

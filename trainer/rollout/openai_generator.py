@@ -11,20 +11,18 @@ receives the trainer's updated weights, so after the first update its samples wo
 initial model while the loss treats them as on-policy; the training config refuses
 `rollout.backend: openai` (trainer.config.OPENAI_TRAINING_REFUSED). The sampler's log-probs are
 returned for logging and comparison only.
-429s, 5xx and connection errors are retried with exponential backoff, honouring Retry-After.
+429s, 5xx and connection errors are retried by searchgym's one retry policy
+(`search_env.http_client.JsonHttpClient`: exponential backoff with jitter, honouring Retry-After).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
-
+from search_env.http_client import JsonHttpClient, RequestRefused, ServiceUnavailable
 from trainer.rollout.generation import STOP_STRINGS, Generated
 
 _TOKEN_PREFIX = "token_id:"
@@ -34,8 +32,8 @@ class OpenAIGeneratorError(RuntimeError):
     """The server refused the request, stayed unavailable after every retry, or answered without token ids."""
 
 
-def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
+#: What an OpenAI-compatible server answers when busy (429) or failing (5xx): retried.
+_RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
 class OpenAIGenerator:
@@ -55,18 +53,23 @@ class OpenAIGenerator:
     ):
         """`base_url` is the server root or its `/v1`; prompts are sent `batch_size` at a time, up to
         `concurrency` requests in flight (vLLM batches them itself)."""
-        url = base_url.rstrip("/")
-        self.url = (url if url.endswith("/v1") else url + "/v1") + "/completions"
+        root = base_url.rstrip("/").removesuffix("/v1")
+        self.url = root + "/v1/completions"
         self.model = model
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.extra_body = dict(extra_body or {})
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(timeout=timeout, headers=headers)
+        self.http = JsonHttpClient(
+            root,
+            what="OpenAI-compatible server",
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            token=key or "",  # "" sends no Authorization (not searchgym's own token)
+            retry_statuses=_RETRY_STATUSES,
+        )
 
     def generate(
         self,
@@ -128,32 +131,15 @@ class OpenAIGenerator:
                          extra={"text": choice.get("text", "")})
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                r = self.client.post(self.url, json=body)
-            except httpx.TransportError as err:
-                if last:
-                    raise OpenAIGeneratorError(f"{self.url} unreachable after {self.retries} retries: {err}") from err
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
-                continue
-            if r.status_code < 400:
-                return r.json()
-            if not _retryable(r.status_code) or last:
-                raise OpenAIGeneratorError(f"{self.url} answered {r.status_code}: {r.text[:500]}")
-            wait = delay
-            retry_after = r.headers.get("retry-after")
-            if retry_after is not None:
-                with contextlib.suppress(ValueError):  # an HTTP date: keep the backoff
-                    wait = min(float(retry_after), self.max_backoff)
-            time.sleep(wait)
-            delay = min(delay * 2, self.max_backoff)
-        raise AssertionError("unreachable")
+        try:
+            return self.http.request("POST", "/v1/completions", json=body)
+        except RequestRefused as err:
+            raise OpenAIGeneratorError(f"{self.url} answered {err.status}: {err.message[:500]}") from err
+        except ServiceUnavailable as err:
+            raise OpenAIGeneratorError(str(err)) from err
 
     def close(self) -> None:
-        self.client.close()
+        self.http.close()
 
     def __enter__(self) -> OpenAIGenerator:
         return self
