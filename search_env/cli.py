@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from search_env.evaluation.command import add_eval_parser
+from search_env.evaluation.datasets import EvalDataError
 from search_env.world import WORLD_PRESETS, WorldPaths, ensure_world, write_world
+from search_env.world_pairing import WorldMismatch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
-    from search_env.evaluation.datasets import EvalDataError
-    from search_env.world_pairing import WorldMismatch
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the progress
