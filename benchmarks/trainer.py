@@ -208,17 +208,20 @@ def one_turn_overhead(trainer: GRPOTrainer, questions: list[int], repeats: int) 
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     tokens: dict[str, list[int]] = {k: [] for k in variants}
-    for _ in range(repeats + 1):  # the first round warms up and is dropped
-        for name, fn in variants.items():
-            torch.manual_seed(len(times[name]) * 7919 + 1)
+    names = list(variants)
+    for r in range(repeats + 1):  # the first round warms up and is dropped; each round starts elsewhere
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = variants[name]
+            torch.manual_seed(r * 7919 + 1)
             began = time.perf_counter()
             n = fn()
             times[name].append(time.perf_counter() - began)
             tokens[name].append(n)
     raw = _median(times["raw HF generate"][1:])
+    same = all(tokens[name] == tokens["raw HF generate"] for name in variants)
     table = _table(
         f"one turn, {len(prompts)} first-turn prompts in one batch (same seeds; median of {repeats}, "
-        "after one warm-up round)",
+        f"after one warm-up round); the same tokens sampled by every variant in every round: {same}",
         "variant",
         "median s",
         "tokens",
@@ -243,9 +246,10 @@ def pipelining(trainer: GRPOTrainer, questions: list[int], repeats: int) -> None
     played: dict[str, list[Any]] = {k: [] for k in modes}
     envs = trainer.rollout_envs(len(questions) * engine.group_size)
     try:
-        for r in range(repeats + 1):  # the first round warms up and is dropped
-            for name, (splits, overlap) in modes.items():
-                engine.pipeline_splits, engine.overlap_env = splits, overlap
+        names = list(modes)
+        for r in range(repeats + 1):  # the first round warms up and is dropped; each round starts elsewhere
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                engine.pipeline_splits, engine.overlap_env = modes[name]
                 torch.manual_seed(1000 + r)
                 episodes = engine.collect(envs, questions)
                 assert engine.last_stats is not None
