@@ -262,7 +262,8 @@ def pipelining(trainer: GRPOTrainer, questions: list[int], repeats: int) -> None
     base = _median([s.wall_time_s for s in stats["pipeline_splits 1 (default)"]])
     table = _table(
         f"pipelining, {len(questions) * engine.group_size} episodes, same questions and seeds, modes "
-        f"alternating (median of {repeats}); splits 2 with and without overlap identical: {same}",
+        f"alternating, each round starting at another (median of {repeats}); splits 2 with and without "
+        f"overlap identical: {same}",
         "mode",
         "wall s",
         "tokens/s",
