@@ -1,8 +1,8 @@
 """Pipelined rollouts: one part's searches on a thread while another part generates, same episodes.
 
 The policy is the embedded tiny policy (a short warm start, the same as tests/test_trainer.py's, so
-the built policy is shared), which searches; the envs are the trainer's own in-process SearchQAEnvs
-against the live BM25 server.
+the built policy is shared), which searches; the envs are the trainer's own: in-process SearchQAEnvs
+against the live BM25 server, or sessions of the live env server.
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ def _played(episodes: list[Any]) -> list[tuple[Any, ...]]:
     ]
 
 
-def test_overlap_plays_the_same_episodes_with_the_searches_on_a_thread(bm25_server, tmp_path):
-    config = load_config(None, [*SMALL, f"env.retriever_url={bm25_server.url}", f"run.out_dir={tmp_path}"])
+@pytest.mark.parametrize("where", ["in-process envs", "env server"])
+def test_overlap_plays_the_same_episodes_with_the_searches_on_a_thread(where, request, bm25_server, tmp_path):
+    remote = where == "env server"
+    extra = [f"env.env_url={request.getfixturevalue('env_server').url}"] if remote else []
+    config = load_config(None, [*SMALL, f"env.retriever_url={bm25_server.url}", f"run.out_dir={tmp_path}", *extra])
     trainer = GRPOTrainer(config)
     trainer.setup()
     engine = trainer.engine
@@ -85,17 +88,22 @@ def test_overlap_plays_the_same_episodes_with_the_searches_on_a_thread(bm25_serv
         played[overlap] = _played(episodes)
         stats[overlap] = engine.last_stats
         assert stats[overlap] is not None
-        # All envs share the trainer's one retriever client: at most one /retrieve per part per round.
-        assert 0 < requests <= stats[overlap].generate_calls < sum(e.searches for e in episodes)
+        # One retriever client for all in-process envs (one env-server request per step for remote
+        # ones): at most one /retrieve per part per round, not one per search.
+        assert requests <= stats[overlap].generate_calls < sum(e.searches for e in episodes)
         assert any(watcher.env_thread_alive) == overlap
     assert played[True] == played[False]
     for s in stats.values():
-        assert 0 < s.retrieval_time_s <= s.env_time_s
+        # an env server's searches are its own env time; in-process ones are timed by the client
+        assert (s.retrieval_time_s == 0) if remote else (0 < s.retrieval_time_s <= s.env_time_s)
         assert s.generation_time_s + s.tokenize_time_s + s.env_wait_time_s <= s.wall_time_s
     # Sequential: the calling thread does all env work itself. Overlapped: the worker steps the envs.
     assert stats[False].env_wait_time_s >= stats[False].env_time_s
     trainer.engine.close()
-    trainer.retriever.close()
+    if trainer.retriever is not None:
+        trainer.retriever.close()
+    if trainer.remote_envs is not None:
+        trainer.remote_envs.close()
 
 
 def test_overlap_needs_two_parts():
