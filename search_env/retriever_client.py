@@ -78,6 +78,8 @@ class RetrieverClient:
     ):
         self.url = retrieve_url(url)
         self._limits = limits
+        #: wall seconds spent in sync `/retrieve` requests so far, retries included (for rollout timings)
+        self.retrieve_seconds = 0.0
         self.base_url = self.url[: -len("/retrieve")]
         self.http = JsonHttpClient(
             self.base_url,
@@ -115,7 +117,11 @@ class RetrieverClient:
         """
         if not queries:
             return RetrievalAnswer([])
-        return self._parse(self.http.request("POST", "/retrieve", json=self._payload(queries, topk)))
+        began = time.perf_counter()
+        try:
+            return self._parse(self.http.request("POST", "/retrieve", json=self._payload(queries, topk)))
+        finally:
+            self.retrieve_seconds += time.perf_counter() - began
 
     async def aretrieve_detailed(self, queries: Sequence[str], topk: int = 3) -> RetrievalAnswer:
         if not queries:

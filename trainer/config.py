@@ -212,6 +212,20 @@ class RolloutSection(_Section):
         "sampler uses; the paper says 1.0). Evaluation is greedy.",
     )
     generation_batch_size: int = Field(64, ge=1, le=65_536, description="sequences per generate call (at most 65,536)")
+    pipeline_splits: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="parts the rollout batch is cut into, each played turn by turn with generation alternating "
+        "between them, so one part's searches can run while another generates (overlap_env); like "
+        "generation_batch_size it changes the generate batches, hence the sampled tokens (at most 1,024)",
+    )
+    overlap_env: bool = Field(
+        False,
+        description="step one part's envs (its searches) on a thread while the next part generates; needs "
+        "pipeline_splits >= 2, and gives the same episodes as without it. Off by default: on a 2-core CPU it "
+        "does not pay (docs/benchmarks/trainer-rollout-overhead.txt)",
+    )
 
     @field_validator("backend")
     @classmethod
@@ -232,6 +246,10 @@ class RolloutSection(_Section):
             raise ValueError(
                 f"max_new_tokens {self.max_new_tokens} (one turn) exceeds max_total_tokens {self.max_total_tokens} "
                 "(the whole episode)"
+            )
+        if self.overlap_env and self.pipeline_splits < 2:
+            raise ValueError(
+                "overlap_env needs pipeline_splits >= 2: with one part, every search waits for its own turn"
             )
         return self
 

@@ -33,6 +33,7 @@ from search_env.evaluation.results import SetMetrics
 from search_env.home import searchgym_home
 from search_env.protocol import SEARCH_R1_TEMPLATE
 from search_env.remote_vector_env import RemoteSearchVectorEnv
+from search_env.retriever_client import RetrieverClient
 from search_env.search_qa_env import SearchQAEnv
 from trainer.checkpoint import (
     check_compatible,
@@ -105,6 +106,9 @@ class GRPOTrainer:
         self.is_main = self.accelerator.is_main_process
         self.ready = False
         self.remote_envs: RemoteSearchVectorEnv | None = None
+        # One client for every in-process env: the engine batches a round's searches by client, so
+        # envs with a client each would cost one /retrieve request per episode per round.
+        self.retriever: RetrieverClient | None = None
 
     # -- setup ------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -186,6 +190,8 @@ class GRPOTrainer:
             max_obs_tokens=cfg.rollout.max_obs_tokens,
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
+            pipeline_splits=cfg.rollout.pipeline_splits,
+            overlap_env=cfg.rollout.overlap_env,
         )
         self.monitor = CollapseMonitor(MonitorConfig(window=cfg.diagnostics.monitor_window))
         if self.is_main:
@@ -231,13 +237,9 @@ class GRPOTrainer:
     def make_env(self) -> SearchQAEnv:
         cfg = self.config.env
         options = {k: v for k, v in self.env_options.items() if v is not None}
-        return SearchQAEnv(
-            self.records,
-            split=cfg.split,
-            retriever_url=cfg.retriever_url,
-            retriever_wait_s=cfg.outage_wait_s,
-            **options,
-        )
+        if self.retriever is None:
+            self.retriever = RetrieverClient(cfg.retriever_url, outage_wait_s=cfg.outage_wait_s)
+        return SearchQAEnv(self.records, split=cfg.split, retriever=self.retriever, **options)
 
     # -- one RL step --------------------------------------------------------------------------------
     def _loss_options(self, mean_searches: float) -> LossOptions:
@@ -482,6 +484,9 @@ class GRPOTrainer:
             }
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self.engine.close()
+        if self.retriever is not None:
+            self.retriever.close()
+            self.retriever = None
         if self.remote_envs is not None:
             self.remote_envs.close()
             self.remote_envs = None

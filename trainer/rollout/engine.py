@@ -13,14 +13,25 @@ of a `RemoteSearchVectorEnv`, which the trainer plays on when the env is remote)
 gymnasium.Env) is stepped one by one. (The engine steps only the episodes still running, so it plays
 on a vector env's sub-envs rather than through its all-envs `step` with autoreset.)
 
+Pipelining (`pipeline_splits`, `overlap_env`): the episodes can be cut into fixed parts, each played
+turn by turn, generation alternating between the parts (part A's turn, part B's turn, A's next...).
+With `overlap_env`, a part's env step (its searches) runs on a worker thread while the next part
+generates: on a GPU box generation leaves the CPU idle, so the searches come for free. The generate
+calls, their order and inputs are the same with and without `overlap_env` (the worker only steps
+envs; tokenising and bookkeeping stay on the calling thread), so a fixed seed gives the same episodes
+either way; the split itself changes the generate batches (as `generation_batch_size` does), hence
+the sampled tokens.
+
 An episode ends when its env ends it, or when its token budget (`max_total_tokens`, prompt included)
 is spent: then it is truncated with reward 0 and its env is not stepped further.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,12 +107,18 @@ class RolloutEngine:
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop_strings: Sequence[str] = STOP_STRINGS,
+        pipeline_splits: int = 1,
+        overlap_env: bool = False,
     ):
         """`max_total_tokens` bounds prompt + response of one episode; `max_obs_tokens` optionally cuts
         each observation (Search-R1's max_obs_length); `max_turns` is a safety net for envs that never
-        end (the env's own max turns normally decides)."""
-        if group_size < 1 or max_new_tokens_per_turn < 1 or max_total_tokens < 2:
-            raise ValueError("need group_size >= 1, max_new_tokens_per_turn >= 1 and max_total_tokens >= 2")
+        end (the env's own max turns normally decides). `pipeline_splits` parts of the episodes take
+        turns at generating; with `overlap_env` a part's env step runs on a thread meanwhile (module
+        docstring). Raises ValueError for a size below 1."""
+        if group_size < 1 or max_new_tokens_per_turn < 1 or max_total_tokens < 2 or pipeline_splits < 1:
+            raise ValueError(
+                "need group_size >= 1, max_new_tokens_per_turn >= 1, max_total_tokens >= 2 and pipeline_splits >= 1"
+            )
         self.generator = generator
         self.tokenizer = tokenizer
         self.group_size = group_size
@@ -112,6 +129,8 @@ class RolloutEngine:
         self.temperature = temperature
         self.top_p = top_p
         self.stop_strings = list(stop_strings)
+        self.pipeline_splits = pipeline_splits
+        self.overlap_env = overlap_env
         self.last_stats: RolloutStats | None = None
         # Envs made by a factory, kept and reused across collect() calls (one pool per factory).
         self._pools: dict[Callable[[], gym.Env], list[gym.Env]] = {}
@@ -160,6 +179,17 @@ class RolloutEngine:
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    @classmethod
+    def _timed_step(cls, envs: Sequence[gym.Env], actions: Sequence[str]) -> tuple[list[tuple[Any, ...]], float, float]:
+        """`_step`, with its wall seconds and the seconds of them spent in `/retrieve` requests (read
+        from the in-process envs' retriever clients; an env server's searches count as env time)."""
+        clients = {id(c): c for env in envs if (c := getattr(env, "retriever", None)) is not None}
+        before = sum(getattr(c, "retrieve_seconds", 0.0) for c in clients.values())
+        began = time.perf_counter()
+        results = cls._step(envs, actions)
+        wall = time.perf_counter() - began
+        return results, wall, sum(getattr(c, "retrieve_seconds", 0.0) for c in clients.values()) - before
+
     # -- episodes -----------------------------------------------------------------------------------
     def _room(self, ep: Episode) -> int:
         return self.max_total_tokens - len(ep.transcript.prompt_ids) - len(ep.transcript.response_ids)
@@ -173,48 +203,79 @@ class RolloutEngine:
         """`group_size` episodes for each question (`reset(options={"index": q})`), in order: the
         episodes of question_indices[0], then of [1], ... Statistics go to `self.last_stats`."""
         started = time.perf_counter()
-        gen_s = env_s = 0.0
-        calls = 0
+        clock = _Clock()
         n = len(question_indices) * self.group_size
         pool = self._envs(envs, n)
         episodes: list[Episode] = []
-        t0 = time.perf_counter()
         for k, q in enumerate(question_indices):
             for g in range(self.group_size):
-                prompt, info = pool[k * self.group_size + g].reset(options={"index": int(q)})
-                ep = Episode(int(q), g, Transcript(encode_prompt(self.tokenizer, prompt)), prompt, info=dict(info),
-                             reset_info=dict(info))
+                with clock("env_wait"), clock("env"):
+                    prompt, info = pool[k * self.group_size + g].reset(options={"index": int(q)})
+                with clock("tokenize"):
+                    transcript = Transcript(encode_prompt(self.tokenizer, prompt))
+                ep = Episode(int(q), g, transcript, prompt, info=dict(info), reset_info=dict(info))
                 if self._room(ep) < 1:
                     self._cut_short(ep, "prompt_too_long")
                 episodes.append(ep)
-        env_s += time.perf_counter() - t0
 
-        while active := [i for i, ep in enumerate(episodes) if not ep.done]:
-            rooms = [self._room(episodes[i]) for i in active]
-            t0 = time.perf_counter()
-            generated = self.generator.generate(
-                [episodes[i].transcript.input_ids for i in active],
-                min(self.max_new_tokens_per_turn, max(rooms)),
-                temperature=self.temperature,
-                top_p=self.top_p,
-                stop_strings=self.stop_strings,
-            )
-            gen_s += time.perf_counter() - t0
-            calls += 1
-            actions = [self._add_turn(episodes[i], out, room) for i, out, room in zip(active, generated, rooms,
-                                                                                      strict=True)]
-            t0 = time.perf_counter()
-            results = self._step([pool[i] for i in active], actions)
-            env_s += time.perf_counter() - t0
-            for i, result in zip(active, results, strict=True):
-                self._observe(episodes[i], *result)
+        splits = min(self.pipeline_splits, max(n, 1))
+        parts = [range(n * j // splits, n * (j + 1) // splits) for j in range(splits)]
+        # One worker: at most one env step in flight, and the envs of a part are only ever touched by it.
+        worker = ThreadPoolExecutor(1, thread_name_prefix="rollout-env") if self.overlap_env and splits > 1 else None
+        pending: dict[int, tuple[list[int], Future]] = {}
+        turn = list(range(splits))  # the parts still playing, in the order they generate
+        try:
+            while turn:
+                j = turn.pop(0)
+                if j in pending:
+                    stepped, future = pending.pop(j)
+                    with clock("env_wait"):
+                        results, env_s, retrieval_s = future.result()
+                    clock.add("env", env_s)
+                    clock.add("retrieval", retrieval_s)
+                    with clock("tokenize"):
+                        for i, result in zip(stepped, results, strict=True):
+                            self._observe(episodes[i], *result)
+                active = [i for i in parts[j] if not episodes[i].done]
+                if not active:
+                    continue
+                rooms = [self._room(episodes[i]) for i in active]
+                with clock("generation"):
+                    generated = self.generator.generate(
+                        [episodes[i].transcript.input_ids for i in active],
+                        min(self.max_new_tokens_per_turn, max(rooms)),
+                        temperature=self.temperature,
+                        top_p=self.top_p,
+                        stop_strings=self.stop_strings,
+                    )
+                clock.calls += 1
+                with clock("tokenize"):
+                    actions = [
+                        self._add_turn(episodes[i], out, room)
+                        for i, out, room in zip(active, generated, rooms, strict=True)
+                    ]
+                envs_now = [pool[i] for i in active]
+                if worker is not None:
+                    future = worker.submit(self._timed_step, envs_now, actions)
+                else:
+                    future = Future()
+                    with clock("env_wait"):
+                        future.set_result(self._timed_step(envs_now, actions))
+                pending[j] = (active, future)
+                turn.append(j)
+        finally:
+            if worker is not None:
+                worker.shutdown(wait=True)
 
         self.last_stats = RolloutStats.from_episodes(
             episodes,
             wall_time_s=time.perf_counter() - started,
-            generation_time_s=gen_s,
-            env_time_s=env_s,
-            generate_calls=calls,
+            generation_time_s=clock.seconds["generation"],
+            env_time_s=clock.seconds["env"],
+            generate_calls=clock.calls,
+            retrieval_time_s=clock.seconds["retrieval"],
+            tokenize_time_s=clock.seconds["tokenize"],
+            env_wait_time_s=clock.seconds["env_wait"],
         )
         return episodes
 
@@ -255,3 +316,22 @@ class RolloutEngine:
             self._cut_short(ep, "budget")
         elif self.max_turns is not None and ep.turns >= self.max_turns:
             self._cut_short(ep, "max_turns")
+
+
+class _Clock:
+    """Seconds per kind of work in one collect (`with clock("generation"): ...`), and generate calls."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(("generation", "env", "retrieval", "tokenize", "env_wait"), 0.0)
+        self.calls = 0
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.seconds[kind] += seconds
+
+    @contextlib.contextmanager
+    def __call__(self, kind: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[kind] += time.perf_counter() - began

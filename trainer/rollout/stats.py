@@ -17,7 +17,15 @@ class RolloutStats:
     observation_tokens: int
     wall_time_s: float
     generation_time_s: float
+    #: env steps and resets (with overlap_env, partly on a worker thread, hidden behind generation)
     env_time_s: float
+    #: the part of env_time_s spent in /retrieve requests (in-process envs; an env server's is env time)
+    retrieval_time_s: float
+    #: decoding actions, encoding prompts and observations, and the bookkeeping of each turn
+    tokenize_time_s: float
+    #: what of the wall time the calling thread spent in env work or waiting for it (env_time_s when
+    #: nothing overlaps)
+    env_wait_time_s: float
     #: generated tokens per second of the whole collection (generation, env steps, tokenising)
     tokens_per_s: float
     generate_calls: int
@@ -41,6 +49,9 @@ class RolloutStats:
         generation_time_s: float,
         env_time_s: float,
         generate_calls: int,
+        retrieval_time_s: float = 0.0,
+        tokenize_time_s: float = 0.0,
+        env_wait_time_s: float | None = None,
     ) -> RolloutStats:
         n = max(len(episodes), 1)
         generated = sum(e.transcript.num_generated for e in episodes)
@@ -52,6 +63,9 @@ class RolloutStats:
             wall_time_s=wall_time_s,
             generation_time_s=generation_time_s,
             env_time_s=env_time_s,
+            retrieval_time_s=retrieval_time_s,
+            tokenize_time_s=tokenize_time_s,
+            env_wait_time_s=env_time_s if env_wait_time_s is None else env_wait_time_s,
             tokens_per_s=generated / wall_time_s if wall_time_s > 0 else 0.0,
             generate_calls=generate_calls,
             mean_turns=sum(e.turns for e in episodes) / n,
