@@ -1,12 +1,16 @@
 """Where a BM25 query's time goes, per query, in process and through our server (issue 13, part 4).
 
 For each world (default 22k passages, large 222k) and each engine (bm25: Lucene via pyserini; bm25s),
+each world in its own process (`--worlds` one at a time) for a cold JVM,
 batches of `--batch` distinct train questions, top-3 with scores as benchmarks/retrieval.py asks:
 
   in process, each stage of one backend call timed on its own (ms per query, median over batches):
     bm25 : java lists (queries into Java ArrayLists), lucene search (Anserini batch_search: BM25
            scoring + the stored-document read of each hit, both in Java), hits to Python (the JNI
-           calls that read each query's hits and each hit's raw JSON), assembly (raw JSON -> Hit);
+           calls that read each query's hits and each hit's docid and score), passage fetch (the
+           batch's passages from the corpus's PassageStore by docid), assembly (Hit);
+    bm25-raw: the same before this profile: hits to Python also reads each hit's raw JSON through
+           pyjnius (a Document proxy per hit), assembly parses it (in process only: same server code);
     bm25s: analysis (Lucene-style terms -> ids), bm25s search (numba scores + top-k), passage fetch
            (PassageStore rows -> passages), assembly (Hit, tie order);
     both : json encoding (the route's dicts and JSONResponse rendering of the whole batch);
@@ -63,7 +67,8 @@ def _encode(rows: list[list[Hit]]) -> bytes:
 
 
 def lucene_stages(r: Any, queries: list[str], stages: dict[str, float]) -> list[list[Hit]]:
-    """BM25Retriever.search, split into its stages (same calls, same order)."""
+    """BM25Retriever.search, split into its stages (same calls, same order); without a passage store
+    (`bm25-raw`: the code before this profile) each hit's raw JSON is read through pyjnius."""
     from agent_server.backends.bm25 import _passage_of_raw
 
     def lists() -> tuple[Any, Any]:
@@ -75,52 +80,74 @@ def lucene_stages(r: Any, queries: list[str], stages: dict[str, float]) -> list[
 
     jq, jids = _timed(stages, "java lists", lists)
     found = _timed(stages, "lucene search", lambda: r._searcher.batch_search(jq, jids, TOPK, int(r.threads)))
+    if r._store is None:
+        raw = _timed(
+            stages,
+            "hits to python (JNI)",
+            lambda: [
+                [(h.docid, h.lucene_document.get("raw"), h.score) for h in (found.get(str(i)) or [])]
+                for i in range(len(queries))
+            ],
+        )
 
-    def to_python() -> list[list[tuple[str, str, float]]]:
-        return [
-            [(h.docid, h.lucene_document.get("raw"), h.score) for h in (found.get(str(i)) or [])]
-            for i in range(len(queries))
-        ]
+        def assemble_raw() -> list[list[Hit]]:
+            rows = []
+            for hits in raw:
+                row = []
+                for docid, text, score in hits:
+                    raw_id, contents = _passage_of_raw(text)
+                    row.append(Hit(raw_id or docid, contents, float(score)))
+                rows.append(row)
+            return rows
 
-    raw = _timed(stages, "hits to python (JNI)", to_python)
+        return _timed(stages, "assembly", assemble_raw)
+    scored = _timed(
+        stages,
+        "hits to python (JNI)",
+        lambda: [[(h.docid, float(h.score)) for h in found.get(str(i)) or []] for i in range(len(queries))],
+    )
+    passages = _timed(stages, "passage fetch", lambda: r._store.get_ids([d for hits in scored for d, _ in hits]))
 
     def assemble() -> list[list[Hit]]:
-        rows = []
-        for hits in raw:
-            row = []
-            for docid, text, score in hits:
-                raw_id, contents = _passage_of_raw(text)
-                row.append(Hit(raw_id or docid, contents, float(score)))
-            rows.append(row)
-        return rows
+        it = iter(passages)
+        return [
+            [Hit(p.id, p.contents, score) for (_, score), p in zip(hits, [next(it) for _ in hits], strict=True)]
+            for hits in scored
+        ]
 
     return _timed(stages, "assembly", assemble)
 
 
 def bm25s_stages(r: Any, queries: list[str], stages: dict[str, float]) -> list[list[Hit]]:
-    """BM25sRetriever.search, split into its stages."""
+    """BM25sRetriever.search, split into its stages (every query here has indexed terms)."""
     import numpy as np
+
+    from agent_server.backends.bm25s_engine import _TIE_CANDIDATES
 
     def analyse() -> list[list[int]]:
         return [[r._vocab[t] for t in r._analyzer.terms(q) if t in r._vocab] for q in queries]
 
     ids = _timed(stages, "analysis", analyse)
-    rows, scores = _timed(stages, "bm25s search", lambda: r._top_k([x for x in ids if x], TOPK))
+    assert all(ids), "a query without indexed terms: this copy of search() assumes none"
+    rows, scores = _timed(stages, "bm25s search", lambda: r._top_k(ids, TOPK + _TIE_CANDIDATES))
 
-    def fetch() -> dict[int, Any]:
-        found = np.unique(rows[scores > 0])
-        return dict(zip(found.tolist(), r.store.get_rows(found), strict=True))
+    def fetch() -> tuple[Any, dict[int, Any]]:
+        keep = scores >= np.maximum(scores[:, TOPK - 1 : TOPK], np.finfo(np.float32).tiny)
+        found = np.unique(rows[keep])
+        return keep, dict(zip(found.tolist(), r.store.get_rows(found), strict=True))
 
-    passages = _timed(stages, "passage fetch", fetch)
+    keep, passages = _timed(stages, "passage fetch", fetch)
 
     def assemble() -> list[list[Hit]]:
         out = []
-        for row_ids, row_scores in zip(rows.tolist(), scores.tolist(), strict=True):
+        for row_ids, row_scores, row_keep in zip(rows.tolist(), scores.tolist(), keep.tolist(), strict=True):
             hits = [
-                Hit(passages[x].id, passages[x].contents, s) for x, s in zip(row_ids, row_scores, strict=True) if s > 0
+                Hit(passages[x].id, passages[x].contents, s)
+                for x, s, kept in zip(row_ids, row_scores, row_keep, strict=True)
+                if kept
             ]
             hits.sort(key=lambda h: (-h.score, h.id))
-            out.append(hits)
+            out.append(hits[:TOPK])
         return out
 
     return _timed(stages, "assembly", assemble)
@@ -128,9 +155,11 @@ def bm25s_stages(r: Any, queries: list[str], stages: dict[str, float]) -> list[l
 
 def in_process(engine: str, corpus: Path, batches: list[list[str]], warm_up: list[str]) -> dict[str, float]:
     began = time.perf_counter()
-    r = load_retriever(engine, corpus=corpus)
+    r = load_retriever("bm25s" if engine == "bm25s" else "bm25", corpus=corpus)
+    if engine == "bm25-raw":
+        r._store = None  # the raw-document path, as before this profile
     out: dict[str, float] = {"load s": time.perf_counter() - began}
-    staged = lucene_stages if engine == "bm25" else bm25s_stages
+    staged = bm25s_stages if engine == "bm25s" else lucene_stages
     n = len(batches[0])
     t0 = time.perf_counter()
     r.search(batches[0], TOPK)
@@ -178,7 +207,7 @@ def via_server(engine: str, world: str, batches: list[list[str]], warm_up: list[
 def main() -> None:
     p = argparse.ArgumentParser(description="per-query BM25 time by stage, in process and through our server")
     p.add_argument("--worlds", default="default,large")
-    p.add_argument("--engines", default="bm25,bm25s")
+    p.add_argument("--engines", default="bm25-raw,bm25,bm25s", help="bm25-raw: Lucene, passages from raw docs")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--batches", type=int, default=6, help="timed batches (the first is the cold one)")
     p.add_argument("--warm-up", type=int, default=20_000, help="queries searched before the timed batches")
@@ -198,7 +227,7 @@ def main() -> None:
         for engine in args.engines.split(","):
             console.print(f"{world} / {engine} ...")
             column = in_process(engine, paths.corpus, batches, warm)
-            if not args.no_server:
+            if not args.no_server and engine != "bm25-raw":
                 column |= via_server(engine, world, batches, warm, args.log_dir / f"{world}-{engine}.log")
                 column["server adds (wall - in-process total)"] = column["server wall"] - column["in-process total"]
             figures[f"{world} {engine}"] = column
