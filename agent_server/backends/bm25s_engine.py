@@ -122,7 +122,11 @@ def _scorer() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     from bm25s.numba.retrieve_utils import _retrieve_internal_jitted
     from numba import njit
 
-    return njit(parallel=True, cache=True)(_retrieve_internal_jitted)
+    try:
+        return njit(parallel=True, cache=True)(_retrieve_internal_jitted)
+    except RuntimeError as err:  # no writable cache folder (site-packages, ~/.cache, NUMBA_CACHE_DIR)
+        logger.warning("the bm25s kernel is compiled in every process: %s", err)
+        return njit(parallel=True)(_retrieve_internal_jitted)
 
 
 class BM25sRetriever:
