@@ -158,7 +158,8 @@ class BM25sRetriever:
         self._count = int(self._engine.scores["num_docs"])
         if self._count != len(self.store):
             raise ValueError(f"bm25s index has {self._count} passages but the corpus {len(self.store)}")
-        self.search(["warm up the numba scorer"], 1)
+        if self._count and self._vocab:  # compile (or load from numba's cache) the kernel now
+            self._top_k([[next(iter(self._vocab.values()))]], 1)
 
     def __len__(self) -> int:
         return self._count
