@@ -69,6 +69,7 @@ RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin searchgym \
 # SEARCHGYM_HOME: generated worlds and built indexes live here (the compose file mounts the
 #   searchgym-data volume), so the first start builds them and every later start reuses them.
 # HF_HOME: Hugging Face files (an encoder or a policy you pre-download) are cached in the volume too.
+# NUMBA_CACHE_DIR: the bm25s backend's compiled numba kernel (10-50 s to compile), kept in the volume.
 # HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE: offline by default. The packaged MiniLM encoder needs no
 #   hub, a server must not stall on a download at start-up, and nothing is fetched that was not
 #   asked for. Set HF_HUB_OFFLINE=0 (compose: in the environment) to let an encoder or policy
@@ -78,6 +79,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     SEARCHGYM_HOME=/data \
     HF_HOME=/data/huggingface \
+    NUMBA_CACHE_DIR=/data/numba-cache \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 

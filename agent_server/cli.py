@@ -105,8 +105,19 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
         description="Serve /retrieve. With no index given, serves the embedded world, building its "
         "indexes on first use into $SEARCHGYM_HOME. Set SEARCHGYM_API_TOKEN to require a bearer token.",
     )
-    p.add_argument("--backend", choices=["bm25", "dense", "hybrid"], default="bm25")
-    p.add_argument("--bm25-index", type=Path, help="a Lucene index directory (ours or a prebuilt one)")
+    p.add_argument(
+        "--backend",
+        choices=["bm25", "bm25s", "dense", "hybrid"],
+        default="bm25",
+        help="bm25: Lucene (pyserini); bm25s: the same BM25 in Python (bm25s + numba, no JVM); dense: faiss; "
+        "hybrid: bm25 + dense fused by RRF",
+    )
+    p.add_argument(
+        "--bm25-index",
+        type=Path,
+        help="a Lucene index directory (ours or a prebuilt one); with --backend bm25s, a bm25s index built by "
+        "`agent-server index --backend bm25s`",
+    )
     p.add_argument("--dense-index", type=Path, help="a dense index directory built by `agent-server index`")
     p.add_argument(
         "--corpus",
@@ -128,7 +139,8 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     # Lucene's batch search threads are Java threads, not torch's: a batch of queries is searched in
     # parallel at no per-query overhead, so they keep their own count (the measured figures used 2).
     p.add_argument("--search-threads", type=_positive(int), default=2,
-                   help="pyserini batch_search (and index build) threads for BM25 (default 2)")
+                   help="BM25 batch search threads: pyserini batch_search (and index build) for bm25, "
+                   "numba for bm25s (default 2)")
     g = p.add_argument_group("dense search", "faiss and query-encoder settings (dense and hybrid backends)")
     g.add_argument("--nprobe", type=_positive(int), help="IVF lists searched per query (faiss default 1)")
     g.add_argument("--ef-search", type=_positive(int), help="HNSW candidate list size (faiss default 16)")
@@ -182,7 +194,7 @@ def _retriever_loader(args: argparse.Namespace):
         from agent_server.embedded_indexes import load_retriever
 
         corpus = args.corpus
-        needs_bm25 = args.backend in ("bm25", "hybrid") and args.bm25_index is None
+        needs_bm25 = args.backend in ("bm25", "bm25s", "hybrid") and args.bm25_index is None
         needs_dense = args.backend in ("dense", "hybrid") and args.dense_index is None
         if corpus is None and (needs_bm25 or needs_dense):
             from search_env.world.store import ensure_world

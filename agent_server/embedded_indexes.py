@@ -27,7 +27,7 @@ from search_env.home import searchgym_home
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["bm25", "dense"]
+Backend = Literal["bm25", "bm25s", "dense"]
 
 
 @contextlib.contextmanager
@@ -60,9 +60,10 @@ def index_key(backend: Backend, corpus: Path, encoder: str | None = None, index_
 def _is_complete(backend: Backend, path: Path) -> bool:
     # Both builders write their metadata last and rename the folder into place only on success.
     from agent_server.backends.bm25 import META as BM25_META
+    from agent_server.backends.bm25s_engine import META as BM25S_META
     from agent_server.backends.dense import META_FILE as DENSE_META
 
-    return (path / (BM25_META if backend == "bm25" else DENSE_META)).is_file()
+    return (path / {"bm25": BM25_META, "bm25s": BM25S_META}.get(backend, DENSE_META)).is_file()
 
 
 def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None = None,
@@ -70,8 +71,8 @@ def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None =
                  skip_bad_lines: bool = False) -> Path:
     """The cached `backend` index of `corpus`, built now if this is its first use; a bad corpus line
     raises BadRecordError unless `skip_bad_lines` (see search_env.corpus_validation)."""
-    if backend not in ("bm25", "dense"):
-        raise ValueError(f"backend must be 'bm25' or 'dense', not {backend!r}")
+    if backend not in ("bm25", "bm25s", "dense"):
+        raise ValueError(f"backend must be 'bm25', 'bm25s' or 'dense', not {backend!r}")
     corpus = Path(corpus).absolute()
     encoder_name = encoder.name if isinstance(encoder, Encoder) else encoder
     indexes = (root or searchgym_home()) / "indexes"
@@ -89,6 +90,10 @@ def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None =
             from agent_server.backends.bm25 import build_bm25_index
 
             build_bm25_index(corpus, path, threads=threads, skip_bad_lines=skip_bad_lines)
+        elif backend == "bm25s":
+            from agent_server.backends.bm25s_engine import build_bm25s_index
+
+            build_bm25s_index(corpus, path, skip_bad_lines=skip_bad_lines)
         else:
             from agent_server.backends.dense import build_dense_index
 
@@ -97,7 +102,7 @@ def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None =
     return path
 
 
-def load_retriever(backend: Literal["bm25", "dense", "hybrid"], *, bm25_index: Path | None = None,
+def load_retriever(backend: Literal["bm25", "bm25s", "dense", "hybrid"], *, bm25_index: Path | None = None,
                    dense_index: Path | None = None, corpus: Path | None = None,
                    encoder: str | Encoder | None = None, threads: int = 2,
                    root: Path | None = None, skip_bad_lines: bool = False,
@@ -107,11 +112,12 @@ def load_retriever(backend: Literal["bm25", "dense", "hybrid"], *, bm25_index: P
 
     `nprobe`, `ef_search`, `encode_dtype`, `faiss_gpu`: the dense backend's (DenseRetriever).
 
-    For BM25 the corpus also serves passages of an index that stores no raw docs; for dense it
-    overrides the corpus path recorded in the index.
+    For BM25 the corpus also serves passages of an index that stores no raw docs; for dense and
+    bm25s it overrides the corpus path recorded in the index. `bm25_index` is the bm25s index folder
+    when `backend` is "bm25s".
     """
-    if backend not in ("bm25", "dense", "hybrid"):
-        raise ValueError(f"backend must be bm25, dense or hybrid, not {backend!r}")
+    if backend not in ("bm25", "bm25s", "dense", "hybrid"):
+        raise ValueError(f"backend must be bm25, bm25s, dense or hybrid, not {backend!r}")
     corpus = Path(corpus) if corpus is not None else None
 
     def need(kind: Backend, given: Path | None) -> Path:
@@ -122,6 +128,10 @@ def load_retriever(backend: Literal["bm25", "dense", "hybrid"], *, bm25_index: P
         return ensure_index(kind, corpus, encoder if kind == "dense" else None, root, threads=threads,
                             skip_bad_lines=skip_bad_lines)
 
+    if backend == "bm25s":
+        from agent_server.backends.bm25s_engine import BM25sRetriever
+
+        return BM25sRetriever(need("bm25s", bm25_index), threads=threads, corpus=corpus)
     bm25 = dense = None
     if backend in ("bm25", "hybrid"):
         from agent_server.backends.bm25 import BM25Retriever

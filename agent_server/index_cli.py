@@ -19,10 +19,10 @@ def add_index_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser = subparsers.add_parser(
         "index",
         help="build a BM25 or dense index from a wiki-18 JSONL corpus",
-        description="Build a BM25 (pyserini Lucene) or dense (faiss) index from a wiki-18 JSONL corpus "
+        description="Build a BM25 (pyserini Lucene, or bm25s) or dense (faiss) index from a wiki-18 JSONL corpus "
         '({"id": ..., "contents": "\\"Title\\"\\ntext"} a line; .jsonl or .jsonl.gz).',
     )
-    parser.add_argument("--backend", choices=["bm25", "dense"], required=True)
+    parser.add_argument("--backend", choices=["bm25", "bm25s", "dense"], required=True)
     parser.add_argument("--corpus", type=Path, required=True, help="corpus file (.jsonl or .jsonl.gz)")
     parser.add_argument("--out", type=Path, required=True, help="index folder to create (must not exist)")
     parser.add_argument("--encoder", default=None,
@@ -79,6 +79,11 @@ def _build(args: argparse.Namespace) -> int:
 
         out = build_bm25_index(args.corpus, args.out, threads=args.threads, skip_bad_lines=args.skip_bad_lines)
         what = "BM25 (Lucene)"
+    elif args.backend == "bm25s":
+        from agent_server.backends.bm25s_engine import build_bm25s_index
+
+        out = build_bm25s_index(args.corpus, args.out, skip_bad_lines=args.skip_bad_lines)
+        what = "BM25 (bm25s)"
     else:
         from agent_server.backends.dense import build_dense_index
 

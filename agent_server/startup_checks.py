@@ -34,7 +34,7 @@ def check_retriever_args(
 ) -> None:
     """Raise `StartupError` for an unknown `world` that would be served, or a hybrid over two corpora."""
     builds = corpus is None and (
-        (backend in ("bm25", "hybrid") and bm25_index is None)
+        (backend in ("bm25", "bm25s", "hybrid") and bm25_index is None)
         or (backend in ("dense", "hybrid") and dense_index is None)
     )
     if builds and world not in WORLD_PRESETS:

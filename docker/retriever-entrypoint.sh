@@ -28,8 +28,8 @@ die() {
 
 backend=${SEARCHGYM_BACKEND:-bm25}
 case "$backend" in
-    bm25 | dense | hybrid) ;;
-    *) die "SEARCHGYM_BACKEND must be bm25, dense or hybrid, not '$backend'" ;;
+    bm25 | bm25s | dense | hybrid) ;;
+    *) die "SEARCHGYM_BACKEND must be bm25, bm25s, dense or hybrid, not '$backend'" ;;
 esac
 
 # A path given through a variable must exist in the container: most often a mistake in the mount.

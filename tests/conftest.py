@@ -65,6 +65,11 @@ def bm25_server(small_world, tmp_path_factory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
+def bm25s_server(small_world, tmp_path_factory) -> Iterator[ServerProcess]:
+    yield from _serve("bm25s", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def dense_server(small_world, tmp_path_factory) -> Iterator[ServerProcess]:
     yield from _serve("dense", tmp_path_factory)
 

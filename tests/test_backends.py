@@ -7,6 +7,7 @@ Each index is built once per module; dense builds encode ~300 short passages (a 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -97,6 +98,21 @@ def test_bm25_describe(bm25, corpus) -> None:
     assert info["k1"] == 0.9 and info["b"] == 0.4 and info["corpus"] == str(corpus)
     assert info["java"].startswith("21") and Path(info["index"]).is_dir()
     json.dumps(info)
+
+
+def test_bm25_reads_passages_from_the_corpus_or_the_raw_docs_alike(bm25, entries, tmp_path) -> None:
+    # Our index records its corpus: passages come from its PassageStore. A copy without our metadata
+    # (as a prebuilt index) reads each hit's stored raw JSON instead; the answers are the same.
+    assert bm25.describe()["passages_from"] == "corpus"
+    prebuilt = tmp_path / "prebuilt"
+    shutil.copytree(bm25.index_dir, prebuilt, ignore=shutil.ignore_patterns("searchgym-bm25.json"))
+    raw = BM25Retriever(prebuilt)
+    try:
+        assert raw.describe()["passages_from"] == "raw docs"
+        queries = [f"{e.name} {e.topic}" for e in entries[:40]] + ["", "lighthouse storms"]
+        assert raw.search(queries, 5) == bm25.search(queries, 5)
+    finally:
+        raw.close()
 
 
 def test_bm25_refuses_a_non_empty_out_dir(corpus, tmp_path) -> None:

@@ -350,7 +350,7 @@ def test_env_command_starts_against_the_retriever_and_becomes_healthy(
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
-        ({"SEARCHGYM_BACKEND": "bm26"}, "SEARCHGYM_BACKEND must be bm25, dense or hybrid"),
+        ({"SEARCHGYM_BACKEND": "bm26"}, "SEARCHGYM_BACKEND must be bm25, bm25s, dense or hybrid"),
         ({"SEARCHGYM_BM25_INDEX": "/no/such/index"}, "SEARCHGYM_BM25_INDEX=/no/such/index does not exist"),
         ({"SEARCHGYM_CORPUS": "/no/such/corpus.jsonl"}, "SEARCHGYM_CORPUS=/no/such/corpus.jsonl does not exist"),
     ],

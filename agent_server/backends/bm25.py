@@ -149,7 +149,14 @@ def _passage_of_raw(raw: str) -> tuple[str | None, str]:
 
 
 class BM25Retriever:
-    """BM25 (pyserini defaults k1=0.9, b=0.4) over a Lucene index, batches searched in parallel."""
+    """BM25 (pyserini defaults k1=0.9, b=0.4) over a Lucene index, batches searched in parallel.
+
+    Passages are read from the corpus's PassageStore by docid when the corpus is known and unchanged
+    (an index we built records it; an index without raw docs needs `corpus`), else from each hit's
+    stored raw JSON. The store is the cheaper path: reading a hit's raw document through pyjnius
+    (a Document proxy and a call per hit) cost ~0.12-0.15 ms per top-3 query on 2 cores, the store
+    read of the same passages batched ~0.09 (benchmarks/bm25_profile.py).
+    """
 
     name = "bm25"
 
@@ -169,6 +176,8 @@ class BM25Retriever:
         self._searcher.set_bm25(float(k1), float(b))
         self._count = int(self._searcher.get_total_num_docs())
         self.raw_docs = self._count > 0 and self._searcher.doc(0).get("raw") is not None
+        meta_path = self.index_dir / META
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         self._store: PassageStore | None = None
         if not self.raw_docs:
             if corpus is None:
@@ -177,8 +186,18 @@ class BM25Retriever:
                     "built from (corpus=... / --corpus) to look passages up by docid"
                 )
             self._store = cached_store(Path(corpus))
-        meta_path = self.index_dir / META
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        elif (indexed := self._indexed_corpus()) is not None:
+            self._store = cached_store(indexed)
+
+    def _indexed_corpus(self) -> Path | None:
+        """The corpus this index was built from (recorded by build_bm25_index), if it is still there,
+        unchanged, and was indexed whole: its rows are then exactly the indexed documents."""
+        recorded = self.meta.get("corpus") or {}
+        path = Path(recorded["path"]) if recorded.get("path") else None
+        if path is None or not path.is_file() or self.meta.get("skipped_lines", 0):
+            return None
+        stat = path.stat()
+        return path if (stat.st_size, stat.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")) else None
 
     def __len__(self) -> int:
         return self._count
@@ -193,16 +212,18 @@ class BM25Retriever:
             jqueries.add(queries[i])
             jqids.add(str(i))
         found = self._searcher.batch_search(jqueries, jqids, int(k), int(self.threads))
-        for i in todo:
-            hits = found.get(str(i)) or []
-            if self._store is not None:
-                docids = [h.docid for h in hits]
-                passages = self._store.get_ids(docids)
-                results[i] = [Hit(p.id, p.contents, float(h.score)) for p, h in zip(passages, hits, strict=True)]
-                continue
-            for h in hits:
-                raw_id, contents = _passage_of_raw(h.lucene_document.get("raw"))
-                results[i].append(Hit(raw_id or h.docid, contents, float(h.score)))
+        if self._store is None:
+            for i in todo:
+                for h in found.get(str(i)) or []:
+                    raw_id, contents = _passage_of_raw(h.lucene_document.get("raw"))
+                    results[i].append(Hit(raw_id or h.docid, contents, float(h.score)))
+            return results
+        # Two field reads per hit, and the whole batch's passages in one store lookup.
+        scored = [(i, [(h.docid, float(h.score)) for h in found.get(str(i)) or []]) for i in todo]
+        passages = iter(self._store.get_ids([docid for _, hits in scored for docid, _ in hits]))
+        for i, hits in scored:
+            mine = [next(passages) for _ in hits]
+            results[i] = [Hit(p.id, p.contents, score) for (_, score), p in zip(hits, mine, strict=True)]
         return results
 
     def describe(self) -> dict[str, Any]:
@@ -214,6 +235,7 @@ class BM25Retriever:
             "b": self.b,
             "threads": self.threads,
             "raw_docs": self.raw_docs,
+            "passages_from": "corpus" if self._store is not None else "raw docs",
             "corpus": str(self._store.corpus_path) if self._store else self.meta.get("corpus", {}).get("path"),
             "java": ".".join(map(str, self.java.version)),
         }
