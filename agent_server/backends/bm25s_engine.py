@@ -118,15 +118,17 @@ def _scorer() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     parallel), compiled with `cache=True`: bm25s's own dispatchers are not cached, and compiling them
     takes 10-50 s in every new process on a busy 2-core machine; a cached one loads in under 1 s after
     the first compile in an environment. One parallel kernel serves every thread count
-    (numba.set_num_threads), so there is one cache entry. Its arguments are bm25s 0.3's (pinned <0.4)."""
+    (numba.set_num_threads), so there is one cache entry. Its arguments are bm25s 0.3's (pinned <0.4).
+    nogil: bm25s's parallel kernel holds the GIL, which would stall the server's event loop (HTTP of
+    other requests) for the whole search; the kernel touches no Python object, so releasing it is safe."""
     from bm25s.numba.retrieve_utils import _retrieve_internal_jitted
     from numba import njit
 
     try:
-        return njit(parallel=True, cache=True)(_retrieve_internal_jitted)
+        return njit(parallel=True, nogil=True, cache=True)(_retrieve_internal_jitted)
     except RuntimeError as err:  # no writable cache folder (site-packages, ~/.cache, NUMBA_CACHE_DIR)
         logger.warning("the bm25s kernel is compiled in every process: %s", err)
-        return njit(parallel=True)(_retrieve_internal_jitted)
+        return njit(parallel=True, nogil=True)(_retrieve_internal_jitted)
 
 
 class BM25sRetriever:
