@@ -75,6 +75,8 @@ def same(args: argparse.Namespace) -> None:
     for world in args.worlds:
         index = ensure_index("dense", ensure_world(world).corpus)
         queries = questions_of(world)
+        vectors = {p: enc.encode_queries(queries) for p, enc in encoders.items()}
+        cosine = (vectors["fp32"] * vectors["bf16-mixed"]).sum(axis=1)  # both unit norm
         ids = {}
         for precision, enc in encoders.items():
             retriever = DenseRetriever(index, enc)
@@ -86,7 +88,8 @@ def same(args: argparse.Namespace) -> None:
         overlap = statistics.mean(len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True))
         print(
             f"world {world}: {len(queries)} train questions, bf16-mixed vs fp32 through the dense backend: "
-            f"top-3 identical {top3:.1%}, top-1 identical {top1:.1%}, top-10 overlap {overlap:.1%}"
+            f"top-3 identical {top3:.1%}, top-1 identical {top1:.1%}, top-10 overlap {overlap:.1%}; "
+            f"query vectors' cosine min {cosine.min():.6f} mean {cosine.mean():.6f}"
         )
 
 
