@@ -17,7 +17,9 @@ import torch
 from agent_server.backends.dense import META_FILE, DenseRetriever
 from agent_server.embedded_indexes import ensure_index
 from agent_server.encoder import MIXED_BF16, cpu_has_native_bf16, load_encoder, resolve_dtype
+from agent_server.index_cli import main as index_main
 from search_env.qa_data import load_qa
+from tests.backend_fixtures import make_entries, write_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -55,3 +57,14 @@ def test_bf16_mixed_gives_the_same_top_k_as_fp32_on_the_small_world(small_world)
     # Measured on all 1,000 small-world train questions: 99.3% / 99.7% (5,000 default-world: see
     # benchmarks/encode_precision.py). A near tie between passages may swap; more than that is a bug.
     assert same_top3 >= 0.95 and overlap10 >= 0.98, (same_top3, overlap10)
+
+
+def test_index_build_precision_is_chosen_on_the_command_line_and_recorded(tmp_path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.jsonl", make_entries(24))
+    out = tmp_path / "index"
+    assert index_main(["index", "--backend", "dense", "--corpus", str(corpus), "--out", str(out),
+                       "--device", "cpu", "--encode-dtype", MIXED_BF16]) == 0  # fmt: skip
+    assert json.loads((out / META_FILE).read_text())["encode_dtype"] == MIXED_BF16
+    retriever = DenseRetriever(out, dtype="fp32", device="cpu")  # queries may use another precision
+    assert len(retriever.search(["anything"], 5)[0]) == 5
+    retriever.close()
