@@ -1,9 +1,10 @@
 """Query encoding in bf16-mixed (issue 13 part 2): the same results as fp32 through the dense backend.
 
-bf16-mixed keeps the fp32 weights and encodes under torch's bf16 autocast (matmuls in bf16, layer norm
-and softmax in fp32). It is fast where the CPU multiplies bf16 natively (AMX, AVX512-BF16) and emulated
-elsewhere, so this test runs on any CPU: the packaged MiniLM, the small world's real faiss index (built
-in fp32, as every index is by default), 300 of its train questions.
+bf16-mixed encodes under torch's bf16 autocast (matmuls in bf16, layer norm and softmax in fp32), its
+Linear weights stored in bf16 as autocast would round them. It is fast where the CPU multiplies bf16
+natively (AMX, AVX512-BF16) and emulated elsewhere, so this test runs on any CPU: the packaged MiniLM,
+the small world's real faiss index (built in fp32, as every index is by default), 300 of its train
+questions.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ def test_bf16_mixed_gives_the_same_top_k_as_fp32_on_the_small_world(small_world)
     questions = list(dict.fromkeys(r.question for r in load_qa(small_world.qa["train"])))[:300]
     full, mixed = load_encoder(None, "cpu", "fp32"), load_encoder(None, "cpu", MIXED_BF16)
     assert mixed.dtype == MIXED_BF16
-    assert next(mixed.model.parameters()).dtype == torch.float32  # weights untouched; autocast per call
+    kinds = {type(m).__name__: m.weight.dtype for m in mixed.model.modules() if hasattr(m, "weight")}
+    assert kinds["Linear"] == torch.bfloat16 and kinds["LayerNorm"] == torch.float32
 
     a, b = full.encode_queries(questions), mixed.encode_queries(questions)
     assert b.dtype == np.float32
     assert not torch.is_autocast_enabled("cpu")  # the autocast context ended with the call
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # its Linear weights stored in bf16 change nothing
+        assert np.array_equal(full.encode_queries(questions[:64]), mixed.encode_queries(questions[:64]))
     cosine = np.sum(a * b, axis=1)  # both unit norm
     assert cosine.min() > 0.999  # measured min 0.99997; a whole-model bf16 cast gives ~0.996
 
