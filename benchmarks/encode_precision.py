@@ -5,7 +5,8 @@ batch size, and whether the dense backend's results stay the same.
          questions of the small world in one call at each `--batch-sizes` (queries per forward pass;
          sentence-transformers sorts them by length and pads each sub-batch to its longest), and in
          calls of `--chunk` queries (the server's --max-chunk-queries) at the same batch size. Rounds
-         alternate the configurations; the median of `--rounds` is printed.
+         alternate the configurations; the median of `--rounds` is printed. Also 48 queries one
+         per call (a lone client's request), per precision.
   same:  for each `--worlds` world, its dense index (built on first use, fp32) searched with every
          train question encoded in fp32 and in bf16-mixed: the share of questions whose top-3 (ids,
          in order) are identical, whose top-1 is, and the mean overlap of the top-10 sets.
@@ -28,6 +29,8 @@ from search_env.qa_data import load_qa  # noqa: E402
 from search_env.threads import apply_threads  # noqa: E402
 from search_env.world.store import ensure_world  # noqa: E402
 
+SINGLES = 48  # queries encoded one per call, each round
+
 
 def questions_of(world: str) -> list[str]:
     return list(dict.fromkeys(r.question for r in load_qa(ensure_world(world).qa["train"])))
@@ -44,6 +47,7 @@ def speed(args: argparse.Namespace) -> None:
     for enc in encoders.values():
         enc.encode_queries(queries[:256])  # warm: oneDNN picks its kernels on first use
     times: dict[tuple[str, int, int], list[float]] = {c: [] for c in configs}
+    singles: dict[str, list[float]] = {}
     for r in range(args.rounds):
         order = configs[r % len(configs) :] + configs[: r % len(configs)]
         for precision, batch, chunk in order:
@@ -52,6 +56,11 @@ def speed(args: argparse.Namespace) -> None:
             for s in range(0, len(queries), step):
                 encoders[precision].encode_queries(queries[s : s + step], batch_size=batch)
             times[(precision, batch, chunk)].append(time.perf_counter() - started)
+        for precision, enc in encoders.items():  # one query per call, as a lone client's request
+            started = time.perf_counter()
+            for q in queries[:SINGLES]:
+                enc.encode_queries([q])
+            singles.setdefault(precision, []).append((time.perf_counter() - started) / SINGLES)
     print(
         f"{len(queries)} small-world train questions, torch threads {args.threads}, native bf16 "
         f"{cpu_has_native_bf16()}; median of {args.rounds} alternating rounds (ms for all {len(queries)})"
@@ -64,6 +73,9 @@ def speed(args: argparse.Namespace) -> None:
         print(
             f"  {precision:>10} batch {batch:>4} {calls:>13}: {ms:8.1f} ms  {len(queries) / ms * 1000:7.1f} q/s{ratio}"
         )
+
+    for precision, ts in singles.items():
+        print(f"  {precision:>10} one query per call: {1000 * statistics.median(ts):.1f} ms per query")
 
 
 def same(args: argparse.Namespace) -> None:
