@@ -145,7 +145,8 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--nprobe", type=_positive(int), help="IVF lists searched per query (faiss default 1)")
     g.add_argument("--ef-search", type=_positive(int), help="HNSW candidate list size (faiss default 16)")
     g.add_argument("--encode-dtype", choices=ENCODE_DTYPES, default="auto",
-                   help="query encoder precision (auto: fp16 on CUDA, fp32 on CPU)")
+                   help="query encoder precision (auto: fp16 on CUDA; bf16-mixed on a CPU with AMX or "
+                   "AVX512-BF16, fp32 on other CPUs); indexes are built in fp32 whatever this is")
     g.add_argument("--faiss-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="put the faiss index on the GPUs (default: when faiss has GPU support and sees one)")
     _add_server_args(p, 8000)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from agent_server.encoder import ENCODE_DTYPES
 from search_env.bad_records import BadRecordError
 from search_env.corpus_validation import validate_corpus
 
@@ -31,6 +32,9 @@ def add_index_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="dense: Flat (exact), HNSW32, IVF4096,Flat, or any faiss index_factory string")
     parser.add_argument("--batch-size", type=int, default=64, help="dense: passages per encoder batch")
     parser.add_argument("--device", default=None, help="dense: torch device (default: cuda if available)")
+    parser.add_argument("--encode-dtype", choices=ENCODE_DTYPES, default="fp32",
+                        help="dense: passage encoder precision (default fp32, so an index is the same on every "
+                        "machine; auto: as the retriever's --encode-dtype auto)")
     parser.add_argument("--threads", type=int, default=2, help="bm25: indexing threads")
     parser.add_argument("--skip-bad-lines", action="store_true",
                         help="index the good lines of a corpus with bad ones, and report how many were skipped "
@@ -88,7 +92,8 @@ def _build(args: argparse.Namespace) -> int:
         from agent_server.backends.dense import build_dense_index
 
         out = build_dense_index(args.corpus, args.out, encoder=args.encoder, index_type=args.index_type,
-                                batch_size=args.batch_size, device=args.device, skip_bad_lines=args.skip_bad_lines)
+                                batch_size=args.batch_size, device=args.device, dtype=args.encode_dtype,
+                                skip_bad_lines=args.skip_bad_lines)
         what = f"dense ({args.index_type}, encoder {args.encoder or 'all-MiniLM-L6-v2'})"
     skipped = f", {check.skipped} bad line(s) skipped" if check.skipped else ""
     print(f"built {what} index of {args.corpus} ({check.passages} passages{skipped}) at {out} "

@@ -13,6 +13,9 @@ round, so A and B alternate under the same background load), and the median over
   - `replay` (`--replay`): a replayed RL rollout stream, train questions x 5 (see `rl_stream`), sent
     as one POST per (step, turn) as Search-R1's trainer does; ours is also run with its cache on.
 Server CPU per query is read from /proc/PID/stat (utime+stime of the server and its children).
+For the dense backend the same batches are also searched in this process (`in-process`: the same
+index, encoder and precision as ours, DenseRetriever.search on each whole batch, no HTTP), taking its
+turn in the rotation, so ours' q/s over it is the server's overhead in the same run.
 
 The load generator is `--procs` processes (multiprocessing) with `clients / procs` threads each, every
 thread on its own keep-alive http.client connection; its CPU is reported too, so a run whose client
@@ -246,6 +249,46 @@ def _rows(body: bytes) -> list[list[str]]:
     return [[hit["document"]["contents"] for hit in row] for row in json.loads(body)["result"]]
 
 
+class InProcess:
+    """The dense backend called in this process on the same batches as the servers get: ours' q/s over
+    its q/s is what the server (HTTP, JSON, coalescing, chunking) costs. Same index, encoder and
+    precision as ours (read from ours' /info), same torch/faiss thread count."""
+
+    name = "in-process"
+
+    def __init__(self, ours: Server, args: argparse.Namespace) -> None:
+        import faiss
+        import torch
+
+        from agent_server.backends.dense import DenseRetriever
+
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+            faiss.omp_set_num_threads(args.torch_threads)
+        backend = _info(ours)["backend"]  # type: ignore[index]
+        self.retriever = DenseRetriever(backend["index"], dtype=backend["encode_dtype"], device="cpu")
+        self.dtype = backend["encode_dtype"]
+        self.results: dict[str, list[dict[str, float]]] = {}
+
+    def run(self, batches: list[list[str]], seconds: float) -> dict[str, float]:
+        """Search the batches in turn, as one sequential client would, for `seconds` (at least one)."""
+        n, latencies, i = 0, [], 0
+        cpu0, began = time.process_time(), time.perf_counter()
+        while time.perf_counter() < began + seconds or not latencies:
+            start = time.perf_counter()
+            self.retriever.search(batches[i % len(batches)], TOPK)
+            latencies.append(time.perf_counter() - start)
+            n += len(batches[i % len(batches)])
+            i += 1
+        lat = sorted(x * 1000 for x in latencies)
+        return {
+            "qps": n / (time.perf_counter() - began),
+            "p50": statistics.median(lat),
+            "p99": lat[-1],
+            "server_cpu_ms_per_query": 1000 * (time.process_time() - cpu0) / n,
+        }
+
+
 def warm_up(servers: list[Server], questions: list[str], n: int) -> None:
     """Search `n` queries on each server first, so no server runs cold in the rounds: Lucene under the JVM's
     JIT kept speeding up for ~10^4 queries here (two identical servers, one warmed by the other loads, were
@@ -347,6 +390,12 @@ def main() -> None:
     p.add_argument("--warm-up", type=int, help="queries each server searches before the rounds (default per backend)")
     p.add_argument("--replay", action="store_true", help="also replay an RL rollout stream (train questions x 5)")
     p.add_argument("--replay-questions", type=int, default=256, help="questions per round of the replay")
+    p.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dense: also search the batches in this process, for the server's overhead",
+    )
     p.add_argument("--log-dir", type=Path, default=Path("runs/bench-retrieval"))
     args = p.parse_args()
     if args.search_r1 and not (args.search_r1 / SEARCH_R1_SERVER).is_file():
@@ -374,6 +423,9 @@ def main() -> None:
             servers = start_servers(backend, args, args.log_dir)
             try:
                 warm_up(servers, questions, args.warm_up if args.warm_up is not None else WARM_UP[backend])
+                in_process = InProcess(servers[0], args) if backend == "dense" and args.in_process else None
+                if in_process is not None:
+                    in_process.retriever.search(questions[:512], TOPK)  # warm, as the servers were
                 agree = same_topk([s for s in servers if s.name != "ours+cache"], questions[:64])
                 console.print(f"  same top-{TOPK} as ours on 64 queries: {agree}")
                 for r in range(args.rounds):
@@ -383,8 +435,16 @@ def main() -> None:
                         chunk = questions[r * args.replay_questions : (r + 1) * args.replay_questions] or questions
                         round_loads.append(("replay", "stream", rl_stream(chunk, 5, 3, 64, seed=r)))
                     for label, kind, batches in round_loads:
-                        for s in order:
-                            if s.name == "ours+cache" and kind != "stream":
+                        turn = r % (len(servers) + 1)  # the in-process run's place rotates too
+                        for position, s in enumerate([*order, None]):
+                            if position == turn and in_process is not None and kind == "batch":
+                                m = in_process.run(batches, args.seconds)  # type: ignore[arg-type]
+                                in_process.results.setdefault(label, []).append(m)
+                                console.print(
+                                    f"  round {r + 1} {label:>12} {'in-process':>10}: "
+                                    + ", ".join(f"{k} {v:.2f}" for k, v in m.items())
+                                )
+                            if s is None or (s.name == "ours+cache" and kind != "stream"):
                                 continue
                             m = run_load(s, pool, kind, batches, args)  # type: ignore[arg-type]
                             s.results.setdefault(label, []).append(m)
@@ -396,8 +456,35 @@ def main() -> None:
                 for s in servers:
                     s.proc.stop()
             report["backends"][backend] = {"same_topk": agree, **_summarise(backend, servers, args)}
+            if in_process is not None:
+                report["backends"][backend]["in-process"] = _overhead(in_process, report["backends"][backend])
+                in_process.retriever.close()
     (args.log_dir / "retrieval.json").write_text(json.dumps(report, indent=1))
     console.print(f"raw figures: {args.log_dir / 'retrieval.json'}")
+
+
+def _overhead(in_process: InProcess, medians: dict) -> dict:
+    """Print ours against the same backend called in process, per batch load; return its medians."""
+    table = Table(
+        title=f"server overhead: ours over the dense backend called in process on the same batches "
+        f"(encode dtype {in_process.dtype}; medians of the same rounds)"
+    )
+    for col in ("load", "in-process q/s", "ours q/s", "ours / in-process", "in-process CPU ms/q", "ours CPU ms/q"):
+        table.add_column(col, justify="left" if col == "load" else "right")
+    out = {}
+    for label, ms in in_process.results.items():
+        mine = out[label] = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
+        ours = medians["ours"][label]
+        table.add_row(
+            label,
+            f"{mine['qps']:.1f}",
+            f"{ours['qps']:.1f}",
+            f"{ours['qps'] / mine['qps']:.2f}x",
+            f"{mine['server_cpu_ms_per_query']:.2f}",
+            f"{ours['server_cpu_ms_per_query']:.2f}",
+        )
+    console.print(table)
+    return out
 
 
 def _summarise(backend: str, servers: list[Server], args: argparse.Namespace) -> dict:

@@ -1,7 +1,7 @@
 """faiss search parameters end to end (issue 13 part 2): `agent-server retriever --nprobe` reaches the
 IVF index (full top-k where faiss's default nprobe 1 returns a fraction) and /info reports it; a
 parameter the index type lacks is a clear error. A real IVF index of ~300 short passages, a real
-server on loopback; plus the encoder precision setting, which CPU runs in fp32 unless asked."""
+server on loopback; plus the encoder precision setting (auto: fp32 on a CPU without native bf16)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ def test_nprobe_from_the_command_line_fills_the_topk(ivf_server, ivf_index, enco
     rows = httpx.post(ivf_server.url + "/retrieve", json=body, timeout=120).json()["result"]
     assert [len(row) for row in rows] == [100] * len(QUERIES)
     backend = httpx.get(ivf_server.url + "/info").json()["backend"]
-    assert (backend["index_type"], backend["nprobe"], backend["encode_dtype"]) == (IVF, 16, "fp32")
+    # auto: bf16-mixed on a CPU with native bf16 matmul, fp32 on others (test_encode_precision.py)
+    auto = resolve_dtype("auto", "cpu")
+    assert (backend["index_type"], backend["nprobe"], backend["encode_dtype"]) == (IVF, 16, auto)
     # The same index at faiss's default nprobe (1) searches one list: far fewer than 100 come back.
     default = DenseRetriever(ivf_index, encoder)
     assert max(len(hits) for hits in default.search(QUERIES, 100)) < 100
@@ -63,8 +65,8 @@ def test_a_search_parameter_the_index_lacks_is_a_clear_error(ivf_index, encoder)
         DenseRetriever(ivf_index, encoder, ef_search=64)
 
 
-def test_encoder_precision_auto_is_fp16_only_on_cuda_and_bf16_stays_close(encoder) -> None:
-    assert resolve_dtype("auto", "cuda:0") == "fp16" and resolve_dtype("auto", "cpu") == "fp32"
+def test_encoder_precision_auto_is_fp16_on_cuda_and_bf16_stays_close(encoder) -> None:
+    assert resolve_dtype("auto", "cuda:0") == "fp16" and resolve_dtype("auto", "cpu", native_bf16=False) == "fp32"
     with pytest.raises(ValueError, match="encode dtype must be one of"):
         resolve_dtype("fp8", "cpu")
     half = load_encoder(dtype="bf16", device="cpu")

@@ -87,7 +87,7 @@ def _allocated_memmap(path: Path, shape: tuple[int, int]) -> np.memmap:
 
 def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None = None,
                       index_type: str = "Flat", batch_size: int = 64, *, device: str | None = None,
-                      progress: bool = True, skip_bad_lines: bool = False) -> Path:
+                      dtype: str = "fp32", progress: bool = True, skip_bad_lines: bool = False) -> Path:
     """Encode `corpus` passage by passage into a faiss index at `out_dir`; returns `out_dir`.
 
     Passages stream from the corpus's PassageStore in chunks; embeddings go to a float32 memmap
@@ -100,7 +100,10 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
 
     The memmap's blocks are allocated on disk before it is written, so a full disk raises OSError
     (ENOSPC) here instead of killing the process with SIGBUS on a write through the map. Raises
-    FileNotFoundError, FileExistsError, BadRecordError, ValueError (index type), OSError (disk), BuildInterrupted
+    Passages are encoded in `dtype` (encoder.ENCODE_DTYPES; ignored for a given Encoder), fp32 by
+    default, so an index is the same on every machine whatever precision queries are later encoded
+    in; it is recorded in meta.json. Raises
+    FileNotFoundError, FileExistsError, BadRecordError, ValueError (index type, dtype), OSError (disk), BuildInterrupted
     (this thread's BuildScope stopped; the partial encoding is kept for the next build to resume).
     """
     import faiss
@@ -111,7 +114,7 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
     check = validate_corpus(corpus, skip_bad_lines=skip_bad_lines)
-    enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder, device)
+    enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder, device, dtype)
     make_faiss_index(index_type, enc.dim)  # a bad index type fails now, not after hours of encoding
     work = out_dir.with_name(f".{out_dir.name}.partial")
     work.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,8 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
 
     store = PassageStore.open_or_build(corpus, work / STORE_DIR, progress=progress, skip_lines=check.bad_set)
     count = len(store)
-    key = {"encoder": enc.name, "dim": enc.dim, "count": count,
+    # A partial encoding resumes only in the same precision: one index, one precision.
+    key = {"encoder": enc.name, "encode_dtype": enc.dtype, "dim": enc.dim, "count": count,
            "corpus": corpus_fingerprint(corpus, with_name=False)}
     done = 0
     progress_path, emb_path = work / _PROGRESS, work / _EMBEDDINGS
@@ -162,6 +166,7 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
     meta = {
         "backend": "dense",
         "encoder": enc.name,
+        "encode_dtype": enc.dtype,
         "dim": enc.dim,
         "count": count,
         "skipped_lines": check.skipped,
