@@ -147,6 +147,29 @@ def test_rounds_interleave_and_reassemble_in_order():
     assert all(len(b) <= 8 for b in batches) and any("s0" in b for b in batches[:2])
 
 
+def test_a_chunked_request_is_searched_shortest_first_and_answered_in_its_order():
+    """Each chunk holds queries of similar length (less padding for a dense encoder), and the rows
+    come back in the request's own order."""
+    batches: list[list[str]] = []
+
+    def search(queries: Sequence[str], k: int) -> list[Row]:
+        batches.append(list(queries))
+        return [[q] for q in queries]  # type: ignore[list-item]
+
+    queries = [f"q{i}" + "x" * ((i * 7919) % 23) for i in range(40)]  # lengths in a scrambled order
+
+    async def scenario() -> list[Row]:
+        coalescer = QueryCoalescer(search, max_batch=1, max_wait_s=0, max_chunk=8)  # type: ignore[arg-type]
+        rows = await coalescer.search(queries, 3)
+        await coalescer.stop()
+        return rows
+
+    assert asyncio.run(scenario()) == [[q] for q in queries]
+    assert len(batches) == 5
+    for earlier, later in zip(batches, batches[1:], strict=False):
+        assert max(map(len, earlier)) <= min(map(len, later))
+
+
 def test_a_failing_round_fails_its_requests_and_later_ones_still_search():
     calls = 0
 

@@ -157,10 +157,25 @@ class QueryCoalescer:
         if not queries:
             return []
         self.start()
+        # A request over one chunk is searched shortest query first: each chunk then holds queries of
+        # similar length, so a dense encoder pads them about as little as one whole call would
+        # (sentence-transformers sorts by length only within a call: in request order, 256-query chunks
+        # left the server at 0.72-0.79x of one in-process call). Rows depend only on their own query,
+        # so the answer is unchanged once put back in order.
+        order = None
+        if self.max_chunk is not None and len(queries) > self.max_chunk:
+            order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+            queries = [queries[i] for i in order]
         future: asyncio.Future[list[Row]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Pending(list(queries), k, future))
         self._arrived.set()
-        return await future
+        rows = await future
+        if order is None:
+            return rows
+        in_request_order: list[Row] = [[] for _ in rows]
+        for position, i in enumerate(order):
+            in_request_order[i] = rows[position]
+        return in_request_order
 
     def _prune(self) -> None:
         self._waiting = [p for p in self._waiting if not p.future.done()]
