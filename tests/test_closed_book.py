@@ -13,6 +13,8 @@ from trainer.tiny_policy.closed_book import ClosedBookGuesser
 from trainer.tiny_policy.warm_start import warm_start
 from trainer.transcript import Transcript
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _searching(tokenizer, question: str) -> Transcript:
     t = Transcript(prompt_ids=tokenizer(f"Question: {question}")["input_ids"])
@@ -22,10 +24,8 @@ def _searching(tokenizer, question: str) -> Transcript:
     return t
 
 
-def test_a_guess_answers_the_same_question_at_once_from_the_pool(small_world):
-    from trainer.tiny_policy.tokenizer import train_tokenizer
-
-    tokenizer = train_tokenizer(small_world)
+def test_a_guess_answers_the_same_question_at_once_from_the_pool(small_world, world_tokenizer):
+    tokenizer = world_tokenizer
     answers = [r.golden_answers[0] for r in load_qa(small_world.qa["train"])]
     guesser = ClosedBookGuesser.from_answers(tokenizer, answers)
     original = _searching(tokenizer, "In what year was Haris Films founded?")
@@ -51,11 +51,10 @@ def test_a_guesser_without_answers_and_closed_book_without_guesser_are_refused()
         load_config(None, ["model.embedded_sft_closed_book=1"])
 
 
-def test_warm_start_draws_guesses_at_the_given_share_in_the_full_stage_only(small_world):
+def test_warm_start_draws_guesses_at_the_given_share_in_the_full_stage_only(world_tokenizer):
     from trainer.tiny_policy.model import build_tiny_model
-    from trainer.tiny_policy.tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer(small_world)
+    tokenizer = world_tokenizer
     guesser = ClosedBookGuesser.from_answers(tokenizer, ["1877", "Haris Films"])
     replaced: list[int] = []  # turns of each transcript a guess replaced
 

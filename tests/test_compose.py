@@ -370,8 +370,8 @@ def test_trainer_command_trains_against_the_env_server(
 ):
     """The trainer service's command line and environment as Compose gives them, run as a process: it
     finds the env server through SEARCHGYM_ENV_URL alone (no URL flag, none in the config file) and
-    trains. Adjusted for a test: the `small` world the test retriever serves, a 20-step warm start, one
-    RL step and a 4-question evaluation, the run in tmp_path."""
+    trains. Adjusted for a test: the `small` world the test retriever serves, a 4 + 4-step warm start, one
+    RL step and no evaluation (the wiring is checked, not the policy), the run in tmp_path."""
     services = compose_config(compose, "--profile", "trainer", env=TEST_VARS)["services"]
     env_command = to_local(
         services["env"]["command"], ENV_PORT, {f"http://retriever:{RETRIEVER_PORT}": compose_retriever.url}
@@ -387,14 +387,14 @@ def test_trainer_command_trains_against_the_env_server(
         command[command.index("--config") + 1] = str(trainer_config_file(trainer))
         command += ["--data", "world:small", "--steps", "1", "--out-dir", str(tmp_path / "run")]
         for item in (
-            "model.embedded_sft_examples=60",
-            "model.embedded_sft_steps=20",
-            "model.embedded_sft_first_action_steps=20",
+            "model.embedded_sft_examples=16",
+            "model.embedded_sft_steps=4",
+            "model.embedded_sft_first_action_steps=4",
             "model.embedded_sft_copy_drill=0",
             "rollout.group_size=2",
             "rollout.questions_per_step=2",
             "optim.ppo_mini_batch_size=1",
-            "run.eval_questions=4",
+            "run.eval_before_after=false",
         ):
             command += ["--set", item]
         env = local_env(trainer, searchgym_home)

@@ -47,8 +47,16 @@ def test_criterion_skips_missing_values_and_refuses_bad_settings():
 
 def test_quick_experiment_writes_summary_and_figure(bm25_server, tmp_path):
     out = tmp_path / "spiral"
+    # --quick, cut further (this checks the machinery, not a collapse): a 4 + 4-step warm start, two steps
+    # with an evaluation and a probe after the first, two questions of two episodes per step, two evaluation
+    # questions. Warm-start seed 1: the other tests' seed-0 embedded policy stays cached for them.
+    smaller = ["model.embedded_sft_examples=16", "model.embedded_sft_steps=4"]
+    smaller += ["model.embedded_sft_first_action_steps=4", "model.embedded_seed=1"]
+    smaller += ["run.steps=2", "run.eval_every=1", "diagnostics.probe_every=1", "run.eval_questions=2"]
+    smaller += ["rollout.questions_per_step=2", "rollout.group_size=2"]
+    sets = [x for item in smaller for x in ("--set", item)]
     code = trainer_main(
-        ["death-spiral", "--out", str(out), "--quick", "--jobs", "2", "--retriever-url", bm25_server.url]
+        ["death-spiral", "--out", str(out), "--quick", "--jobs", "2", "--retriever-url", bm25_server.url, *sets]
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -57,22 +65,22 @@ def test_quick_experiment_writes_summary_and_figure(bm25_server, tmp_path):
     runs = {(r["arm"], r["seed"]): r for r in summary["runs"]}
     assert set(runs) == {("grpo", 1), ("llds", 1)}
     for row in runs.values():
-        assert row["finished"] and row["steps_logged"] == 4
+        assert row["finished"] and row["steps_logged"] == 2
         assert isinstance(row["collapsed"], bool)
         assert row["collapse_step"] is None or isinstance(row["collapse_step"], int)
-        assert row["first_warning_step"] is None or 1 <= row["first_warning_step"] <= 4
+        assert row["first_warning_step"] is None or 1 <= row["first_warning_step"] <= 2
         for key in ("best_test_em", "final_test_em", "test_em_before"):
             assert 0.0 <= row[key] <= 1.0, key
-        assert [step for step, _ in row["test_em_during"]] == [2]  # eval_every 2; the final one is "after"
+        assert [step for step, _ in row["test_em_during"]] == [1]  # eval_every 1; the final one is "after"
     assert runs[("grpo", 1)]["llds_activation_mean"] is None  # plain GRPO logs no LLDS activity
     assert runs[("llds", 1)]["llds_activation_mean"] is not None
     metrics = [json.loads(line) for line in (out / "llds" / "seed-1" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "likelihood/probe_questions" in m] == [2, 4]  # probe_every 2
+    assert [m["step"] for m in metrics if "likelihood/probe_questions" in m] == [1, 2]  # probe_every 1
     assert set(summary["arms"]) == {"grpo", "llds"}
     assert (out / "death-spiral.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Run again: finished runs are not rerun, the report is rewritten from their files.
     before = (out / "grpo" / "seed-1" / "metrics.jsonl").read_text()
-    assert trainer_main(["death-spiral", "--out", str(out), "--quick", "--retriever-url", bm25_server.url]) == 0
+    assert trainer_main(["death-spiral", "--out", str(out), "--quick", "--retriever-url", bm25_server.url, *sets]) == 0
     assert (out / "grpo" / "seed-1" / "metrics.jsonl").read_text() == before
 
 

