@@ -5,6 +5,7 @@ query that causes it. Knows nothing of HTTP."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -101,6 +102,11 @@ class RetrievalService:
         self.load_seconds = time.perf_counter() - began
         # What clients compare their data with (search_env.world_pairing): computed once, 2 MiB per corpus.
         self.corpora = served_corpora(self.retriever.describe())
+        # What is loaded now lives as long as the server: out of the cyclic GC's reach, a full
+        # collection no longer walks it (numba, torch and the index's objects, ~10^5-10^6) while
+        # requests wait. With 32 single-query clients on bm25s, p99 135-166 ms -> 26-29 ms with GC off.
+        gc.collect()
+        gc.freeze()
         self.state = "ready"
         log.info(
             "retriever ready: %s, %d passages, loaded in %.1fs",
