@@ -44,6 +44,9 @@ def test_info_reports_backend_size_and_encoder(dense_server, small_world):
     assert info["passages"] == n_passages
     assert "MiniLM" in json.dumps(info["backend"]) or "minilm" in json.dumps(info["backend"]).lower()
     assert info["limits"]["max_topk"] == 100
+    # Once loaded, the server's objects are frozen out of the cyclic GC (a full collection walking the
+    # encoder's and torch's objects mid-request was the p99 tail under concurrent clients).
+    assert info["gc_frozen_objects"] > 10_000
 
 
 # -- Search-R1 response shape -------------------------------------------------------------------------

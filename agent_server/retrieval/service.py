@@ -194,6 +194,7 @@ class RetrievalService:
             "passages": None if self.retriever is None else len(self.retriever),
             "corpora": self.corpora,
             "load_seconds": self.load_seconds,
+            "gc_frozen_objects": gc.get_freeze_count(),  # what was loaded, out of the GC's walks (_load)
             "uptime_seconds": round(time.time() - self.started, 1),
             "traffic": {"requests": self.requests_served, "queries": self.queries_served},
             "awkward_queries": {kind: self.awkward[kind] for kind in (*CHANGES, "refused", "failed")},
