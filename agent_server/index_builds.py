@@ -8,9 +8,14 @@ Scopes are per thread, not per process: stopping one server's build in a process
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from search_env.corpus_validation import CorpusCheck, validate_corpus
 
 _current = threading.local()
 
@@ -83,3 +88,29 @@ def stop_process(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def check_build_paths(
+    corpus: str | Path, out_dir: str | Path, *, skip_bad_lines: bool
+) -> tuple[Path, Path, CorpusCheck]:
+    """(corpus, out_dir) made absolute and the corpus's validation, before a builder writes anything.
+
+    Raises FileNotFoundError (no corpus), FileExistsError (`out_dir` holds files), BadRecordError (a bad
+    corpus line, unless `skip_bad_lines`; see search_env.corpus_validation).
+    """
+    corpus, out_dir = Path(corpus).absolute(), Path(out_dir).absolute()
+    if not corpus.is_file():
+        raise FileNotFoundError(f"corpus not found: {corpus}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
+    return corpus, out_dir, validate_corpus(corpus, skip_bad_lines=skip_bad_lines)
+
+
+def publish_build(built: Path, out_dir: Path, meta_file: str, meta: dict[str, Any]) -> None:
+    """Write `meta` into `built` last, then rename `built` to `out_dir` (empty or absent, as checked by
+    check_build_paths): an index folder with its metadata file is complete, one without is not."""
+    (built / meta_file).write_text(json.dumps(meta, indent=1) + "\n")
+    if out_dir.exists():
+        out_dir.rmdir()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    built.rename(out_dir)

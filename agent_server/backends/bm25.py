@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from agent_server.backends.base import Hit
+from agent_server.index_builds import check_build_paths, publish_build
 from agent_server.java_runtime import configure_java
 from agent_server.lucene_indexer import run_indexer
 from agent_server.passage_store import PassageStore, cached_store
 from search_env import __version__
 from search_env.corpus import format_contents
-from search_env.corpus_validation import validate_corpus, write_clean_corpus
+from search_env.corpus_validation import write_clean_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,7 @@ def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2, *, skip_bad_
     naming it (pyserini would fail the whole file with a Java stack trace), or with `skip_bad_lines`
     is left out; the indexer then reads a cleaned copy (also written when ids need normalising).
     """
-    corpus, out_dir = Path(corpus).absolute(), Path(out_dir).absolute()
-    if not corpus.is_file():
-        raise FileNotFoundError(f"corpus not found: {corpus}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
-    check = validate_corpus(corpus, skip_bad_lines=skip_bad_lines)
+    corpus, out_dir, check = check_build_paths(corpus, out_dir, skip_bad_lines=skip_bad_lines)
     _remove_dead_partials(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -124,11 +120,7 @@ def build_bm25_index(corpus: Path, out_dir: Path, threads: int = 2, *, skip_bad_
             "build_seconds": round(time.perf_counter() - started, 3),
             "searchgym_version": __version__,
         }
-        (index_dir / META).write_text(json.dumps(meta, indent=1) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        index_dir.rename(out_dir)
+        publish_build(index_dir, out_dir, META, meta)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -27,10 +27,9 @@ import numpy as np
 
 from agent_server.backends.base import Hit
 from agent_server.backends.lucene_analyzer import LuceneEnglishAnalyzer
-from agent_server.index_builds import current_scope
+from agent_server.index_builds import check_build_paths, current_scope, publish_build
 from agent_server.passage_store import PassageStore
 from search_env import __version__
-from search_env.corpus_validation import validate_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +59,7 @@ def build_bm25s_index(
     """
     import bm25s
 
-    corpus, out_dir = Path(corpus).absolute(), Path(out_dir).absolute()
-    if not corpus.is_file():
-        raise FileNotFoundError(f"corpus not found: {corpus}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
-    check = validate_corpus(corpus, skip_bad_lines=skip_bad_lines)
+    corpus, out_dir, check = check_build_paths(corpus, out_dir, skip_bad_lines=skip_bad_lines)
     work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -103,11 +97,7 @@ def build_bm25s_index(
             "bm25s_version": bm25s.__version__,
             "searchgym_version": __version__,
         }
-        (work / META).write_text(json.dumps(meta, indent=1) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work.rename(out_dir)
+        publish_build(work, out_dir, META, meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir

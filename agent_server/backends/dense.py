@@ -19,11 +19,10 @@ from tqdm import tqdm
 
 from agent_server.backends.base import Hit
 from agent_server.encoder import Encoder, canonical_encoder_name, load_encoder
-from agent_server.index_builds import current_scope
+from agent_server.index_builds import check_build_paths, current_scope, publish_build
 from agent_server.passage_store import PassageStore
 from search_env import __version__
 from search_env.corpus_fingerprint import corpus_fingerprint
-from search_env.corpus_validation import validate_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +107,7 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
     """
     import faiss
 
-    corpus, out_dir = Path(corpus).absolute(), Path(out_dir).absolute()
-    if not corpus.is_file():
-        raise FileNotFoundError(f"corpus not found: {corpus}")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or remove it")
-    check = validate_corpus(corpus, skip_bad_lines=skip_bad_lines)
+    corpus, out_dir, check = check_build_paths(corpus, out_dir, skip_bad_lines=skip_bad_lines)
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(encoder, device, dtype)
     make_faiss_index(index_type, enc.dim)  # a bad index type fails now, not after hours of encoding
     work = out_dir.with_name(f".{out_dir.name}.partial")
@@ -176,14 +170,11 @@ def build_dense_index(corpus: Path, out_dir: Path, encoder: str | Encoder | None
         "build_seconds": round(time.perf_counter() - started, 3),
         "searchgym_version": __version__,
     }
-    (work / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     store.close()
     del embeddings
     emb_path.unlink()
     progress_path.unlink()
-    if out_dir.exists():
-        out_dir.rmdir()  # empty, checked above
-    work.rename(out_dir)
+    publish_build(work, out_dir, META_FILE, meta)
     return out_dir
 
 
