@@ -170,9 +170,11 @@ def test_the_trainers_envs_wait_for_the_configured_time(small_world):
 
     config = TrainConfig.model_validate({"env": {"data": "world:small", "outage_wait_s": 7.5}})
     assert TrainConfig().env.outage_wait_s == 120.0  # long enough for a BM25 restart (~10 s)
-    trainer = GRPOTrainer.__new__(GRPOTrainer)  # make_env needs only the config, records and options
-    trainer.config, trainer.env_options = config, {"topk": 3}
+    trainer = GRPOTrainer.__new__(GRPOTrainer)  # make_env needs only the config, records, options, client
+    trainer.config, trainer.env_options, trainer.retriever = config, {"topk": 3}, None
     trainer.records = SearchQAEnv("world:small", split="train", retriever_url="http://127.0.0.1:9").records
     env = trainer.make_env()
     assert env.retriever.http.outage_wait_s == 7.5
+    assert trainer.make_env().retriever is env.retriever  # the trainer's envs share one client
     env.close()
+    trainer.retriever.close()
