@@ -7,6 +7,7 @@ each server is a real uvicorn process on a free loopback port.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,16 @@ def env_server(bm25_server, tmp_path_factory) -> Iterator[ServerProcess]:
         yield server.wait_ready(timeout=120)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sigint_reaches_children() -> Iterator[None]:
+    """Processes the test starts take Ctrl-C (SIGINT) as a terminal would deliver it, even when pytest
+    itself runs with SIGINT ignored, as a background job of a non-interactive shell (`cmd &`) does: exec
+    keeps an ignored signal ignored (the child's Python then never raises KeyboardInterrupt) but resets
+    a handled one to its default."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -97,7 +97,7 @@ def test_a_dead_endpoint_stops_the_run_with_its_summary(small_world, tmp_path: P
     assert summary["results"][0]["failed"] == 3 and "RunStopped" in summary["config"]["stopped"]
 
 
-def test_ctrl_c_still_writes_the_table_and_summary(small_world, tmp_path: Path) -> None:
+def test_ctrl_c_still_writes_the_table_and_summary(small_world, tmp_path: Path, sigint_reaches_children) -> None:
     endpoint = FlakyEndpoint(block_after=3)  # three episodes answered, then the endpoint hangs
     out = tmp_path / "interrupted.jsonl"
     with serving(endpoint.app, timeout_graceful_shutdown=1) as url:

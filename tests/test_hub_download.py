@@ -116,7 +116,7 @@ def test_the_default_assets_are_fetched_verified_and_unpacked(hub: FakeHub, tmp_
     assert not [p for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p]
 
 
-def test_an_interrupted_run_is_resumed_by_the_next(hub: FakeHub, tmp_path: Path):
+def test_an_interrupted_run_is_resumed_by_the_next(hub: FakeHub, tmp_path: Path, sigint_reaches_children):
     """Ctrl-C in the middle of a file: the next run continues it with a Range request."""
     out = tmp_path / "wiki-18"
     hub.stall_after["part_ab"] = CHUNK + CHUNK // 20
