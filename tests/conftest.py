@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent_server.server_process import ServerProcess
+from tests.backend_fixtures import Entry, make_entries, write_corpus
 
 TEST_WORLD = "small"
 
@@ -141,3 +142,15 @@ def sigint_reaches_children() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(scope="module")
+def entries() -> list[Entry]:
+    """The generated passages of tests.backend_fixtures (a module's backends index the same ones)."""
+    return make_entries()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, entries: list[Entry]) -> Path:
+    """`entries` written as a corpus JSONL file."""
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", entries)

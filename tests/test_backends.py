@@ -29,16 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def entries() -> list[Entry]:
-    return make_entries()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, entries: list[Entry]) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", entries)
-
-
-@pytest.fixture(scope="module")
 def bm25(tmp_path_factory: pytest.TempPathFactory, corpus: Path):
     index = build_bm25_index(corpus, tmp_path_factory.mktemp("bm25") / "index")
     retriever = BM25Retriever(index)

@@ -20,23 +20,13 @@ from agent_server.embedded_indexes import ensure_index, load_retriever
 from agent_server.index_cli import main as index_main
 from search_env.answers import subem_check
 from search_env.qa_data import load_qa
-from tests.backend_fixtures import Entry, make_entries, write_corpus
+from tests.backend_fixtures import write_corpus
 from tests.test_backends import check_backend_contract
 
 # On the small world's 1,000 train questions bm25s gave Lucene's top-3, in order, for 99.9% (default
 # world 99.98%, large 99.97%): Lucene quantises passage lengths to one byte, so near ties can swap.
 MIN_TOP3_IDENTICAL = 0.97
 MIN_TOP1_IDENTICAL = 0.99
-
-
-@pytest.fixture(scope="module")
-def entries() -> list[Entry]:
-    return make_entries()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, entries: list[Entry]) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", entries)
 
 
 @pytest.fixture(scope="module")

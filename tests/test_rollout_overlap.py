@@ -14,17 +14,14 @@ import httpx
 import pytest
 import torch
 
+from tests.test_trainer import QUICK_POLICY
 from trainer.config import ConfigError, load_config
 from trainer.grpo_trainer import GRPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SMALL = [
-    "model.embedded_sft_examples=60",
-    "model.embedded_sft_steps=20",
-    "model.embedded_sft_first_action_steps=20",
-    "env.data=world:small",
-    "env.prompt_template=tiny",
+    *QUICK_POLICY,
     "rollout.group_size=4",
     "rollout.questions_per_step=4",
     "rollout.max_new_tokens=32",

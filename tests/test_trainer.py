@@ -45,13 +45,17 @@ from trainer.policy_loading import (
 )
 from trainer.preflight import EnvUnreachable, check_env_reachable
 
-# A quick warm start: these tests check the machinery, not how well the policy learns.
-SMALL = [
+# A quick warm start: these tests check the machinery, not how well the policy learns. Other modules
+# use QUICK_POLICY too, so the embedded policy is built once for all of them.
+QUICK_POLICY = [
     "model.embedded_sft_examples=60",
     "model.embedded_sft_steps=20",
     "model.embedded_sft_first_action_steps=20",
     "env.data=world:small",
     "env.prompt_template=tiny",
+]
+SMALL = [
+    *QUICK_POLICY,
     "rollout.group_size=4",
     "rollout.questions_per_step=3",
     "rollout.max_new_tokens=32",
