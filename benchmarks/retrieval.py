@@ -17,10 +17,13 @@ For the dense backend the same batches are also searched in this process (`in-pr
 index, encoder and precision as ours, DenseRetriever.search on each whole batch, no HTTP), taking its
 turn in the rotation, so ours' q/s over it is the server's overhead in the same run.
 
-The load generator is `--procs` processes (multiprocessing) with `clients / procs` threads each, every
-thread on its own keep-alive http.client connection; its CPU is reported too, so a run whose client
-saturates the machine is visible. Both servers get `--torch-threads` torch threads (OMP_NUM_THREADS,
-and torch.set_num_threads in Search-R1's launcher). Indexes are built on first use (dense: minutes).
+The `C clients` load is driven by wrk (`--load-generator`, default: wrk when it is on PATH; see
+`wrk_clients.py`), whose CPU per query is a small fraction of Python clients'; without wrk it is `--procs`
+processes (multiprocessing) with `clients / procs` threads each, every thread on its own keep-alive
+http.client connection. The batched loads and the replay always use one such Python client (a few
+microseconds of client CPU per query at 512 per POST). The load generator's CPU is reported too, so a
+run whose client saturates the machine is visible. Both servers get `--torch-threads` torch threads
+(OMP_NUM_THREADS, and torch.set_num_threads in Search-R1's launcher). Indexes are built on first use (dense: minutes).
 
     python benchmarks/retrieval.py --search-r1 ~/Search-R1 --world default --backends bm25
     python benchmarks/retrieval.py --search-r1 ~/Search-R1 --world small --backends dense --torch-threads 1
@@ -38,6 +41,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import statistics
 import sys
 import threading
@@ -54,6 +58,9 @@ sys.path.insert(0, str(ROOT))
 from agent_server.server_process import ServerProcess, free_port  # noqa: E402
 from search_env.qa_data import load_qa  # noqa: E402
 from search_env.world.store import ensure_world  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import wrk_clients  # noqa: E402
 
 console = Console(width=170)
 NAIVE = [sys.executable, str(ROOT / "benchmarks" / "naive_retrieval_server.py")]
@@ -98,9 +105,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 # -- load generator (runs in worker processes) -------------------------------------------------------
+def _body(queries: list[str]) -> str:
+    """The /retrieve request body every load sends (the Python clients and wrk alike)."""
+    return json.dumps({"queries": queries, "topk": TOPK, "return_scores": True})
+
+
 def _post(conn: http.client.HTTPConnection, queries: list[str]) -> bytes:
-    body = json.dumps({"queries": queries, "topk": TOPK, "return_scores": True})
-    conn.request("POST", "/retrieve", body, {"Content-Type": "application/json"})
+    conn.request("POST", "/retrieve", _body(queries), {"Content-Type": "application/json"})
     resp = conn.getresponse()
     data = resp.read()
     if resp.status != 200:
@@ -203,6 +214,8 @@ def run_load(server: Server, pool, kind: str, batches: list[list[str]], args: ar
     port = server.proc.port
     info0 = _info(server)
     cpu0 = cpu_seconds(pid)
+    if kind == "clients" and args.load_generator == "wrk":
+        return _run_wrk(server, batches, args, info0, cpu0)
     if kind == "stream":
         parts = pool.map(_stream_proc, [(port, batches)])
     elif kind == "batch":
@@ -225,6 +238,46 @@ def run_load(server: Server, pool, kind: str, batches: list[list[str]], args: ar
     if info0 is not None:
         out.update(_hit_rates(info0, _info(server), n))
     return out
+
+
+def _run_wrk(
+    server: Server, batches: list[list[str]], args: argparse.Namespace, info0: dict | None, cpu0: float
+) -> dict[str, float]:
+    """The concurrent-clients load from wrk: `args.clients` connections on `args.wrk_threads` threads sending
+    the same single-query bodies as the Python clients, dealt round-robin to the wrk threads as the Python
+    path deals them to its processes and threads, so no two connections send the same query at once (the
+    server would search it once); returns the same figures as `run_load`. q/s and the per-query CPU count
+    the requests wrk saw answered; the up to `clients` still in flight when it stops are searched but not
+    counted (hence a searched share of about 1.01 on a 6,000-request run)."""
+    pid = server.proc.proc.pid  # type: ignore[union-attr]
+    r = wrk_clients.run(
+        server.proc.url,
+        "/retrieve",
+        [_body(b) for b in batches],
+        connections=args.clients,
+        threads=args.wrk_threads,
+        seconds=args.wrk_seconds,
+        timeout_s=args.wrk_timeout,
+    )
+    out = {
+        "qps": r.requests / r.duration_s,
+        "p50": r.p50_ms,
+        "p99": r.p99_ms,
+        "server_cpu_ms_per_query": 1000 * (cpu_seconds(pid) - cpu0) / r.requests,
+        "client_cpu_ms_per_query": 1000 * r.cpu_s / r.requests,
+    }
+    if info0 is not None:
+        out.update(_hit_rates(info0, _info(server), r.requests))
+    return out
+
+
+def load_generator(args: argparse.Namespace) -> str:
+    """What drives the concurrent-clients load, for the run header and the table title."""
+    if not args.clients:
+        return "none"
+    if args.load_generator == "wrk":
+        return f"wrk {wrk_clients.version()}, {args.wrk_threads} threads, {args.clients} connections"
+    return f"python http.client, {args.procs} processes, {args.clients} threads"
 
 
 def _info(server: Server) -> dict | None:
@@ -382,8 +435,18 @@ def main() -> None:
     p.add_argument("--backends", default="bm25,dense")
     p.add_argument("--batches", default="512,2560", help="queries per POST for the batched loads")
     p.add_argument("--clients", type=int, default=32, help="concurrent single-query clients (0: none)")
-    p.add_argument("--procs", type=int, default=4, help="load-generator processes")
-    p.add_argument("--seconds", type=float, default=5.0, help="length of one load on one server")
+    p.add_argument(
+        "--load-generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="what drives the concurrent-clients load (auto: wrk when on PATH, else Python clients)",
+    )
+    p.add_argument("--wrk-threads", type=int, help="wrk threads (default: 2, or 1 for an odd --clients)")
+    p.add_argument("--wrk-timeout", type=int, default=30, help="wrk: seconds before a request counts as an error")
+    p.add_argument("--procs", type=int, default=4, help="Python load-generator processes")
+    p.add_argument(
+        "--seconds", type=float, default=5.0, help="length of one load on one server (wrk: rounded to whole seconds)"
+    )
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads for both servers (0: default)")
     p.add_argument("--ours-args", default="", help='more `agent-server retriever` flags, e.g. "--search-threads 1"')
@@ -400,6 +463,16 @@ def main() -> None:
     args = p.parse_args()
     if args.search_r1 and not (args.search_r1 / SEARCH_R1_SERVER).is_file():
         p.error(f"no {SEARCH_R1_SERVER} under {args.search_r1}")
+    if args.load_generator == "auto":
+        args.load_generator = "wrk" if shutil.which("wrk") else "python"
+    if args.load_generator == "wrk" and args.clients:
+        if not shutil.which("wrk"):
+            p.error("--load-generator wrk: no wrk on PATH (apt-get install wrk)")
+        if args.wrk_threads is None:  # wrk gives each thread clients // threads connections
+            args.wrk_threads = 2 if args.clients % 2 == 0 else 1
+        if args.wrk_threads < 1 or args.clients % args.wrk_threads:
+            p.error(f"--wrk-threads {args.wrk_threads} must be at least 1 and divide --clients {args.clients}")
+        args.wrk_seconds = max(1, round(args.seconds))  # wrk's --duration takes whole seconds
     args.log_dir.mkdir(parents=True, exist_ok=True)
 
     world = ensure_world(args.world)
@@ -407,7 +480,8 @@ def main() -> None:
     rng = random.Random(0)
     console.print(
         f"world {args.world}: {sum(1 for _ in world.corpus.open())} passages, {len(questions)} questions; "
-        f"load generator: {args.procs} processes, torch threads: {args.torch_threads or 'default'}"
+        f"load generator: {args.clients} clients: {load_generator(args)}; batches and replay: python http.client; "
+        f"torch threads: {args.torch_threads or 'default'}"
     )
     loads: list[tuple[str, str, object]] = []
     for b in (int(x) for x in args.batches.split(",") if x):
@@ -417,7 +491,11 @@ def main() -> None:
         loads.append((f"{args.clients} clients", "clients", [[q] for q in questions]))
 
     ctx = multiprocessing.get_context("spawn")
-    report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "backends": {}}
+    report: dict = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "clients_load_generator": load_generator(args),
+        "backends": {},
+    }
     with ctx.Pool(args.procs) as pool:
         for backend in args.backends.split(","):
             servers = start_servers(backend, args, args.log_dir)
@@ -496,7 +574,8 @@ def _summarise(backend: str, servers: list[Server], args: argparse.Namespace) ->
     baselines = [s.name for s in servers if s.name in ("search-r1", "naive")]
     table = Table(
         title=f"{backend} on world '{args.world}', medians of {args.rounds} alternating rounds, "
-        f"torch threads {args.torch_threads or 'default'} (measured under whatever else runs here)"
+        f"torch threads {args.torch_threads or 'default'}, clients load generator: {load_generator(args)} "
+        "(measured under whatever else runs here)"
     )
     cols = [
         "load",
