@@ -80,10 +80,8 @@ class LingeringTransport:
 def _refusal(status: bytes, detail: str) -> bytes:
     """A whole response to a request whose head was not parsed, so no ASGI app can answer it."""
     body = f'{{"detail": "{detail}"}}'.encode()
-    return (
-        b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-        % (status, len(body), body)
-    )
+    head = b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
+    return head % (status, len(body)) + body
 
 
 class HeadLimitsProtocol(HttpToolsProtocol):
