@@ -195,5 +195,14 @@ def protocol_class(limits: ConnectionLimits) -> type[HeadLimitsProtocol]:
 
 def uvicorn_settings(limits: ConnectionLimits) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.run`/`uvicorn.Config` that apply `limits`: httptools, on uvloop
-    where it is installed (uvicorn's `loop="auto"`)."""
-    return {"http": protocol_class(limits), "loop": "auto", "timeout_keep_alive": limits.keep_alive_s}
+    where it is installed (uvicorn's `loop="auto"`).
+
+    uvicorn's proxy-headers middleware is off: it rewrites a request's client address and scheme from
+    X-Forwarded-For/-Proto (trusted from loopback only), and neither server reads either, so it was a
+    layer of work on every request for nothing."""
+    return {
+        "http": protocol_class(limits),
+        "loop": "auto",
+        "timeout_keep_alive": limits.keep_alive_s,
+        "proxy_headers": False,
+    }

@@ -11,8 +11,8 @@ access log is off for the same reason, a line per request at thousands of querie
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +22,8 @@ log = logging.getLogger("agent_server.requests")
 REQUEST_ID_HEADER = "x-request-id"
 _SCOPE_KEY = "searchgym.request_id"
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# A fresh id names a log line and guards nothing: `random`'s generator (seeded from the OS, and again in
+# a forked child) rather than a read of the OS's random source per request (secrets.token_hex).
 
 
 def request_id(scope: Scope) -> str | None:
@@ -46,7 +48,7 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _given_id(scope) or secrets.token_hex(8)
+        rid = _given_id(scope) or f"{random.getrandbits(64):016x}"
         scope[_SCOPE_KEY] = rid
         header = (REQUEST_ID_HEADER.encode(), rid.encode())
         status = 0
