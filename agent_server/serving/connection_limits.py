@@ -198,8 +198,8 @@ def uvicorn_settings(limits: ConnectionLimits) -> dict[str, Any]:
     where it is installed (uvicorn's `loop="auto"`).
 
     uvicorn's proxy-headers middleware is off: it rewrites a request's client address and scheme from
-    X-Forwarded-For/-Proto (trusted from loopback only), and neither server reads either, so it was a
-    layer of work on every request for nothing."""
+    X-Forwarded-For/-Proto (trusted from loopback only), and neither server reads either (only Starlette's
+    trailing-slash redirect writes the scheme into its Location), so it was a layer on every request."""
     return {
         "http": protocol_class(limits),
         "loop": "auto",
