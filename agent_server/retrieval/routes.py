@@ -150,5 +150,6 @@ async def retrieve(request: Request) -> Response:
         body["errors"] = [{"index": i, "detail": detail} for i, detail in sorted(answer.errors.items())]
     if as_msgpack:
         return Response(encode_msgpack(body), media_type="application/msgpack")
-    # orjson: the same compact JSON as JSONResponse's json.dumps (keys in order, UTF-8), several times faster.
+    # orjson: JSONResponse's compact JSON (keys in order, UTF-8) several times faster; the only byte that
+    # differs is a tiny float's form (2.5e-7 for json.dumps' 2.5e-07), the same number to any JSON parser.
     return Response(orjson.dumps(body), media_type="application/json")
