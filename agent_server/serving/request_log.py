@@ -22,8 +22,6 @@ log = logging.getLogger("agent_server.requests")
 REQUEST_ID_HEADER = "x-request-id"
 _SCOPE_KEY = "searchgym.request_id"
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
-# A fresh id names a log line and guards nothing: `random`'s generator (seeded from the OS, and again in
-# a forked child) rather than a read of the OS's random source per request (secrets.token_hex).
 
 
 def request_id(scope: Scope) -> str | None:
@@ -48,6 +46,8 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # A fresh id names a log line and guards nothing: `random`'s generator (seeded from the OS, and
+        # again in a forked child), not a read of the OS's random source per request (secrets.token_hex).
         rid = _given_id(scope) or f"{random.getrandbits(64):016x}"
         scope[_SCOPE_KEY] = rid
         header = (REQUEST_ID_HEADER.encode(), rid.encode())
