@@ -14,15 +14,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 import agent_server
 from agent_server.server_process import ServerProcess
-from agent_server.serving.app_builder import build_app
+from agent_server.serving.app_builder import build_app, direct
 from agent_server.serving.connection_limits import ConnectionLimits, uvicorn_settings
 from agent_server.serving.errors import ClientError
 from agent_server.serving.request_body import BodyLimits
+from agent_server.serving.request_guard import decoded_body
 from tests.conftest import TEST_WORLD
 from tests.thread_server import serving
 
@@ -121,6 +122,12 @@ def test_any_router_given_to_the_builder_gets_every_protection():
     async def echo(body: dict) -> JSONResponse:
         return JSONResponse(body)
 
+    @router.post("/direct-echo", summary="documented")
+    @direct
+    async def direct_echo(request: Request) -> JSONResponse:
+        decoded = decoded_body(request.scope)
+        return JSONResponse(decoded[0] if decoded else None)
+
     app = build_app(
         title="t",
         description="d",
@@ -151,6 +158,16 @@ def test_any_router_given_to_the_builder_gets_every_protection():
         assert httpx.post(url + "/echo", content=b" " * 2000, headers=AUTH).status_code == 413
         refused = httpx.post(url + "/echo", content=b'{"a": 1', headers=AUTH)
         assert refused.status_code == 400 and refused.json()["detail"].startswith("request body is not valid JSON")
+
+        # A @direct route: Starlette's routing serves it, every protection still wraps it, the schema has it.
+        assert app.router.routes[0].endpoint is direct_echo and type(app.router.routes[0]).__name__ == "Route"
+        echoed = httpx.post(url + "/direct-echo", content=b'{"b": [1, 2]}', headers={**AUTH, "x-request-id": "d-1"})
+        assert echoed.json() == {"b": [1, 2]} and echoed.headers["x-request-id"] == "d-1"
+        assert httpx.post(url + "/direct-echo", content=b"{}").status_code == 401
+        assert httpx.post(url + "/direct-echo", content=b"[" * 100 + b"]" * 100, headers=AUTH).status_code == 400
+        assert httpx.post(url + "/direct-echo", content=b" " * 2000, headers=AUTH).status_code == 413
+        assert httpx.get(url + "/direct-echo", headers=AUTH).status_code == 405
+        assert app.openapi()["paths"]["/direct-echo"]["post"]["summary"] == "documented"
 
 
 def _calls(tree: ast.AST, name: str) -> int:

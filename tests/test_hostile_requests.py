@@ -221,6 +221,46 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading(target):
     assert f"request body of {500 * MIB} bytes exceeds the limit".encode() in response
 
 
+MAX_HEAD = 16 * 1024  # both servers' default --max-header-bytes
+
+
+def _head_of(size: int, path: str = "/health") -> bytes:
+    """A GET head of exactly `size` bytes (request line, headers, blank line)."""
+    head = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Filler: \r\n\r\n".encode()
+    return head.replace(b"X-Filler: ", b"X-Filler: " + b"y" * (size - len(head)))
+
+
+def test_a_head_over_the_limit_is_refused_the_byte_it_passes_it(retriever):
+    with socket.create_connection(("127.0.0.1", retriever.port)) as sock:
+        sock.sendall(_head_of(MAX_HEAD))
+        assert _status(_read_response(sock)) == 200  # at the limit: served, and the connection kept
+        sock.sendall(_head_of(MAX_HEAD + 1))
+        response = _read_response(sock)
+        closed = sock.recv(1) == b""
+    assert _status(response) == 400, response[:300]
+    assert f"request head exceeds the limit of {MAX_HEAD} bytes".encode() in response
+    assert closed
+
+
+def test_a_head_growing_past_the_limit_is_cut_before_it_ends(target):
+    server, path = target
+    pieces = [_head_of(1024 * 1024, path)[i : i + 4096] for i in range(0, 1024 * 1024, 4096)]
+    sent = 0
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        for piece in pieces:  # bounded: 256 pieces of a 1 MiB head
+            if select.select([sock], [], [], 0.02)[0]:
+                break  # the server has answered
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(piece)
+        response = _read_response(sock)
+    assert _status(response) == 400, response[:300]
+    assert sent < 1024 * 1024  # answered before the head's end, which never came
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
 # -- time: a slow or stalled request is cut ------------------------------------------------------------------
 def _trickle(sock: socket.socket, data: bytes, every: float) -> bytes:
     """Send `data` a byte at a time until the server answers or closes; its answer."""

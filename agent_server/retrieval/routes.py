@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from agent_server.backends.base import Hit
 from agent_server.retrieval.query_isolation import BackendFailure
 from agent_server.retrieval.service import RetrievalService
-from agent_server.serving.app_builder import body_limits_of, server_state
+from agent_server.serving.app_builder import body_limits_of, direct, server_state
 from agent_server.serving.errors import validation_message
 from agent_server.serving.request_body import EMPTY_BODY, encode_msgpack
 from agent_server.serving.request_guard import decoded_body
@@ -105,8 +106,10 @@ async def info(service: Service, request: Request) -> dict[str, Any]:
     },
     openapi_extra=_RETRIEVE_OPENAPI,
 )
-async def retrieve(service: Service, request: Request) -> Response:
+@direct
+async def retrieve(request: Request) -> Response:
     """Search-R1's `/retrieve`: top-k passages for each query (JSON or msgpack; see module doc)."""
+    service: RetrievalService = server_state(request)
     limits = service.limits
     decoded = decoded_body(request.scope)  # the guard decodes every non-empty body, within limits
     if decoded is None:
@@ -147,4 +150,6 @@ async def retrieve(service: Service, request: Request) -> Response:
         body["errors"] = [{"index": i, "detail": detail} for i, detail in sorted(answer.errors.items())]
     if as_msgpack:
         return Response(encode_msgpack(body), media_type="application/msgpack")
-    return JSONResponse(body)
+    # orjson: JSONResponse's compact JSON (keys in order, UTF-8) several times faster; the only byte that
+    # differs is a tiny float's form (2.5e-7 for json.dumps' 2.5e-07), the same number to any JSON parser.
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -13,15 +13,22 @@ protections, outermost first:
 
 The body limits come before auth, so an unauthenticated client too is cut off at them. Limits on a
 connection and its request heads are uvicorn's (agent_server.serving.connection_limits).
+
+A hot route whose endpoint takes only the Request and returns a Response can be marked `@direct`:
+Starlette's own routing then serves it, without FastAPI's request handler (dependency solving, two
+exit stacks, telemetry), which measured about 100 µs of the event loop's ~290 µs per small /retrieve.
+Its APIRoute stays, for the OpenAPI schema; every protection above wraps it the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.routing import Route
 
 from agent_server.serving.auth import BearerTokenMiddleware
 from agent_server.serving.errors import install_error_handlers
@@ -31,6 +38,15 @@ from agent_server.serving.request_log import RequestLog
 from search_env import __version__
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+_DIRECT = "__searchgym_direct__"
+
+
+def direct(endpoint: Endpoint) -> Endpoint:
+    """Mark `endpoint` (`async def f(request: Request) -> Response`) to be served by Starlette's routing
+    (see the module doc); put it under the router's decorator."""
+    setattr(endpoint, _DIRECT, True)
+    return endpoint
 
 
 def build_app(
@@ -53,8 +69,15 @@ def build_app(
     app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan)
     app.state.server = state
     app.state.body_limits = body_limits
+    direct_routes: list[Route] = []
     for router in routers:
         app.include_router(router)
+        direct_routes += [
+            Route(route.path, route.endpoint, methods=list(route.methods), name=route.name)
+            for route in router.routes
+            if isinstance(route, APIRoute) and getattr(route.endpoint, _DIRECT, False)
+        ]
+    app.router.routes[:0] = direct_routes  # matched first; their APIRoutes are the schema's
     install_error_handlers(app)
     # Each middleware added wraps the ones before it: the last added runs first.
     accepted = [tokens] if isinstance(tokens, str) else list(tokens or [])

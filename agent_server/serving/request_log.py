@@ -11,8 +11,8 @@ access log is off for the same reason, a line per request at thousands of querie
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,7 +46,9 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _given_id(scope) or secrets.token_hex(8)
+        # A fresh id names a log line and guards nothing: `random`'s generator (seeded from the OS, and
+        # again in a forked child), not a read of the OS's random source per request (secrets.token_hex).
+        rid = _given_id(scope) or f"{random.getrandbits(64):016x}"
         scope[_SCOPE_KEY] = rid
         header = (REQUEST_ID_HEADER.encode(), rid.encode())
         status = 0
