@@ -41,11 +41,6 @@ ENGINE_DIR = "bm25s"
 STORE_DIR = "passages"
 K1, B = 0.9, 0.4  # pyserini's (Anserini's) BM25 defaults, as the Lucene backend uses
 _CHUNK = 20_000  # passages analysed between two checks of the build scope
-# Candidates past k: the kernel breaks ties at the k-th score by ascending row, Anserini by ascending
-# id as a string ("10" before "9"). Equal scores are common (same-length passages matching the same
-# terms): the extra candidates let the tie order be Anserini's (on the default world's 2,000 first
-# train questions at top-3, with bm25s's own kernel: 96.3% identical to Lucene without them).
-_TIE_CANDIDATES = 32
 _PARALLEL_MIN_QUERIES = 64  # batches under this are scored on one thread (see _top_k)
 
 
@@ -125,6 +120,22 @@ def _scorer() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
         return njit(parallel=True, nogil=True)(search_top_k)
 
 
+def _column_maxima(data: np.ndarray, indptr: np.ndarray, indices: np.ndarray, where: Path) -> np.ndarray:
+    """Each term's highest (term, passage) score, float32 (terms,), 0 for a term in no passage; checks
+    the matrix is what bm25s_kernel.search_top_k takes (float32 scores > 0, int32 rows ascending in
+    each column), else raises ValueError. One pass over the matrix (~20 ms at 222k passages)."""
+    boundaries = indptr[1:-1]
+    ascending = np.diff(indices) > 0
+    ascending[boundaries[(boundaries > 0) & (boundaries < len(indices))] - 1] = True  # the next column
+    if data.dtype != np.float32 or indices.dtype != np.int32 or not ascending.all() or (data.size and data.min() <= 0):
+        raise ValueError(f"{where}: not float32 scores > 0 with int32 rows ascending per term (bm25s 0.3, lucene)")
+    maxima = np.zeros(len(indptr) - 1, dtype=np.float32)
+    filled = np.diff(indptr) > 0
+    if filled.any():
+        maxima[filled] = np.maximum.reduceat(data, indptr[:-1][filled])
+    return maxima
+
+
 class BM25sRetriever:
     """BM25 over a bm25s index (numba scorer), a batch searched on `threads` threads.
 
@@ -159,9 +170,11 @@ class BM25sRetriever:
         if self._count != len(self.store):
             raise ValueError(f"bm25s index has {self._count} passages but the corpus {len(self.store)}")
         s = self._engine.scores
-        # The kernel's contract (bm25s_kernel.search_top_k): float32 scores, all > 0, int32 rows.
-        if s["data"].dtype != np.float32 or s["indices"].dtype != np.int32 or (s["data"].size and s["data"].min() <= 0):
-            raise ValueError(f"{self.index_dir / ENGINE_DIR}: not float32 scores > 0 with int32 rows (method lucene)")
+        self._term_max = _column_maxima(s["data"], s["indptr"], s["indices"], self.index_dir / ENGINE_DIR)
+        # Equal scores are common (same-length passages matching the same terms): Anserini orders them
+        # by ascending id (as strings: "10" before "9"), and so does the kernel, given each row's rank.
+        self._tie_rank = np.empty(self._count, dtype=np.int32)
+        self._tie_rank[np.argsort(self.store.ids(), kind="stable")] = np.arange(self._count, dtype=np.int32)
         if self._count and self._vocab:  # compile (or load from numba's cache) the kernel now
             self._top_k([[next(iter(self._vocab.values()))]], 1)
             self._scratch = threading.local()  # searches run on other threads: free this one's
@@ -182,25 +195,21 @@ class BM25sRetriever:
         k = min(int(k), self._count)
         if not todo or k <= 0:
             return results
-        rows, scores = self._top_k(term_ids, min(k + _TIE_CANDIDATES, self._count))
-        # Best first: only the passages scoring at least the k-th best (ties included) are read.
-        floor = np.maximum(scores[:, k - 1 : k], np.finfo(np.float32).tiny)
-        keep = scores >= floor
+        rows, scores = self._top_k(term_ids, k)  # best first, ties by ascending id: Anserini's order
+        keep = scores > 0
         found = np.unique(rows[keep])
         passages = dict(zip(found.tolist(), self.store.get_rows(found), strict=True))
-        for i, row_ids, row_scores, row_keep in zip(todo, rows.tolist(), scores.tolist(), keep.tolist(), strict=True):
-            hits = [
+        for i, row_ids, row_keep, row_scores in zip(todo, rows.tolist(), keep.tolist(), scores.tolist(), strict=True):
+            results[i] = [
                 Hit(passages[r].id, passages[r].contents, s)
                 for r, s, kept in zip(row_ids, row_scores, row_keep, strict=True)
                 if kept
             ]
-            hits.sort(key=lambda h: (-h.score, h.id))
-            results[i] = hits[:k]
         return results
 
     def _top_k(self, term_ids: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores), each (queries, k), best first, ties by ascending row; past a query's matches
-        the row is -1 and the score 0 (agent_server.backends.bm25s_kernel.search_top_k)."""
+        """(rows, scores), each (queries, k), best first, ties by ascending passage id; past a query's
+        matches the row is -1 and the score 0 (agent_server.backends.bm25s_kernel.search_top_k)."""
         import numba
 
         # A small batch (concurrent single-query clients) is scored on this thread alone: waking the
@@ -216,7 +225,9 @@ class BM25sRetriever:
         pointers = np.cumsum([0] + [len(ids) for ids in term_ids], dtype=np.int32)
         flat = np.fromiter((t for ids in term_ids for t in ids), dtype=np.int32, count=int(pointers[-1]))
         s = self._engine.scores
-        return _scorer()(flat, pointers, k, s["data"], s["indptr"], s["indices"], *scratch, threads)
+        return _scorer()(
+            flat, pointers, k, s["data"], s["indptr"], s["indices"], self._term_max, self._tie_rank, *scratch, threads
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
