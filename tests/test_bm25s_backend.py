@@ -105,6 +105,7 @@ def test_kernel_scores_bit_for_bit_as_bm25s_and_breaks_ties_by_id(fast_world, sm
     df = np.diff(s["indptr"])
     rare, common = int(np.flatnonzero(df == 2)[0]), int(np.argmax(df))  # 2 passages (< k), the most
     many = list(range(0, len(df), len(df) // 400))  # 400 distinct terms: pruning's bounds the loosest
+    assert df[many].sum() > len(r) > df[queries[0]].sum()  # the kernel's dense path, and its pruned one
     queries += [many, [common], [rare], [rare, common, rare, rare], queries[0] * 3, [common, common], [], [rare] * 4]
     pointers = np.cumsum([0] + [len(q) for q in queries], dtype=np.int32)
     flat = np.array([t for q in queries for t in q], dtype=np.int32)

@@ -115,6 +115,53 @@ def _lookup(data: np.ndarray, indices: np.ndarray, start: int, end: int, row: in
 
 
 @njit(nogil=True)
+def _pop_sorted(
+    heap_scores: np.ndarray,
+    heap_rows: np.ndarray,
+    size: int,
+    tie_rank: np.ndarray,
+    out_scores: np.ndarray,
+    out_rows: np.ndarray,
+) -> None:
+    """Empty the heap into out_scores/out_rows, best first."""
+    for pos in range(size - 1, -1, -1):  # pop the worst into the last free place
+        out_scores[pos], out_rows[pos] = heap_scores[0], heap_rows[0]
+        size -= 1
+        heap_scores[0], heap_rows[0] = heap_scores[size], heap_rows[size]
+        _sift_down(heap_scores, heap_rows, 0, size, tie_rank)
+
+
+@njit(nogil=True)
+def _dense_top_k(
+    terms: np.ndarray,
+    data: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    tie_rank: np.ndarray,
+    acc: np.ndarray,
+    heap_scores: np.ndarray,
+    heap_rows: np.ndarray,
+    out_scores: np.ndarray,
+    out_rows: np.ndarray,
+) -> None:
+    """_query_top_k for a query whose columns hold more entries than there are passages (a long
+    query of common terms): then nothing is pruned, and bm25s's way is cheapest, summing in the
+    query's term order straight into the accumulator and reading it all."""
+    k = len(out_rows)
+    for t in terms:
+        for j in range(indptr[t], indptr[t + 1]):
+            acc[indices[j]] += data[j]
+    size = 0
+    for row in range(len(acc)):
+        score = acc[row]
+        if score > 0:
+            acc[row] = 0
+            if size < k or score >= heap_scores[0]:
+                size = _push(heap_scores, heap_rows, size, score, row, tie_rank)
+    _pop_sorted(heap_scores, heap_rows, size, tie_rank, out_scores, out_rows)
+
+
+@njit(nogil=True)
 def _query_top_k(
     terms: np.ndarray,
     data: np.ndarray,
@@ -207,11 +254,7 @@ def _query_top_k(
             if size < k or score >= heap_scores[0]:
                 size = _push(heap_scores, heap_rows, size, score, row, tie_rank)
         acc[row] = 0
-    for pos in range(size - 1, -1, -1):  # pop the worst into the last free place
-        out_scores[pos], out_rows[pos] = heap_scores[0], heap_rows[0]
-        size -= 1
-        heap_scores[0], heap_rows[0] = heap_scores[size], heap_rows[size]
-        _sift_down(heap_scores, heap_rows, 0, size, tie_rank)
+    _pop_sorted(heap_scores, heap_rows, size, tie_rank, out_scores, out_rows)
 
 
 def search_top_k(
@@ -253,7 +296,14 @@ def search_top_k(
         heap_rows = np.empty(k, dtype=np.int32)
         for q in range(w, n_queries, workers):  # strided: a batch's slow queries spread over workers
             terms = term_ids[pointers[q] : pointers[q + 1]]
-            if len(terms):
+            entries = 0
+            for t in terms:
+                entries += indptr[t + 1] - indptr[t]
+            if entries > acc.shape[1]:
+                _dense_top_k(
+                    terms, data, indptr, indices, tie_rank, acc[w], heap_scores, heap_rows, out_scores[q], out_rows[q]
+                )
+            elif len(terms):
                 _query_top_k(
                     terms,
                     data,
