@@ -2,12 +2,13 @@
 
 bm25s (Lù, 2024; github.com/xhluca/bm25s) precomputes each (term, passage) BM25 score into a sparse
 matrix at build time, so a query is a sum of a few matrix columns and a top-k: no JVM, no stored
-documents to decode. The search is our numba kernel (agent_server.backends.bm25s_kernel), which sums
-only the passages the query's terms touch; bm25s's own scores every passage per query. Same scores,
-bit for bit. Terms come from agent_server.backends.lucene_analyzer (Lucene's default English
-analysis); scoring is Lucene's BM25 (bm25s method "lucene": idf = ln(1 + (N - df + 0.5)/(df + 0.5)),
-tf part = tf / (tf + k1 (1 - b + b dl/avgdl))) with pyserini's k1=0.9, b=0.4. Scores equal Lucene's
-up to its 1-byte quantised document lengths, so a near tie can swap; see docs/benchmarks/bm25s-*.
+documents to decode. The search is our numba kernel (agent_server.backends.bm25s_kernel): it reads
+only the query terms' columns, skips what cannot reach the top k (MaxScore) and orders ties by id
+itself; bm25s's own scores every passage per query. Same scores, bit for bit. Terms come from
+agent_server.backends.lucene_analyzer (Lucene's default English analysis); scoring is Lucene's
+BM25 (bm25s method "lucene": idf = ln(1 + (N - df + 0.5)/(df + 0.5)), tf part = tf / (tf + k1 (1 - b
++ b dl/avgdl))) with pyserini's k1=0.9, b=0.4. Scores equal Lucene's up to its 1-byte quantised
+document lengths, so a near tie can swap; see docs/benchmarks/bm25s-*.
 
 An index directory holds `bm25s/` (bm25s's own files), `passages/` (the corpus's PassageStore: the
 matrix's column = corpus row) and `searchgym-bm25s.json` (parameters, corpus identity), written last.
@@ -103,8 +104,8 @@ def build_bm25s_index(
 
 @functools.cache
 def _scorer() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-    """Our term-at-a-time kernel (agent_server.backends.bm25s_kernel.search_top_k; bm25s's own scores
-    every passage per query), compiled with `cache=True`: compiling takes 10-50 s in every new process
+    """Our kernel (agent_server.backends.bm25s_kernel.search_top_k; bm25s's own scores every passage
+    per query), compiled with `cache=True`: compiling takes 10-50 s in every new process
     on a busy 2-core machine; a cached one loads in under 1 s after the first compile in an
     environment. One parallel kernel serves every thread count (numba.set_num_threads), so there is
     one cache entry. nogil: the search must not stall the server's event loop (HTTP of other
