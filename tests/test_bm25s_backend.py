@@ -135,6 +135,23 @@ def test_kernel_scores_bit_for_bit_as_bm25s_and_breaks_ties_by_id(fast_world, sm
     assert sorted(rows[-1][:2]) == sorted(postings) and (rows[-1][2:] == -1).all()  # fewer matches than k
 
 
+def test_column_maxima_and_the_matrix_the_kernel_refuses(tmp_path) -> None:
+    import numpy as np
+
+    from agent_server.backends.bm25s_engine import _column_maxima
+
+    data = np.array([0.5, 2.0, 1.0, 3.0], dtype=np.float32)  # terms: {}, {rows 1, 4}, {}, {0, 2}, {}
+    indptr, indices = np.array([0, 0, 2, 2, 4, 4]), np.array([1, 4, 0, 2], dtype=np.int32)
+    assert _column_maxima(data, indptr, indices, tmp_path).tolist() == [0, 2.0, 0, 3.0, 0]
+    for bad in (
+        (data, indptr, np.array([4, 1, 0, 2], dtype=np.int32)),  # rows not ascending in a column
+        (np.array([0.5, 2.0, 0.0, 3.0], dtype=np.float32), indptr, indices),  # a zero score
+        (data.astype(np.float64), indptr, indices),
+    ):
+        with pytest.raises(ValueError, match="ascending per term"):
+            _column_maxima(*bad, tmp_path)
+
+
 def test_bm25s_describe_and_index_cache(fast, corpus, tmp_path, entries) -> None:
     info = fast.describe()
     assert info["backend"] == "bm25s" and info["passages"] == 300 and info["method"] == "lucene"
