@@ -271,7 +271,7 @@ class PassageStore:
 
     def ids(self) -> np.ndarray:
         """Every passage's id in row order, a numpy str array (N,); ids that are row numbers plus a
-        constant are generated, others read from the corpus (about 1 s per 100k passages)."""
+        constant are generated, others read from the corpus (1.1 s for 222k passages, under load)."""
         if self._id_base is not None:
             return np.arange(self._id_base, self._id_base + self._count).astype(str)
         chunks = [np.arange(start, min(self._count, start + 65536)) for start in range(0, self._count, 65536)]
