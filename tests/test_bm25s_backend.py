@@ -90,6 +90,68 @@ def test_bm25s_matches_lucene_on_hits_scores_and_empty_queries(fast_world, lucen
     assert sum([h.id for h in a[:3]] == [h.id for h in b[:3]] for _, a, b in found) >= MIN_TOP3_IDENTICAL * len(found)
 
 
+def test_kernel_scores_bit_for_bit_as_bm25s_and_breaks_ties_by_id(fast_world, small_world) -> None:
+    """Our kernel against bm25s's own (which scores every passage per query), run as bm25s runs it, on
+    the small world's train questions and awkward term lists, batched (the parallel path, two workers)
+    and one query a call."""
+    import numpy as np
+    from bm25s.numba.retrieve_utils import _compute_relevance_from_scores_jit_ready, _retrieve_internal_jitted
+
+    r, s = fast_world, fast_world._engine.scores
+    ids = r.store.ids()  # "0".."2018": the string order is not the row order
+    assert [ids[row] for row in np.argsort(r._tie_rank)] == sorted(ids) != list(ids)
+    questions = dict.fromkeys(q.question for q in load_qa(small_world.qa["train"]))
+    queries = [ids for q in questions if (ids := [r._vocab[t] for t in r._analyzer.terms(q) if t in r._vocab])]
+    df = np.diff(s["indptr"])
+    rare, common = int(np.flatnonzero(df == 2)[0]), int(np.argmax(df))  # 2 passages (< k), the most
+    many = list(range(0, len(df), len(df) // 400))  # 400 distinct terms: pruning's bounds the loosest
+    assert df[many].sum() > len(r) > df[queries[0]].sum()  # the kernel's dense path, and its pruned one
+    queries += [many, [common], [rare], [rare, common, rare, rare], queries[0] * 3, [common, common], [], [rare] * 4]
+    pointers = np.cumsum([0] + [len(q) for q in queries], dtype=np.int32)
+    flat = np.array([t for q in queries for t in q], dtype=np.int32)
+    dense = [
+        _compute_relevance_from_scores_jit_ready(s["data"], s["indptr"], s["indices"], len(r), q, np.float32)
+        for q in (flat[a:b] for a, b in zip(pointers[:-1], pointers[1:], strict=True))
+    ]
+    for k in (1, 3, 10, 50):
+        f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
+        theirs, their_rows = _retrieve_internal_jitted(
+            flat, pointers, k, True, f32, i32, s["data"], s["indptr"], s["indices"], len(r), None, None
+        )
+        rows, scores = r._top_k(queries, k)
+        assert scores.dtype == np.float32 and rows.shape == scores.shape == (len(queries), k)
+        assert np.array_equal(scores.view(np.int32), theirs.view(np.int32)), k  # bit for bit
+        for q, (row, score, their_row, full) in enumerate(zip(rows, scores, their_rows, dense, strict=True)):
+            order = np.lexsort((r._tie_rank, -full))[:k]  # best first, ties by ascending id, as Anserini
+            expected = np.where(full[order] > 0, order, -1)
+            assert np.array_equal(row, expected), (k, queries[q])
+            above = score > score[-1]  # bm25s orders ties at the k-th score arbitrarily
+            assert set(row[above]) == set(their_row[above]), (k, queries[q])
+        for q in (len(queries) - 5, len(queries) - 1, 0):  # one query a call: one worker
+            one_rows, one_scores = r._top_k([queries[q]], k)
+            assert np.array_equal(one_rows[0], rows[q]) and np.array_equal(one_scores[0], scores[q])
+    assert (rows[-2] == -1).all() and (scores[-2] == 0).all()  # no term: no passage
+    postings = s["indices"][s["indptr"][rare] : s["indptr"][rare + 1]]
+    assert sorted(rows[-1][:2]) == sorted(postings) and (rows[-1][2:] == -1).all()  # fewer matches than k
+
+
+def test_column_maxima_and_the_matrix_the_kernel_refuses(tmp_path) -> None:
+    import numpy as np
+
+    from agent_server.backends.bm25s_engine import _column_maxima
+
+    data = np.array([0.5, 2.0, 1.0, 3.0], dtype=np.float32)  # terms: {}, {rows 1, 4}, {}, {0, 2}, {}
+    indptr, indices = np.array([0, 0, 2, 2, 4, 4]), np.array([1, 4, 0, 2], dtype=np.int32)
+    assert _column_maxima(data, indptr, indices, tmp_path).tolist() == [0, 2.0, 0, 3.0, 0]
+    for bad in (
+        (data, indptr, np.array([4, 1, 0, 2], dtype=np.int32)),  # rows not ascending in a column
+        (np.array([0.5, 2.0, 0.0, 3.0], dtype=np.float32), indptr, indices),  # a zero score
+        (data.astype(np.float64), indptr, indices),
+    ):
+        with pytest.raises(ValueError, match="ascending per term"):
+            _column_maxima(*bad, tmp_path)
+
+
 def test_bm25s_describe_and_index_cache(fast, corpus, tmp_path, entries) -> None:
     info = fast.describe()
     assert info["backend"] == "bm25s" and info["passages"] == 300 and info["method"] == "lucene"

@@ -24,6 +24,7 @@ def test_numeric_ids_use_the_row_fast_path_and_match_iter_corpus(tmp_path: Path)
     assert len(store) == 120
     assert store.get_rows(range(120)) == list(iter_corpus(corpus))
     assert [p.id for p in store.get_rows([119, 0, 5])] == ["120", "1", "6"]
+    assert store.ids().tolist() == [p.id for p in iter_corpus(corpus)]  # generated, not read
     assert [p.id for p in store.get_ids(["7", "120", "1"])] == ["7", "120", "1"]
     assert store.rows_of_ids(["0", "121", "07", "x", "3"]).tolist() == [-1, -1, -1, -1, 2]
     with pytest.raises(KeyError, match="121"):
@@ -38,6 +39,7 @@ def test_string_ids_and_gzip_corpus(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl.gz", entries)
     store = PassageStore.build(corpus, tmp_path / "store", progress=False)
     assert store.meta["ids"]["kind"] == "hashed" and store.meta["data_file"] == "corpus.jsonl"
+    assert store.ids().tolist() == [e.id for e in entries]
     assert store.data_path == tmp_path / "store" / "corpus.jsonl"  # decompressed once, then mapped
     assert store.get_rows(range(80)) == list(iter_corpus(corpus))
     wanted = [entries[i].id for i in (79, 3, 40, 3)]

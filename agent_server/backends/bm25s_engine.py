@@ -2,10 +2,13 @@
 
 bm25s (Lù, 2024; github.com/xhluca/bm25s) precomputes each (term, passage) BM25 score into a sparse
 matrix at build time, so a query is a sum of a few matrix columns and a top-k: no JVM, no stored
-documents to decode. Terms come from agent_server.backends.lucene_analyzer (Lucene's default English
-analysis); scoring is Lucene's BM25 (bm25s method "lucene": idf = ln(1 + (N - df + 0.5)/(df + 0.5)),
-tf part = tf / (tf + k1 (1 - b + b dl/avgdl))) with pyserini's k1=0.9, b=0.4. Scores equal Lucene's
-up to its 1-byte quantised document lengths, so a near tie can swap; see docs/benchmarks/bm25s-*.
+documents to decode. The search is our numba kernel (agent_server.backends.bm25s_kernel): it reads
+only the query terms' columns, skips what cannot reach the top k (MaxScore) and orders ties by id
+itself; bm25s's own scores every passage per query. Same scores, bit for bit. Terms come from
+agent_server.backends.lucene_analyzer (Lucene's default English analysis); scoring is Lucene's
+BM25 (bm25s method "lucene": idf = ln(1 + (N - df + 0.5)/(df + 0.5)), tf part = tf / (tf + k1 (1 - b
++ b dl/avgdl))) with pyserini's k1=0.9, b=0.4. Scores equal Lucene's up to its 1-byte quantised
+document lengths, so a near tie can swap; see docs/benchmarks/bm25s-*.
 
 An index directory holds `bm25s/` (bm25s's own files), `passages/` (the corpus's PassageStore: the
 matrix's column = corpus row) and `searchgym-bm25s.json` (parameters, corpus identity), written last.
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,11 +42,6 @@ ENGINE_DIR = "bm25s"
 STORE_DIR = "passages"
 K1, B = 0.9, 0.4  # pyserini's (Anserini's) BM25 defaults, as the Lucene backend uses
 _CHUNK = 20_000  # passages analysed between two checks of the build scope
-# Candidates past k: numba's top-k picks any of the passages tied at the k-th score, Anserini the
-# lowest ids. Equal scores are common (same-length passages matching the same terms): the extra
-# candidates let the tie order be Anserini's (on the default world's 2,000 first train questions at
-# top-3: 96.3% identical to Lucene without them).
-_TIE_CANDIDATES = 32
 _PARALLEL_MIN_QUERIES = 64  # batches under this are scored on one thread (see _top_k)
 
 
@@ -105,25 +104,44 @@ def build_bm25s_index(
 
 @functools.cache
 def _scorer() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-    """bm25s's numba retrieval kernel (scores of a batch of queries + each one's top-k, queries in
-    parallel), compiled with `cache=True`: bm25s's own dispatchers are not cached, and compiling them
-    takes 10-50 s in every new process on a busy 2-core machine; a cached one loads in under 1 s after
-    the first compile in an environment. One parallel kernel serves every thread count
-    (numba.set_num_threads), so there is one cache entry. Its arguments are bm25s 0.3's (pinned <0.4).
-    nogil: bm25s's parallel kernel holds the GIL, which would stall the server's event loop (HTTP of
-    other requests) for the whole search; the kernel touches no Python object, so releasing it is safe."""
-    from bm25s.numba.retrieve_utils import _retrieve_internal_jitted
+    """Our kernel (agent_server.backends.bm25s_kernel.search_top_k; bm25s's own scores every passage
+    per query), compiled with `cache=True`: compiling takes 10-50 s in every new process
+    on a busy 2-core machine; a cached one loads in under 1 s after the first compile in an
+    environment. One parallel kernel serves every thread count (numba.set_num_threads), so there is
+    one cache entry. nogil: the search must not stall the server's event loop (HTTP of other
+    requests); the kernel touches no Python object, so releasing the GIL is safe."""
     from numba import njit
 
+    from agent_server.backends.bm25s_kernel import search_top_k
+
     try:
-        return njit(parallel=True, nogil=True, cache=True)(_retrieve_internal_jitted)
+        return njit(parallel=True, nogil=True, cache=True)(search_top_k)
     except RuntimeError as err:  # no writable cache folder (site-packages, ~/.cache, NUMBA_CACHE_DIR)
         logger.warning("the bm25s kernel is compiled in every process: %s", err)
-        return njit(parallel=True, nogil=True)(_retrieve_internal_jitted)
+        return njit(parallel=True, nogil=True)(search_top_k)
+
+
+def _column_maxima(data: np.ndarray, indptr: np.ndarray, indices: np.ndarray, where: Path) -> np.ndarray:
+    """Each term's highest (term, passage) score, float32 (terms,), 0 for a term in no passage; checks
+    the matrix is what bm25s_kernel.search_top_k takes (float32 scores > 0, int32 rows ascending in
+    each column), else raises ValueError. One pass over the matrix (~20 ms at 222k passages)."""
+    boundaries = indptr[1:-1]
+    ascending = np.diff(indices) > 0
+    ascending[boundaries[(boundaries > 0) & (boundaries < len(indices))] - 1] = True  # the next column
+    if data.dtype != np.float32 or indices.dtype != np.int32 or not ascending.all() or (data.size and data.min() <= 0):
+        raise ValueError(f"{where}: not float32 scores > 0 with int32 rows ascending per term (bm25s 0.3, lucene)")
+    maxima = np.zeros(len(indptr) - 1, dtype=np.float32)
+    filled = np.diff(indptr) > 0
+    if filled.any():
+        maxima[filled] = np.maximum.reduceat(data, indptr[:-1][filled])
+    return maxima
 
 
 class BM25sRetriever:
     """BM25 over a bm25s index (numba scorer), a batch searched on `threads` threads.
+
+    Memory: the score matrix (8 bytes per (term, passage) pair) and, per thread that searches, the
+    kernel's accumulators (8 bytes per passage per numba thread: 3.6 MB at 222k passages, 2 threads).
 
     The same answers as BM25Retriever on the same corpus (see module doc): hits are the passages
     sharing a term with the query, best first, ties by ascending id (Anserini's order); a query with
@@ -149,10 +167,18 @@ class BM25sRetriever:
         self._analyzer = LuceneEnglishAnalyzer()
         self.store = PassageStore.open(self.index_dir / STORE_DIR, corpus)
         self._count = int(self._engine.scores["num_docs"])
+        self._scratch = threading.local()  # the kernel's accumulators, one set per calling thread
         if self._count != len(self.store):
             raise ValueError(f"bm25s index has {self._count} passages but the corpus {len(self.store)}")
+        s = self._engine.scores
+        self._term_max = _column_maxima(s["data"], s["indptr"], s["indices"], self.index_dir / ENGINE_DIR)
+        # Equal scores are common (same-length passages matching the same terms): Anserini orders them
+        # by ascending id (as strings: "10" before "9"), and so does the kernel, given each row's rank.
+        self._tie_rank = np.empty(self._count, dtype=np.int32)
+        self._tie_rank[np.argsort(self.store.ids(), kind="stable")] = np.arange(self._count, dtype=np.int32)
         if self._count and self._vocab:  # compile (or load from numba's cache) the kernel now
             self._top_k([[next(iter(self._vocab.values()))]], 1)
+            self._scratch = threading.local()  # searches run on other threads: free this one's
 
     def __len__(self) -> int:
         return self._count
@@ -170,48 +196,39 @@ class BM25sRetriever:
         k = min(int(k), self._count)
         if not todo or k <= 0:
             return results
-        rows, scores = self._top_k(term_ids, min(k + _TIE_CANDIDATES, self._count))
-        # Best first: only the passages scoring at least the k-th best (ties included) are read.
-        floor = np.maximum(scores[:, k - 1 : k], np.finfo(np.float32).tiny)
-        keep = scores >= floor
+        rows, scores = self._top_k(term_ids, k)  # best first, ties by ascending id: Anserini's order
+        keep = scores > 0
         found = np.unique(rows[keep])
         passages = dict(zip(found.tolist(), self.store.get_rows(found), strict=True))
-        for i, row_ids, row_scores, row_keep in zip(todo, rows.tolist(), scores.tolist(), keep.tolist(), strict=True):
-            hits = [
+        for i, row_ids, row_keep, row_scores in zip(todo, rows.tolist(), keep.tolist(), scores.tolist(), strict=True):
+            results[i] = [
                 Hit(passages[r].id, passages[r].contents, s)
                 for r, s, kept in zip(row_ids, row_scores, row_keep, strict=True)
                 if kept
             ]
-            hits.sort(key=lambda h: (-h.score, h.id))
-            results[i] = hits[:k]
         return results
 
     def _top_k(self, term_ids: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores), each (queries, k), best first; a row past a query's matches scores 0."""
+        """(rows, scores), each (queries, k), best first, ties by ascending passage id; past a query's
+        matches the row is -1 and the score 0 (agent_server.backends.bm25s_kernel.search_top_k)."""
         import numba
 
         # A small batch (concurrent single-query clients) is scored on this thread alone: waking the
         # pool costs more than it saves and takes the core the event loop needs (32 clients: ~15% q/s).
         threads = self.threads if len(term_ids) >= _PARALLEL_MIN_QUERIES else 1
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        width = max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        threads = min(threads, width)
+        numba.set_num_threads(threads)
+        scratch = getattr(self._scratch, "arrays", None)
+        if scratch is None:  # 8 bytes per passage per numba thread, kept: no per-call O(passages) reset
+            scratch = np.zeros((width, self._count), np.float32), np.empty((width, self._count + 1), np.int32)
+            self._scratch.arrays = scratch
         pointers = np.cumsum([0] + [len(ids) for ids in term_ids], dtype=np.int32)
         flat = np.fromiter((t for ids in term_ids for t in ids), dtype=np.int32, count=int(pointers[-1]))
         s = self._engine.scores
-        scores, rows = _scorer()(
-            flat,
-            pointers,
-            k,
-            True,
-            np.dtype(np.float32),
-            np.dtype(np.int32),
-            s["data"],
-            s["indptr"],
-            s["indices"],
-            s["num_docs"],
-            None,
-            None,
+        return _scorer()(
+            flat, pointers, k, s["data"], s["indptr"], s["indices"], self._term_max, self._tie_rank, *scratch, threads
         )
-        return rows, scores
 
     def describe(self) -> dict[str, Any]:
         return {
