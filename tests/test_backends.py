@@ -17,7 +17,7 @@ import pytest
 
 from agent_server.backends.base import Hit
 from agent_server.backends.bm25 import BM25Retriever, _passage_of_raw, build_bm25_index
-from agent_server.backends.dense import DenseRetriever, build_dense_index
+from agent_server.backends.dense import BLAS_FROM_QUERIES, DenseRetriever, build_dense_index
 from agent_server.backends.hybrid import HybridRetriever
 from agent_server.embedded_indexes import ensure_index, load_retriever
 from agent_server.encoder import DEFAULT_ENCODER, Encoder, load_encoder
@@ -163,6 +163,11 @@ def test_dense_ranks_the_described_passage_first(dense, entries) -> None:
 
 @pytest.mark.slow
 def test_dense_contract_and_describe(dense, entries, corpus) -> None:
+    import faiss
+
+    # Batches of BLAS_FROM_QUERIES+ queries take faiss's BLAS path, single queries its per-query loop:
+    # the contract's batch == one-by-one check below compares the two.
+    assert faiss.cvar.distance_compute_blas_threshold <= BLAS_FROM_QUERIES * 384 < len(entries) * 384
     check_backend_contract(dense, entries, [f"{e.name} {e.topic}" for e in entries])
     info = dense.describe()
     assert info["backend"] == "dense" and info["encoder"] == DEFAULT_ENCODER and info["dim"] == 384
