@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from agent_server.backends.names import RETRIEVER_BACKENDS, builds_missing_index
 from agent_server.encoder import ENCODE_DTYPES
 from agent_server.serving.auth import token_from_env, tokens_from_env
 from agent_server.serving.connection_limits import ConnectionLimits, uvicorn_settings
@@ -107,7 +108,7 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=["bm25", "bm25s", "dense", "hybrid"],
+        choices=RETRIEVER_BACKENDS,
         default="bm25",
         help="bm25: Lucene (pyserini); bm25s: the same BM25 in Python (bm25s + numba, no JVM); dense: faiss; "
         "hybrid: bm25 + dense fused by RRF",
@@ -195,9 +196,7 @@ def _retriever_loader(args: argparse.Namespace):
         from agent_server.embedded_indexes import load_retriever
 
         corpus = args.corpus
-        needs_bm25 = args.backend in ("bm25", "bm25s", "hybrid") and args.bm25_index is None
-        needs_dense = args.backend in ("dense", "hybrid") and args.dense_index is None
-        if corpus is None and (needs_bm25 or needs_dense):
+        if corpus is None and builds_missing_index(args.backend, args.bm25_index, args.dense_index):
             from search_env.world.store import ensure_world
 
             corpus = ensure_world(args.world).corpus

@@ -17,18 +17,15 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 from agent_server.backends.base import Retriever
+from agent_server.backends.names import INDEX_BACKENDS, RETRIEVER_BACKENDS, IndexBackend, RetrieverBackend
 from agent_server.encoder import Encoder, canonical_encoder_name
 from search_env import __version__
 from search_env.corpus_fingerprint import corpus_fingerprint
 from search_env.home import searchgym_home
 
 logger = logging.getLogger(__name__)
-
-Backend = Literal["bm25", "bm25s", "dense"]
-
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
@@ -42,7 +39,7 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def index_key(backend: Backend, corpus: Path, encoder: str | None = None, index_type: str = "Flat",
+def index_key(backend: IndexBackend, corpus: Path, encoder: str | None = None, index_type: str = "Flat",
               skip_bad_lines: bool = False) -> str:
     dense = backend == "dense"
     parts: dict[str, object] = {
@@ -57,7 +54,7 @@ def index_key(backend: Backend, corpus: Path, encoder: str | None = None, index_
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _is_complete(backend: Backend, path: Path) -> bool:
+def _is_complete(backend: IndexBackend, path: Path) -> bool:
     # Both builders write their metadata last and rename the folder into place only on success.
     from agent_server.backends.bm25 import META as BM25_META
     from agent_server.backends.bm25s_engine import META as BM25S_META
@@ -66,13 +63,13 @@ def _is_complete(backend: Backend, path: Path) -> bool:
     return (path / {"bm25": BM25_META, "bm25s": BM25S_META}.get(backend, DENSE_META)).is_file()
 
 
-def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None = None,
+def ensure_index(backend: IndexBackend, corpus: Path, encoder: str | Encoder | None = None,
                  root: Path | None = None, *, index_type: str = "Flat", threads: int = 2,
                  skip_bad_lines: bool = False) -> Path:
     """The cached `backend` index of `corpus`, built now if this is its first use; a bad corpus line
     raises BadRecordError unless `skip_bad_lines` (see search_env.corpus_validation)."""
-    if backend not in ("bm25", "bm25s", "dense"):
-        raise ValueError(f"backend must be 'bm25', 'bm25s' or 'dense', not {backend!r}")
+    if backend not in INDEX_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(INDEX_BACKENDS)}, not {backend!r}")
     corpus = Path(corpus).absolute()
     encoder_name = encoder.name if isinstance(encoder, Encoder) else encoder
     indexes = (root or searchgym_home()) / "indexes"
@@ -102,7 +99,7 @@ def ensure_index(backend: Backend, corpus: Path, encoder: str | Encoder | None =
     return path
 
 
-def load_retriever(backend: Literal["bm25", "bm25s", "dense", "hybrid"], *, bm25_index: Path | None = None,
+def load_retriever(backend: RetrieverBackend, *, bm25_index: Path | None = None,
                    dense_index: Path | None = None, corpus: Path | None = None,
                    encoder: str | Encoder | None = None, threads: int = 2,
                    root: Path | None = None, skip_bad_lines: bool = False,
@@ -116,11 +113,11 @@ def load_retriever(backend: Literal["bm25", "bm25s", "dense", "hybrid"], *, bm25
     bm25s it overrides the corpus path recorded in the index. `bm25_index` is the bm25s index folder
     when `backend` is "bm25s".
     """
-    if backend not in ("bm25", "bm25s", "dense", "hybrid"):
-        raise ValueError(f"backend must be bm25, bm25s, dense or hybrid, not {backend!r}")
+    if backend not in RETRIEVER_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(RETRIEVER_BACKENDS)}, not {backend!r}")
     corpus = Path(corpus) if corpus is not None else None
 
-    def need(kind: Backend, given: Path | None) -> Path:
+    def need(kind: IndexBackend, given: Path | None) -> Path:
         if given is not None:
             return Path(given)
         if corpus is None:

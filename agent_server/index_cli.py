@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from agent_server.backends.names import INDEX_BACKENDS
 from agent_server.encoder import ENCODE_DTYPES
 from search_env.bad_records import BadRecordError
 from search_env.corpus_validation import validate_corpus
@@ -23,7 +24,7 @@ def add_index_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Build a BM25 (pyserini Lucene, or bm25s) or dense (faiss) index from a wiki-18 JSONL corpus "
         '({"id": ..., "contents": "\\"Title\\"\\ntext"} a line; .jsonl or .jsonl.gz).',
     )
-    parser.add_argument("--backend", choices=["bm25", "bm25s", "dense"], required=True)
+    parser.add_argument("--backend", choices=INDEX_BACKENDS, required=True)
     parser.add_argument("--corpus", type=Path, required=True, help="corpus file (.jsonl or .jsonl.gz)")
     parser.add_argument("--out", type=Path, required=True, help="index folder to create (must not exist)")
     parser.add_argument("--encoder", default=None,

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent_server.backends.names import builds_missing_index
 from search_env.corpus_fingerprint import corpus_fingerprint
 from search_env.world.config import WORLD_PRESETS
 
@@ -33,10 +34,7 @@ def check_retriever_args(
     backend: str, world: str, bm25_index: Path | None, dense_index: Path | None, corpus: Path | None
 ) -> None:
     """Raise `StartupError` for an unknown `world` that would be served, or a hybrid over two corpora."""
-    builds = corpus is None and (
-        (backend in ("bm25", "bm25s", "hybrid") and bm25_index is None)
-        or (backend in ("dense", "hybrid") and dense_index is None)
-    )
+    builds = corpus is None and builds_missing_index(backend, bm25_index, dense_index)
     if builds and world not in WORLD_PRESETS:
         raise StartupError(f"unknown world preset {world!r}; known: {', '.join(sorted(WORLD_PRESETS))}")
     if backend == "hybrid" and (bm25_index is not None or dense_index is not None):

@@ -1,1 +1,2 @@
-"""Retrieval backends: BM25 (pyserini/Lucene), dense (faiss + sentence-transformers), hybrid (RRF)."""
+"""Retrieval backends: BM25 (pyserini/Lucene, or bm25s), dense (faiss + sentence-transformers), hybrid
+(RRF); their names in `names`."""

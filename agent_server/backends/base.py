@@ -17,7 +17,7 @@ class Hit:
 
 
 class Retriever(Protocol):
-    #: "bm25", "dense" or "hybrid"; part of the result-cache key and reported by /info.
+    #: one of names.RETRIEVER_BACKENDS; part of the result-cache key and reported by /info.
     name: str
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
