@@ -195,3 +195,52 @@ def test_mini_batches_hold_whole_groups():
         assert all(int((group_ids == g).sum()) == int((groups == g).sum()) for g in groups.unique())
     with pytest.raises(ValueError, match="ppo_mini_batch_size"):
         mini_batch_rows(group_ids, 0, torch.Generator())
+
+
+def _norm(grads: dict[str, torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])))
+
+
+def test_split_gradient_norms_are_each_terms_own(model):
+    """`split_grad_norm`: the regulariser's norm is the norm of the gradient of LLDS alone (the accumulated
+    gradient with LLDS minus the one without), the policy's the norm of the gradient without LLDS, for any
+    micro-batch size, and the accumulated gradient itself is unchanged by the split."""
+    batch = make_batch(prompts=[2, 5, 3, 4, 2, 3], generated=[6, 2, 4, 1, 5, 3], group_ids=[0, 0, 0, 1, 1, 1])
+    rows = torch.tensor([4, 0, 2, 5, 1])
+    with torch.no_grad():
+        logp = token_logprobs(model, batch, 6)[0]
+    d = 0.3 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(2)) + 0.05
+    old_logp = torch.where(batch.loss_mask, logp + d, logp)
+    advantages = torch.tensor([0.8, -1.2, 0.0, 1.1, -0.4, 0.0])
+    with_llds = dataclasses.replace(PLAIN, entropy_coef=0.01, llds=True, llds_lambda=0.7)
+    without = dataclasses.replace(with_llds, llds=False)
+    kwargs = {"old_logp": old_logp, "advantages": advantages}
+    for micro in (1, 2, 5):
+        stats, grads = accumulate(model, batch, rows, micro, options=with_llds, split_grad_norm=True, **kwargs)
+        _, plain_grads = accumulate(model, batch, rows, micro, options=without, **kwargs)
+        _, unsplit = accumulate(model, batch, rows, micro, options=with_llds, **kwargs)
+        assert stats["llds/num_fired"] > 0
+        assert_same_gradients(grads, unsplit)
+        llds_only = {k: grads[k] - plain_grads[k] for k in grads}
+        assert stats["grad_norm/policy"] == pytest.approx(_norm(plain_grads), rel=1e-4)
+        assert stats["grad_norm/regularizer"] == pytest.approx(_norm(llds_only), rel=1e-3, abs=1e-7)
+        assert stats["grad_norm/regularizer"] > 0
+
+
+def test_split_gradient_norms_without_a_regulariser(model):
+    """Plain GRPO (or LLDS not firing): the regulariser's norm is 0 and the policy's is the whole gradient's;
+    zero advantages and no LLDS: both 0."""
+    batch = make_batch(prompts=[2, 3, 4, 2], generated=[4, 5, 3, 6], group_ids=[0, 0, 1, 1])
+    with torch.no_grad():
+        old_logp = token_logprobs(model, batch, 4)[0]
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    stats, grads = accumulate(
+        model, batch, torch.arange(4), 2, old_logp=old_logp, advantages=advantages, options=PLAIN, split_grad_norm=True
+    )
+    assert stats["grad_norm/regularizer"] == 0.0
+    assert stats["grad_norm/policy"] == pytest.approx(_norm(grads), rel=1e-5) and stats["grad_norm/policy"] > 0
+    stats, _ = accumulate(
+        model, batch, torch.arange(4), 2, old_logp=old_logp, advantages=torch.zeros(4), options=PLAIN,
+        split_grad_norm=True,
+    )
+    assert stats["grad_norm/policy"] == 0.0 and stats["grad_norm/regularizer"] == 0.0

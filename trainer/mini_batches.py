@@ -69,6 +69,7 @@ def accumulate_mini_batch(
     micro_batch_size: int,
     ref_logp: torch.Tensor | None = None,
     backward: Callable[[torch.Tensor], None] | None = None,
+    split_grad_norm: bool = False,
 ) -> dict[str, float]:
     """Forward and backward of the mini-batch ``rows`` (int64 indices into ``batch``), in micro-batches
     of ``micro_batch_size`` episodes; gradients accumulate in the parameters' ``.grad`` (the caller
@@ -80,6 +81,13 @@ def accumulate_mini_batch(
     over the mini-batch (LLDS's by their counts, the policy stats by generated tokens).
     Under data parallelism each process normalises by its own mini-batch and the gradients are
     averaged across processes, as before.
+
+    ``split_grad_norm``: also return ``grad_norm/regularizer`` and ``grad_norm/policy``, the L2 norms
+    (before clipping) of the regulariser's gradient (LLDS: ``lam * L_LLDS``) and of the rest of the
+    loss's (policy loss, KL, entropy), so a step where LLDS is the only gradient (a zero-variance
+    mini-batch) shows as such. The regulariser's gradient is taken by one extra `torch.autograd.grad`
+    per micro-batch where it is non-zero (about one more backward pass); under data parallelism the
+    norms are this process's.
     """
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
@@ -90,10 +98,13 @@ def accumulate_mini_batch(
     total_tokens = max(int(mini.loss_mask.sum()), 1)
     sums: dict[str, float] = {}
     weighted: dict[str, float] = {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    regularizer_grads: list[torch.Tensor] | None = None
     for part in rows.split(micro_batch_size):
         sub = batch.select(part)
         width = sub.input_ids.shape[1]
         logp, entropy = token_logprobs(model, sub, micro_batch_size, with_entropy=True)
+        terms: dict[str, torch.Tensor] = {}
         loss, stats = grpo_llds_loss(
             logp,
             old_logp[part.to(old_logp.device), :width],
@@ -105,7 +116,16 @@ def accumulate_mini_batch(
             entropy=entropy,
             options=options,
             normalizers=normalizers,
+            terms=terms,
         )
+        regularizer = terms.get("regularizer")
+        fired = regularizer is not None and regularizer.requires_grad and float(regularizer.detach()) != 0
+        if split_grad_norm and fired:
+            grads = torch.autograd.grad(regularizer, params, retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+            regularizer_grads = grads if regularizer_grads is None else [
+                a + g for a, g in zip(regularizer_grads, grads, strict=True)
+            ]
         backward(loss)
         tokens = float(sub.loss_mask.sum())
         for key, value in stats.items():
@@ -120,4 +140,19 @@ def accumulate_mini_batch(
         count_key = _RATIOS.get(key)
         denominator = sums.get(count_key, 0.0) if count_key is not None else float(total_tokens)
         merged[key] = total / max(denominator, 1.0)
+    if split_grad_norm:
+        merged.update(_split_norms(params, regularizer_grads))
     return merged
+
+
+def _split_norms(params: list[torch.Tensor], regularizer_grads: list[torch.Tensor] | None) -> dict[str, float]:
+    """The regulariser's gradient norm and the norm of the rest (the accumulated .grad minus it)."""
+    total = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+    if regularizer_grads is None:
+        return {"grad_norm/regularizer": 0.0, "grad_norm/policy": float(_norm(total))}
+    rest = [t - r for t, r in zip(total, regularizer_grads, strict=True)]
+    return {"grad_norm/regularizer": float(_norm(regularizer_grads)), "grad_norm/policy": float(_norm(rest))}
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))

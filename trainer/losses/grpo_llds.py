@@ -95,6 +95,7 @@ def grpo_llds_loss(
     entropy: torch.Tensor | None = None,
     options: LossOptions | None = None,
     normalizers: LossNormalizers | None = None,
+    terms: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss for one micro-batch and its stats (floats).
 
@@ -107,6 +108,10 @@ def grpo_llds_loss(
     pass the mini-batch's `mini_batch_normalizers` to every micro-batch and sum: the losses, their
     gradients and the stats ``policy/loss``, ``kl/loss``, ``entropy/mean``, ``llds/term``, ``llds/loss``
     and ``loss/total`` then add up to the mini-batch's (the other stats stay this batch's means).
+
+    ``terms``, when given, receives the regulariser's share of ``total`` as a tensor under
+    ``"regularizer"`` (the lam-weighted LLDS term; absent when no regulariser is on), so a caller can
+    take its gradient apart from the policy loss's (`accumulate_mini_batch`'s gradient-norm split).
     """
     options = options if options is not None else LossOptions()
     agg = {
@@ -147,6 +152,8 @@ def grpo_llds_loss(
         )
         total = total + llds
         stats.update(llds_stats)
+        if terms is not None:
+            terms["regularizer"] = llds
 
     scalars["loss/total"] = total.detach()
     stats.update(zip(scalars, torch.stack(list(scalars.values())).tolist(), strict=True))
