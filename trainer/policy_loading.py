@@ -174,14 +174,14 @@ def load_model(cfg: ModelSection, device: torch.device, embedded_dir: Path | Non
 def build_embedded(env: EnvSection, model_cfg: ModelSection, seed: int, home: Path) -> Path:
     """The embedded tiny policy, warm-started by SFT on scripted searches (cached under `home`)."""
     from search_env.world.store import ensure_world
-    from trainer.tiny_policy.warm_start import build_embedded_policy
+    from trainer.tiny_policy.warm_start import PretrainSettings, build_embedded_policy
 
     preset = env.data.partition(":")[2] or "default"
     if not env.data.startswith("world"):
         raise PolicyError("model 'embedded' is built from an embedded world: set env.data to world:<preset>")
     world = ensure_world(preset)
-    out = home / "policies" / f"embedded-{world.fingerprint}-{seed}"
-    log.info("embedded policy: tokenizer, model and warm start on world %r (cached in %s)", preset, out)
+    out = home / "policies"
+    log.info("embedded policy: tokenizer, model and warm start on world %r (cached under %s)", preset, out)
     return build_embedded_policy(
         world,
         env.retriever_url,
@@ -200,4 +200,11 @@ def build_embedded(env: EnvSection, model_cfg: ModelSection, seed: int, home: Pa
         entity_tokens=model_cfg.embedded_entity_tokens,
         topk=env.topk,
         seed=seed,
+        keyed=True,
+        pretrain=PretrainSettings(
+            steps=model_cfg.embedded_pretrain_steps,
+            lr=model_cfg.embedded_pretrain_lr,
+            batch_size=model_cfg.embedded_pretrain_batch_size,
+            seq_len=model_cfg.embedded_pretrain_seq_len,
+        ),
     )

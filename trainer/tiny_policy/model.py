@@ -16,6 +16,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (128, 2, 4, 384),
     "small": (128, 4, 4, 384),
     "base": (192, 4, 6, 512),
+    "medium": (256, 4, 8, 704),
     "large": (256, 6, 8, 704),
 }
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from search_env.qa_data import load_qa
 from search_env.world.store import WorldPaths
+from trainer.tiny_policy.pretrain import warmup_cosine
 from trainer.transcript import Transcript
 
 IGNORE = -100
@@ -112,14 +114,7 @@ def _fit(
     lengths = [min(len(t.input_ids), max_len) for t in data]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     warmup = min(warmup_steps, max(1, steps // 4))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        done = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, warmup))
     losses: list[float] = []
     queue: list[list[int]] = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
@@ -298,12 +293,17 @@ def build_embedded_policy(
     topk: int = 3,
     max_len: int = 1024,
     seed: int = 0,
+    pretrain: PretrainSettings | None = None,
+    keyed: bool = False,
     progress: bool = True,
 ) -> Path:
     """Train the tokenizer, build the model, script the SFT data, warm-start, save into `out_dir`.
 
     `out_dir` is a cache: a complete policy there built with the same world, retriever and settings
-    is reused as is; anything else there is replaced. Load it with `AutoModelForCausalLM` /
+    is reused as is; anything else there is replaced. With `keyed`, `out_dir` is a folder of such
+    caches and the policy goes into ``out_dir/embedded-<world>-<seed>-<key>`` (the key hashes every
+    setting), so policies of different settings live side by side and runs of several experiments
+    never replace each other's. Load it with `AutoModelForCausalLM` /
     `AutoTokenizer.from_pretrained(out_dir)`.
 
     On the small world with BM25 top-1, entity tokens and 20,000 copy-drill examples, 300 first-action
@@ -311,6 +311,10 @@ def build_embedded_policy(
     on one CPU thread; with plain BPE, comparable SFT settings gave 0.02-0.07. configs/embedded.yaml
     draws half the full-stage examples as closed-book guesses (1,500 + 1,800 steps, ~6 minutes): test
     EM 0.05, as it mostly answers without searching, which is what its GRPO run has to unlearn.
+
+    With `pretrain` (steps > 0) the model is first pretrained as a language model on the corpus
+    (trainer.tiny_policy.pretrain), cached on its own beside `out_dir` (`pretrained_lm`), so warm
+    starts of other SFT settings reuse it.
     """
     from trainer.tiny_policy.closed_book import ClosedBookGuesser
     from trainer.tiny_policy.entity_swap import EntitySwapper, world_entity_kinds
@@ -329,13 +333,26 @@ def build_embedded_policy(
         "entity_tokens": entity_tokens, "topk": topk,
         "max_len": max_len, "seed": seed,
     }
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    pretraining = pretrain is not None and pretrain.steps > 0
+    if pretraining:  # only then, so the keys of policies built without it stay what they were
+        settings["pretrain"] = pretrain.as_dict()
+    key = _settings_key(settings)
+    if keyed:
+        out = out / f"embedded-{world.fingerprint}-{seed}-{key}"
     meta_path = out / POLICY_META
     if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("key") == key:
         return out
     started = time.monotonic()
-    tokenizer = train_tokenizer(world, vocab_size, entity_tokens)
-    model = build_tiny_model(tokenizer, size, seed=seed, max_positions=max_len)
+    pretrain_report: dict[str, Any] | None = None
+    if pretraining:
+        assert pretrain is not None
+        lm_dir = pretrained_lm(world, out.parent, pretrain, size=size, vocab_size=vocab_size,
+                               entity_tokens=entity_tokens, max_len=max_len, seed=seed, progress=progress)
+        tokenizer, model = _load_policy(lm_dir)
+        pretrain_report = json.loads((lm_dir / POLICY_META).read_text(encoding="utf-8"))["pretrain"]
+    else:
+        tokenizer = train_tokenizer(world, vocab_size, entity_tokens)
+        model = build_tiny_model(tokenizer, size, seed=seed, max_positions=max_len)
     transcripts, data_stats = scripted_trajectories(world, retriever_url, tokenizer, limit=sft_examples, topk=topk)
     if sft_max_hops is not None:  # a script of h hops has h searches and an answer: h + 1 turns
         transcripts = [t for t in transcripts if t.turns <= sft_max_hops + 1]
@@ -352,15 +369,47 @@ def build_embedded_policy(
                         first_action_extra=copy_drill(world, tokenizer, sft_copy_drill, seed=seed),
                         entity_swap=sft_entity_swap, swapper=swapper, closed_book=sft_closed_book,
                         guesser=guesser, seed=seed, progress=progress)
-    # Written beside the target and renamed into place: readers see no policy or a complete one.
+    meta = {"key": key, "settings": settings, "data": data_stats,
+            "sft": {k: v for k, v in report.items() if not k.endswith("losses")},
+            "build_seconds": time.monotonic() - started}
+    if pretrain_report is not None:
+        meta["pretrain"] = pretrain_report
+    _save_policy(out, model, tokenizer, meta)
+    return out
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """The corpus pretraining of the embedded policy (`trainer.tiny_policy.pretrain.pretrain_lm`'s
+    arguments); `steps` 0 means none."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 16
+    seq_len: int = 256
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _settings_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_policy(folder: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    return AutoTokenizer.from_pretrained(folder), model
+
+
+def _save_policy(out: Path, model: Any, tokenizer: Any, meta: dict[str, Any]) -> None:
+    """Written beside `out` and renamed into place: readers see no policy or a complete one."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        meta = {"key": key, "settings": settings, "data": data_stats,
-                "sft": {k: v for k, v in report.items() if not k.endswith("losses")},
-                "build_seconds": time.monotonic() - started}
         (staging / POLICY_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -368,4 +417,38 @@ def build_embedded_policy(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def pretrained_lm(
+    world: WorldPaths,
+    cache: Path,
+    settings: PretrainSettings,
+    *,
+    size: str,
+    vocab_size: int,
+    entity_tokens: bool,
+    max_len: int,
+    seed: int,
+    progress: bool = True,
+) -> Path:
+    """The embedded model of `size` pretrained on `world`'s corpus by `settings`, with its tokenizer:
+    built once into ``cache/pretrained-<world>-<key>`` (the key hashes every setting) and reused."""
+    from trainer.tiny_policy.model import build_tiny_model
+    from trainer.tiny_policy.pretrain import pretrain_lm
+    from trainer.tiny_policy.tokenizer import train_tokenizer
+
+    identity = {"version": BUILD_VERSION, "world": world.fingerprint, "size": size, "vocab_size": vocab_size,
+                "entity_tokens": entity_tokens, "max_len": max_len, "seed": seed, **settings.as_dict()}
+    key = _settings_key(identity)
+    out = cache / f"pretrained-{world.fingerprint}-{key}"
+    meta_path = out / POLICY_META
+    if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("key") == key:
+        return out
+    tokenizer = train_tokenizer(world, vocab_size, entity_tokens)
+    model = build_tiny_model(tokenizer, size, seed=seed, max_positions=max_len)
+    report = pretrain_lm(model, tokenizer, world, steps=settings.steps, lr=settings.lr,
+                         batch_size=settings.batch_size, seq_len=min(settings.seq_len, max_len - 1), seed=seed,
+                         progress=progress)
+    meta = {"key": key, "settings": identity, "pretrain": {k: v for k, v in report.items() if k != "losses"}}
+    _save_policy(out, model, tokenizer, meta)
     return out
