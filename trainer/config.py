@@ -91,6 +91,13 @@ class ModelSection(_Section):
     embedded_vocab_size: int = Field(4096, ge=512)
     #: one token per name of the world (see trainer.tiny_policy.tokenizer); off: plain BPE
     embedded_entity_tokens: bool = True
+    #: language-model pretraining on the world's corpus before the SFT warm start
+    #: (trainer.tiny_policy.pretrain): AdamW steps of `embedded_pretrain_batch_size` windows of
+    #: `embedded_pretrain_seq_len` tokens; 0: none (the model starts from random weights)
+    embedded_pretrain_steps: int = Field(0, ge=0, le=1_000_000)
+    embedded_pretrain_lr: float = Field(1e-3, gt=0, le=1)
+    embedded_pretrain_batch_size: int = Field(16, ge=1, le=4096)
+    embedded_pretrain_seq_len: int = Field(256, ge=8, le=8192)
 
     @model_validator(mode="after")
     def _swap_needs_entity_tokens(self) -> ModelSection:
@@ -395,6 +402,10 @@ class DiagnosticsSection(_Section):
     probe_every: int = Field(0, ge=0)
     #: questions (mixed groups of the rollout batch) probed each time
     probe_questions: int = Field(8, ge=1)
+    #: log the gradient norms of the policy loss (with KL and entropy) and of the regulariser (LLDS)
+    #: apart, `grad/norm_policy` and `grad/norm_regularizer` (round means, pre-clip): one more backward
+    #: pass through the regulariser's term per micro-batch where it fires (trainer.mini_batches)
+    grad_norm_split: bool = False
 
 
 class TrainConfig(_Section):

@@ -46,6 +46,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig
 from trainer.diagnostics import CollapseMonitor, MetricsLogger, MonitorConfig, StepMetrics, plot_metrics, read_metrics
+from trainer.diagnostics.metrics_log import REPLACED_FILE
 from trainer.diagnostics.update_probe import mixed_groups, probe_questions
 from trainer.evaluation import EnginePlayer
 from trainer.losses import LossOptions, answer_weight_schedule, group_advantages
@@ -67,7 +68,13 @@ from trainer.tiny_policy.prompt import TINY_PROMPT_TEMPLATE
 log = logging.getLogger("trainer")
 
 # The loss's stat names -> the diagnostics' metric keys (trainer.diagnostics.METRIC_KEYS).
-_STAT_KEYS = {"llds/mean_penalty": "llds/magnitude", "entropy/mean": "policy/entropy", "kl/loss": "kl/ref"}
+_STAT_KEYS = {
+    "llds/mean_penalty": "llds/magnitude",
+    "entropy/mean": "policy/entropy",
+    "kl/loss": "kl/ref",
+    "grad_norm/policy": "grad/norm_policy",
+    "grad_norm/regularizer": "grad/norm_regularizer",
+}
 
 
 def prompt_template(name: str) -> str:
@@ -199,6 +206,10 @@ class GRPOTrainer:
             (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
             self.logger = MetricsLogger(self.run_dir)
             if self.resume_from is not None:
+                moved = self.logger.set_aside_after(self.start_step)
+                if moved:
+                    log.info("resume: %d records logged after step %d moved to %s", moved, self.start_step,
+                             REPLACED_FILE)
                 self.monitor.replay(r for r in read_metrics(self.run_dir) if r["step"] <= self.start_step)
         self.ready = True
 
@@ -300,10 +311,16 @@ class GRPOTrainer:
                 metrics.set(key, value)
         self.model.train()
         shuffle = torch.Generator().manual_seed(cfg.run.seed * 100_003 + step)
+        zero_signal = mini_batches = 0
         for _ in range(cfg.optim.ppo_epochs):
             for rows in mini_batch_rows(batch.group_ids, cfg.optim.ppo_mini_batch_size, shuffle):
+                # A mini-batch whose groups all have one reward has zero advantages: no policy gradient,
+                # so whatever the step does comes from the KL, entropy and LLDS terms alone.
+                zero_signal += int(not bool(advantages[rows.to(advantages.device)].any()))
+                mini_batches += 1
                 stats = self._optimizer_step(batch, rows, old_logp, ref_logp, advantages, options)
                 metrics.optimizer_step(stats["loss"], grad_norm=stats["grad_norm"], lr=self.scheduler.get_last_lr()[0])
+        metrics.set("update/zero_advantage_minibatch_frac", zero_signal / max(1, mini_batches))
         if cfg.diagnostics.displacement:
             self.model.eval()
             new_logp = self._logprobs(self.model, batch)
@@ -384,6 +401,8 @@ class GRPOTrainer:
             micro_batch_size=self.config.optim.micro_batch_size,
             ref_logp=ref_logp,
             backward=self.accelerator.backward,
+            # fp16's loss scaling would leave .grad scaled and the regulariser's gradient not: no split there.
+            split_grad_norm=self.config.diagnostics.grad_norm_split and self.config.model.dtype != "float16",
         )
         sums = {_STAT_KEYS.get(key, key): value for key, value in stats.items()}
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)

@@ -26,8 +26,22 @@ from pathlib import Path
 
 from trainer.death_spiral.criterion import CollapseCriterion
 
-CONFIG = "death-spiral.yaml"  # a shipped config (trainer.shipped_configs): configs/ in a checkout
-ARMS = {"grpo": "llds.enabled=false", "llds": "llds.enabled=true"}
+# name -> a shipped config (trainer.shipped_configs: configs/ in a checkout). "toy": the 2-layer policy
+# trained from nothing at lr 1e-3 (docs/experiments/death-spiral-sweep.md); "pretrained": a 4-layer
+# 256-wide policy pretrained on the corpus, several groups per optimizer step (issue 20 part 4).
+PRESETS = {"toy": "death-spiral.yaml", "pretrained": "death-spiral-pretrained.yaml"}
+CONFIG = PRESETS["toy"]
+# arm -> the overrides that make it; every arm runs the preset's config otherwise unchanged. The paper's
+# ablations: lambda (Fig. 8), the response gate against the action gate, LLDS-MA (App. B.2.1's beta ramp).
+ARMS: dict[str, list[str]] = {
+    "grpo": ["llds.enabled=false"],
+    "llds": ["llds.enabled=true"],
+    "llds-0.01": ["llds.enabled=true", "llds.lam=0.01"],
+    "llds-0.1": ["llds.enabled=true", "llds.lam=0.1"],
+    "llds-1": ["llds.enabled=true", "llds.lam=1.0"],
+    "llds-response": ["llds.enabled=true", "llds.gate=response"],
+    "llds-ma": ["llds.enabled=true", "llds.answer_weight_schedule=paper"],
+}
 # --quick: one seed of each arm, a few steps with a small warm start: the whole machinery in minutes.
 QUICK = [
     "model.embedded_sft_examples=60",
@@ -61,6 +75,10 @@ class Run:
         path = self.out / "metrics.jsonl"
         return sum(1 for line in path.open() if line.strip()) if path.is_file() else 0
 
+    def checkpointed(self) -> bool:
+        """Whether an unfinished run left a checkpoint to resume from."""
+        return any((self.out / "checkpoints").glob("step-*/trainer_state.json"))
+
 
 def plan(out: Path, arms: list[str], seeds: list[int]) -> list[Run]:
     """Runs in the order they start: the arms alternate within each seed, so with two jobs both arms of a
@@ -71,7 +89,7 @@ def plan(out: Path, arms: list[str], seeds: list[int]) -> list[Run]:
 def _command(run: Run, config: Path, overrides: list[str], retriever_url: str) -> list[str]:
     sets = [
         *overrides,
-        ARMS[run.arm],
+        *ARMS[run.arm],
         f"run.seed={run.seed}",
         f"run.out_dir={run.out}",
         f"env.retriever_url={retriever_url}",
@@ -88,9 +106,13 @@ def _command(run: Run, config: Path, overrides: list[str], retriever_url: str) -
 
 
 def _launch(run: Run, command: list[str], threads: int) -> None:
-    if run.out.exists():  # an unfinished run starts again from scratch: its partial metrics would mislead
+    if run.checkpointed():
+        # Resume is bit-identical to an uninterrupted run (tests/test_trainer.py); the trainer moves the
+        # metrics logged after the checkpoint aside, so metrics.jsonl reads as one run.
+        command = [*command, "--set", f"run.resume={run.out}"]
+    elif run.out.exists():  # an unfinished run without a checkpoint starts again: its partial metrics would mislead
         shutil.rmtree(run.out)
-    run.out.mkdir(parents=True)
+    run.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [*command, "--threads", str(threads)]
     with (run.out / "train.log").open("ab") as log:
@@ -155,7 +177,10 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     from trainer.shipped_configs import shipped_config
 
     out: Path = args.out
-    args.config = args.config or shipped_config(CONFIG)
+    if args.preset not in PRESETS:
+        print(f"search-trainer: unknown preset {args.preset!r}; known: {sorted(PRESETS)}", file=sys.stderr)
+        return 2
+    args.config = args.config or shipped_config(PRESETS[args.preset])
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
@@ -183,6 +208,8 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     declared = {
         "criterion": criterion.as_dict(),
+        "preset": args.preset,
+        "arm_overrides": {arm: ARMS[arm] for arm in arms},
         "arms": arms,
         "seeds": seeds,
         "config": str(args.config),
@@ -237,7 +264,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory (runs, summary.json, death-spiral.png)")
     p.add_argument("--quick", action="store_true", help="one seed of each arm, a few steps: the machinery in minutes")
     p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default 1 2 3; --quick: 1)")
-    p.add_argument("--arms", default="grpo,llds", help="comma-separated: grpo (plain GRPO), llds (GRPO+LLDS)")
+    p.add_argument(
+        "--preset",
+        default="toy",
+        help=f"the experiment's regime, one of {sorted(PRESETS)} (configs/{PRESETS['toy']}, "
+        f"configs/{PRESETS['pretrained']}); --config overrides it",
+    )
+    p.add_argument(
+        "--arms",
+        default="grpo,llds",
+        help="comma-separated arms: " + ", ".join(f"{a} ({' '.join(o)})" for a, o in ARMS.items()),
+    )
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
     # One thread: the embedded policy is all per-op overhead; two runs with two threads each on the 2-core
     # machine took 35-50 s per step of configs/death-spiral.yaml, against 5-10 s with one thread each.

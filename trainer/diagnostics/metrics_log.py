@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+REPLACED_FILE = "metrics.replaced.jsonl"  # records a resumed run replaced (MetricsLogger.set_aside_after)
 
 _warned_no_tensorboard = False
 
@@ -85,6 +86,27 @@ class MetricsLogger:
             # The last line was cut by a crash; appending after it would corrupt the next record too.
             with self.path.open("r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
+
+    def set_aside_after(self, step: int) -> int:
+        """Move the records of steps after `step` (what a crashed run logged past the checkpoint a resumed
+        run starts from) out of metrics.jsonl into metrics.replaced.jsonl (appended, each record marked
+        with ``replaced_by_resume_from``), so the file reads as the one run that goes on from `step` and
+        the resumed run's own records are written for those steps. Returns how many were moved."""
+        records = read_metrics(self.path) if self.path.exists() else []
+        later = [r for r in records if isinstance(r.get("step"), int) and r["step"] > step]
+        if not later:
+            return 0
+        kept = [r for r in records if r not in later]
+        self._file.close()
+        with (self.run_dir / REPLACED_FILE).open("a", encoding="utf-8") as aside:
+            for record in later:
+                aside.write(json.dumps({**record, "replaced_by_resume_from": step}, allow_nan=False) + "\n")
+        staging = self.path.with_suffix(".jsonl.tmp")
+        staging.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
+        staging.replace(self.path)
+        self.steps = {int(r["step"]) for r in kept if isinstance(r.get("step"), int)}
+        self._file = self.path.open("a", encoding="utf-8")
+        return len(later)
 
     @property
     def tensorboard_enabled(self) -> bool:
