@@ -108,3 +108,42 @@ def test_bad_arguments_fail_before_any_run(tmp_path, capsys):
     assert trainer_main(["death-spiral", "--out", str(tmp_path), "--jobs", "0"]) == 2
     assert "--jobs" in capsys.readouterr().err
     assert not (tmp_path / "grpo").exists()
+
+
+def test_presets_and_arms_name_their_overrides(tmp_path, capsys):
+    from trainer.death_spiral.runner import ARMS, PRESETS, Run, _command
+
+    assert trainer_main(["death-spiral", "--out", str(tmp_path), "--preset", "huge"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    for preset in PRESETS:  # every preset's config loads with every arm's overrides
+        from trainer.config import load_config
+        from trainer.shipped_configs import shipped_config
+
+        for overrides in ARMS.values():
+            load_config(shipped_config(PRESETS[preset]), [*overrides, "env.retriever_url=http://127.0.0.1:1"])
+    command = _command(Run("llds-0.01", 3, tmp_path / "r"), tmp_path / "c.yaml", ["run.steps=5"], "http://x")
+    sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    assert sets[:3] == ["run.steps=5", "llds.enabled=true", "llds.lam=0.01"] and "run.seed=3" in sets
+
+
+def test_an_unfinished_run_with_a_checkpoint_resumes_and_one_without_starts_again(tmp_path):
+    import sys
+
+    from trainer.checkpoint import STATE_FILE
+    from trainer.death_spiral.runner import Run, _launch
+
+    echo = [sys.executable, "-c", "import sys; print(' '.join(sys.argv[1:]))"]
+    resumable = Run("grpo", 1, tmp_path / "a")
+    (resumable.out / "checkpoints" / "step-000010").mkdir(parents=True)
+    (resumable.out / "checkpoints" / "step-000010" / STATE_FILE).write_bytes(b"x")
+    (resumable.out / "metrics.jsonl").write_text('{"step": 1}\n')
+    fresh = Run("grpo", 2, tmp_path / "b")
+    fresh.out.mkdir()
+    (fresh.out / "metrics.jsonl").write_text('{"step": 1}\n')
+    for run in (resumable, fresh):
+        _launch(run, echo, threads=1)
+        assert run.proc is not None and run.proc.wait(30) == 0
+    assert f"run.resume={resumable.out}" in (resumable.out / "train.log").read_text()
+    assert (resumable.out / "metrics.jsonl").is_file()  # kept: the trainer sets aside what follows the checkpoint
+    assert "run.resume" not in (fresh.out / "train.log").read_text()
+    assert not (fresh.out / "metrics.jsonl").exists()  # no checkpoint: the partial run was cleared

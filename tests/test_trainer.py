@@ -401,6 +401,36 @@ def test_resume_continues_the_same_run(short_run, bm25_server, tmp_path):
         torch.testing.assert_close(weights[name], p, rtol=1e-4, atol=1e-5)
 
 
+def test_a_resumed_run_replaces_what_the_crashed_run_logged_after_its_checkpoint(short_run, bm25_server, tmp_path):
+    """A run that logged step 2 and crashed before checkpointing it: the resume from step 1 moves the crashed
+    run's step 2 to metrics.replaced.jsonl and logs its own, so metrics.jsonl reads as one run."""
+    _, result = short_run
+    crashed = tmp_path / "crashed"
+    shutil.copytree(result.run_dir, crashed)
+    shutil.rmtree(crashed / "checkpoints" / "step-000002")
+    lines = (crashed / "metrics.jsonl").read_text().splitlines()
+    abandoned = {**json.loads(lines[1]), "reward/mean": 99.0}  # marked, so the two step-2 records differ
+    (crashed / "metrics.jsonl").write_text(lines[0] + "\n" + json.dumps(abandoned) + "\n")
+    quick = ["run.eval_before_after=false"]
+    GRPOTrainer(_config(crashed, bm25_server, "run.steps=2", f"run.resume={crashed}", *quick)).train()
+    records = read_metrics(crashed)
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[1]["reward/mean"] == read_metrics(result.run_dir)[1]["reward/mean"] != 99.0
+    replaced = [json.loads(line) for line in (crashed / "metrics.replaced.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["reward/mean"], r["replaced_by_resume_from"]) for r in replaced] == [(2, 99.0, 1)]
+
+
+def test_the_same_config_and_seed_give_the_same_metrics(short_run, bm25_server, tmp_path):
+    """Determinism on one machine: the same config, seed and thread count (one, this module's) give the
+    same metrics, every value but the clocks (issue 20 part 3)."""
+    config, result = short_run
+    again = GRPOTrainer(_config(tmp_path, bm25_server, "run.steps=2")).train()
+    clocks = ("time/", "wall_time", "perf/")
+    for a, b in zip(read_metrics(result.run_dir), read_metrics(again.run_dir), strict=True):
+        differ = {k: (a[k], b.get(k)) for k in a if not k.startswith(clocks) and a[k] != b.get(k)}
+        assert not differ, f"step {a['step']}: {differ}"
+
+
 def test_plain_grpo_is_the_same_loop_without_the_llds_term(bm25_server, tmp_path):
     config = _config(tmp_path, bm25_server, "run.steps=1", "llds.enabled=false", "run.eval_before_after=false")
     GRPOTrainer(config).train()

@@ -77,7 +77,9 @@ class Run:
 
     def checkpointed(self) -> bool:
         """Whether an unfinished run left a checkpoint to resume from."""
-        return any((self.out / "checkpoints").glob("step-*/trainer_state.json"))
+        from trainer.checkpoint import STATE_FILE
+
+        return any((self.out / "checkpoints").glob(f"step-*/{STATE_FILE}"))
 
 
 def plan(out: Path, arms: list[str], seeds: list[int]) -> list[Run]:
