@@ -30,6 +30,7 @@ from trainer.diagnostics.likelihood import (
     likelihood_by_outcome,
     likelihood_displacement,
     response_logprob_sums,
+    span_displacement_stats,
 )
 from trainer.diagnostics.metrics_log import MetricsLogger, read_metrics
 from trainer.diagnostics.plots import plot_main, plot_metrics
@@ -113,6 +114,26 @@ def test_displacement_across_an_update() -> None:
     assert out["likelihood/displacement_correct_neg_share"] == pytest.approx(2 / 3)
     # Questions with a correct response: 0 (mean Δ -0.3 < 0) and 1 (mean 0.3); question 2 has none.
     assert out["likelihood/displacement_question_neg_share"] == pytest.approx(1 / 2)
+
+
+def test_span_displacement_splits_correct_responses_answer_from_other_tokens():
+    """Row 0 correct: search tokens rose (+0.2, +0.4), answer tokens fell (-0.5, -0.1); row 1 incorrect (left out);
+    row 2 correct, no answer span, one token fell (-0.3); padding (mask 0) never counts."""
+    gen = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    answer = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 0, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    change = torch.tensor(
+        [[0.2, 0.4, -0.5, -0.1, 9.0], [-1.0, -1.0, -1.0, -1.0, -1.0], [-0.3, 0.1, 5.0, 5.0, 5.0]], dtype=torch.float64
+    )
+    before = torch.full((3, 5), -1.0, dtype=torch.float64)
+    out = span_displacement_stats(before, before + change, gen, answer, torch.tensor([True, False, True]))
+    assert out["likelihood/delta_correct_answer_token_mean"] == pytest.approx(-0.3)
+    assert out["likelihood/delta_correct_answer_fell_share"] == pytest.approx(1.0)
+    assert out["likelihood/delta_correct_other_token_mean"] == pytest.approx((0.2 + 0.4 - 0.3 + 0.1) / 4)
+    assert out["likelihood/delta_correct_other_fell_share"] == pytest.approx(1 / 4)
+    none = span_displacement_stats(before, before + change, gen, answer, torch.tensor([False, False, False]))
+    assert math.isnan(none["likelihood/delta_correct_answer_token_mean"])
+    with pytest.raises(ValueError, match="answer_mask"):
+        span_displacement_stats(before, before, gen, answer[:, :3], torch.tensor([True, False, True]))
 
 
 # ---------------------------------------------------------------- step metrics

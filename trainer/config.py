@@ -406,6 +406,9 @@ class DiagnosticsSection(_Section):
     #: apart, `grad/norm_policy` and `grad/norm_regularizer` (round means, pre-clip): one more backward
     #: pass through the regulariser's term per micro-batch where it fires (trainer.mini_batches)
     grad_norm_split: bool = False
+    #: split the round's likelihood displacement of correct responses into answer-span and other tokens
+    #: (`likelihood/delta_correct_{answer,other}_*`); decodes each episode's last action for its answer span
+    displacement_by_span: bool = False
 
 
 class TrainConfig(_Section):

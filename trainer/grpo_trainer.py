@@ -293,6 +293,7 @@ class GRPOTrainer:
         envs = self.rollout_envs(n * cfg.rollout.group_size)
         episodes = self.engine.collect(envs, self.sampler.sample(range(len(self.records)), n))
         with_answer = cfg.llds.answer_weight != 1 or cfg.llds.answer_weight_schedule is not None
+        with_answer = with_answer or cfg.diagnostics.displacement_by_span
         batch = RolloutBatch.from_episodes(episodes, self.tokenizer, with_answer_mask=with_answer).to(self.device)
         return episodes, batch, time.perf_counter() - started
 
@@ -324,7 +325,14 @@ class GRPOTrainer:
         if cfg.diagnostics.displacement:
             self.model.eval()
             new_logp = self._logprobs(self.model, batch)
-            metrics.displacement(old_logp, new_logp, batch.loss_mask, rewards=batch.rewards, group_ids=batch.group_ids)
+            metrics.displacement(
+                old_logp,
+                new_logp,
+                batch.loss_mask,
+                rewards=batch.rewards,
+                group_ids=batch.group_ids,
+                answer_mask=batch.answer_mask[:, : old_logp.shape[1]] if cfg.diagnostics.displacement_by_span else None,
+            )
 
     def _probe(
         self,

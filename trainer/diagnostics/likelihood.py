@@ -127,6 +127,29 @@ def likelihood_displacement(
     return _masked(logp_after, gen_mask).sum(-1) - _masked(logp_before, gen_mask).sum(-1)
 
 
+def span_displacement_stats(
+    logp_before: torch.Tensor, logp_after: torch.Tensor, gen_mask: torch.Tensor, answer_mask: torch.Tensor,
+    correct: torch.Tensor,
+) -> dict[str, float]:
+    """Where the correct responses' likelihood moved across the update round, per token: the mean change
+    of ln pi over their answer-span tokens (``answer_mask``: the last action's ``<answer>...</answer>``,
+    tags included) and over their other generated tokens (searches, think, tags), and the share of each
+    kind of token whose log-prob fell. All (B, T) but ``correct`` (B,); NaN where a kind has no token.
+    Tells a displacement of the answer (the paper's §5.4 "LLD concentrates on the answer") from one of
+    the search queries."""
+    _check_per_token(logp_before, logp_after=logp_after, gen_mask=gen_mask, answer_mask=answer_mask)
+    _check_per_response(logp_before.shape[0], correct=correct)
+    delta = (logp_after - logp_before).detach().double()
+    rows = correct.bool().to(delta.device)[:, None]
+    out = {}
+    for name, mask in (("answer", answer_mask.bool()), ("other", ~answer_mask.bool())):
+        keep = gen_mask.bool() & mask & rows
+        values = delta[keep]
+        out[f"likelihood/delta_correct_{name}_token_mean"] = _nan_mean(values)
+        out[f"likelihood/delta_correct_{name}_fell_share"] = _nan_mean((values < 0).double())
+    return out
+
+
 def displacement_stats(
     delta: torch.Tensor, correct: torch.Tensor, *, group_ids: torch.Tensor | None = None
 ) -> dict[str, float]:

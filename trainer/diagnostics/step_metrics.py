@@ -31,6 +31,7 @@ from trainer.diagnostics.likelihood import (
     displacement_stats,
     likelihood_by_outcome,
     likelihood_displacement,
+    span_displacement_stats,
 )
 
 # key -> description. "correct" = reward > 0 (configurable threshold); token means pool the generated
@@ -67,6 +68,12 @@ METRIC_KEYS: dict[str, str] = {
     "loss/total": "total loss optimised",
     "grad/norm": "gradient norm before clipping, mean over the round's finite optimizer steps",
     "grad/norm_max": "max pre-clip gradient norm over the round's finite optimizer steps",
+    "grad/norm_policy": "(diagnostics.grad_norm_split) pre-clip norm of the gradient of the policy loss with its KL "
+    "and entropy terms, mean over the round",
+    "grad/norm_regularizer": "(diagnostics.grad_norm_split) pre-clip norm of the regulariser's gradient "
+    "(lam * L_LLDS), mean over the round; 0 where it did not fire",
+    "update/zero_advantage_minibatch_frac": "share of the round's optimizer steps whose mini-batch has all "
+    "advantages 0 (every group of one reward): no policy gradient there",
     "grad/nonfinite_steps": "optimizer steps in the round whose gradient norm was inf or NaN",
     "optim/lr": "learning rate at the round's last optimizer step",
     "optim/steps": "optimizer steps in the round",
@@ -93,6 +100,13 @@ METRIC_KEYS: dict[str, str] = {
     "likelihood/displacement_correct": "mean over correct responses of Δ = Σ_t (logp_after - logp_before)",
     "likelihood/displacement_incorrect": "mean over incorrect responses of Δ",
     "likelihood/displacement_correct_neg_share": "share of correct responses with Δ < 0 (Fig. 3a; > 0.5 is alarming)",
+    "likelihood/delta_correct_answer_token_mean": "(diagnostics.displacement_by_span) mean per-token change of ln pi "
+    "over correct responses' answer spans across the round",
+    "likelihood/delta_correct_answer_fell_share": "(displacement_by_span) share of those answer tokens whose ln pi "
+    "fell",
+    "likelihood/delta_correct_other_token_mean": "(displacement_by_span) the same over their other generated tokens "
+    "(searches, tags)",
+    "likelihood/delta_correct_other_fell_share": "(displacement_by_span) share of those other tokens whose ln pi fell",
     "likelihood/displacement_question_neg_share": "share of questions whose mean Δ over correct responses is < 0",
     # the paper's one-step probe (trainer.diagnostics.update_probe), on steps where it runs
     "likelihood/probe_neg_share": "share of probed questions whose correct responses lost likelihood in one "
@@ -241,13 +255,17 @@ class StepMetrics:
         *,
         rewards: Any,
         group_ids: torch.Tensor | None = None,
+        answer_mask: torch.Tensor | None = None,
     ) -> StepMetrics:
-        """Likelihood displacement of the rollout batch across this step's update round."""
+        """Likelihood displacement of the rollout batch across this step's update round; with
+        `answer_mask` (B, T), also split into answer-span and other tokens (`span_displacement_stats`)."""
         delta = likelihood_displacement(logp_before, logp_after, gen_mask)
         correct = correct_from_rewards(_vector(rewards), self.correct_threshold).to(delta.device)
         if group_ids is not None:
             group_ids = _vector(group_ids).to(delta.device)
         self._values.update(displacement_stats(delta, correct, group_ids=group_ids))
+        if answer_mask is not None:
+            self._values.update(span_displacement_stats(logp_before, logp_after, gen_mask, answer_mask, correct))
         return self
 
     def optimizer_step(
