@@ -147,3 +147,26 @@ def test_an_unfinished_run_with_a_checkpoint_resumes_and_one_without_starts_agai
     assert (resumable.out / "metrics.jsonl").is_file()  # kept: the trainer sets aside what follows the checkpoint
     assert "run.resume" not in (fresh.out / "train.log").read_text()
     assert not (fresh.out / "metrics.jsonl").exists()  # no checkpoint: the partial run was cleared
+
+
+def test_phase_table_finds_the_papers_three_phases_in_a_paper_shaped_run():
+    from trainer.death_spiral.phases import phase_markdown, phase_table
+
+    records = []
+    for step in range(1, 91):
+        if step <= 30:  # I: reward rises, likelihood flat
+            reward, loglik, grad = 0.2 + 0.01 * step, -0.05, 0.5
+        elif step <= 60:  # II: reward still rises, likelihood falls slowly
+            reward, loglik, grad = 0.5 + 0.003 * (step - 30), -0.05 - 0.004 * (step - 30), 0.5
+        else:  # III: likelihood drops sharply, grad norm surges, reward collapses
+            reward, loglik, grad = max(0.0, 0.59 - 0.05 * (step - 60)), -0.17 - 0.05 * (step - 60), 5.0
+        records.append({"step": step, "reward/mean": reward, "likelihood/correct_mean": loglik, "grad/norm": grad})
+    table = phase_table(records)
+    assert 58 <= table["peak"] <= 62 and table["collapse"] is not None and table["collapse"] > table["peak"]
+    assert all(table["checks"].values()), table["checks"]
+    flat = [{"step": s, "reward/mean": 0.4, "likelihood/correct_mean": -0.05, "grad/norm": 0.5} for s in range(1, 60)]
+    checks = phase_table(flat)["checks"]  # the peak comes at once: I and II too short to judge
+    assert checks["I reward rising"] is None and checks["III gradient-norm surge"] is False
+    assert checks["III reward falling"] is False
+    text = phase_markdown({"paper-shaped": records, "flat": flat})
+    assert "| paper-shaped | I | 1-" in text and text.count("| flat |") == 4  # three phases and one row of checks

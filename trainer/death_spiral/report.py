@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.death_spiral.criterion import CollapseCriterion
+from trainer.death_spiral.phases import phase_markdown
 from trainer.diagnostics.collapse_monitor import HEALTHY, CollapseMonitor
 from trainer.diagnostics.metrics_log import read_metrics
 from trainer.diagnostics.plots import PHASE_COLOURS as DIAGNOSTICS_PHASE_COLOURS
@@ -33,7 +34,15 @@ PANELS: list[tuple[str, str, str]] = [
     ("LLDS activation rate", "llds/activation_rate", "rate"),
     ("One-step probe: share of questions losing likelihood", "likelihood/probe_neg_share", "share"),
 ]
-ARM_LABELS = {"grpo": "GRPO", "llds": "GRPO+LLDS"}
+ARM_LABELS = {
+    "grpo": "GRPO",
+    "llds": "GRPO+LLDS",
+    "llds-0.01": "LLDS λ=0.01",
+    "llds-0.1": "LLDS λ=0.1",
+    "llds-1": "LLDS λ=1",
+    "llds-response": "LLDS response gate",
+    "llds-ma": "LLDS-MA",
+}
 # The diagnostics plot's phase colours, plus one for healthy steps (the strip shows every step).
 PHASE_COLOURS = {HEALTHY: "#cfe8cf", **DIAGNOSTICS_PHASE_COLOURS}
 
@@ -110,6 +119,10 @@ def run_summary(arm: str, seed: int, run_dir: Path, criterion: CollapseCriterion
         "correct_loglik_last10": _mean_of(records, "likelihood/correct_mean", slice(-10, None)),
         "probe_neg_share_mean": _mean_of(records, "likelihood/probe_neg_share", slice(None)),
         "llds_activation_mean": _mean_of(records, "llds/activation_rate", slice(None)),
+        "searches_first10": _mean_of(records, "env/searches_mean", slice(0, 10)),
+        "searches_last10": _mean_of(records, "env/searches_mean", slice(-10, None)),
+        # Training steps only (rollout + update), one CPU thread per run: the CPU-hours of the RL part.
+        "step_hours": sum(float(r["time/step_s"]) for r in records if _finite(r.get("time/step_s"))) / 3600,
         "run_dir": str(run_dir),
     }
     row.update(_test_em(run_dir, records))
@@ -142,17 +155,18 @@ def _fmt(value: Any) -> str:
 
 def summary_text(rows: list[dict[str, Any]], criterion: CollapseCriterion) -> str:
     header = (
-        "| arm | seed | collapsed | collapse step | first warning | test EM before | best | final "
-        "| reward first/last 10 |"
+        "| arm | seed | steps | collapsed | collapse step | first warning | test EM before | best | final "
+        "| reward first/last 10 | searches first/last 10 |"
     )
-    lines = [f"collapse criterion: {criterion.describe()}", "", header, "|" + "---|" * 9]
+    lines = [f"collapse criterion: {criterion.describe()}", "", header, "|" + "---|" * 11]
     for r in rows:
         reward = f"{_fmt(r['reward_first10'])} / {_fmt(r['reward_last10'])}"
+        searches = f"{_fmt(r.get('searches_first10'))} / {_fmt(r.get('searches_last10'))}"
         lines.append(
-            f"| {ARM_LABELS.get(r['arm'], r['arm'])} | {r['seed']} | {_fmt(r['collapsed'])} "
+            f"| {ARM_LABELS.get(r['arm'], r['arm'])} | {r['seed']} | {r['steps_logged']} | {_fmt(r['collapsed'])} "
             f"| {_fmt(r['collapse_step'])} "
             f"| {_fmt(r['first_warning_step'])} | {_fmt(r['test_em_before'])} | {_fmt(r['best_test_em'])} "
-            f"| {_fmt(r['final_test_em'])} | {reward} |"
+            f"| {_fmt(r['final_test_em'])} | {reward} | {searches} |"
         )
     return "\n".join(lines)
 
@@ -167,8 +181,14 @@ def write_report(out: Path, runs: Sequence[Any], criterion: CollapseCriterion) -
         "arms": {arm: arm_summary([r for r in rows if r["arm"] == arm]) for arm in arms},
         "text": summary_text(rows, criterion),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     records = {(r.arm, r.seed): read_metrics(r.out) if (r.out / "metrics.jsonl").is_file() else [] for r in runs}
+    summary["step_hours_total"] = sum(r["step_hours"] for r in rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    labelled = {f"{ARM_LABELS.get(arm, arm)} s{seed}": recs for (arm, seed), recs in records.items() if recs}
+    (out / "phases.md").write_text(
+        "# Phases of each run against the paper's Fig. 2 (trainer/death_spiral/phases.py)\n\n"
+        + phase_markdown(labelled, criterion)
+    )
     plot_experiment(records, rows, out / "death-spiral.png")
     return summary
 
