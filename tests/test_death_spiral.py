@@ -170,3 +170,27 @@ def test_phase_table_finds_the_papers_three_phases_in_a_paper_shaped_run():
     assert checks["III reward falling"] is False
     text = phase_markdown({"paper-shaped": records, "flat": flat})
     assert "| paper-shaped | I | 1-" in text and text.count("| flat |") == 4  # three phases and one row of checks
+
+
+def test_publish_copies_the_report_and_each_runs_metrics_under_its_arm_and_seed(tmp_path):
+    from trainer.death_spiral.report import PUBLISHED_FILES, publish
+    from trainer.death_spiral.runner import plan
+
+    out, dest = tmp_path / "out", tmp_path / "docs" / "exp"
+    runs = plan(out, ["grpo", "llds"], [1, 2])
+    for run in runs[:3]:  # the fourth run never wrote metrics: nothing is published for it
+        run.out.mkdir(parents=True)
+        (run.out / "metrics.jsonl").write_text(json.dumps({"step": 1, "arm": run.arm, "seed": run.seed}) + "\n")
+        (run.out / "events.out.tfevents.1").write_bytes(b"x")  # TensorBoard files stay behind
+    (out / "summary.json").write_text("{}")
+    (out / "phases.md").write_text("# phases\n")
+    written = publish(out, runs, dest)
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == [
+        "grpo-seed-1.metrics.jsonl",
+        "grpo-seed-2.metrics.jsonl",
+        "llds-seed-1.metrics.jsonl",
+    ]
+    record = json.loads((dest / "runs" / "grpo-seed-2.metrics.jsonl").read_text())
+    assert (record["arm"], record["seed"]) == ("grpo", 2)  # each file holds its own run's records
+    assert {p.name for p in written} >= {"summary.json", "phases.md"} and not (dest / "death-spiral.png").exists()
+    assert set(PUBLISHED_FILES) >= {"summary.json", "criterion.json", "phases.md", "death-spiral.png"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -191,6 +192,30 @@ def write_report(out: Path, runs: Sequence[Any], criterion: CollapseCriterion) -
     )
     plot_experiment(records, rows, out / "death-spiral.png")
     return summary
+
+
+PUBLISHED_FILES = ("summary.json", "criterion.json", "phases.md", "death-spiral.png")
+
+
+def publish(out: Path, runs: Sequence[Any], dest: Path) -> list[Path]:
+    """Copy what a write-up quotes into `dest` (a folder under docs/ that gets committed): the report files
+    of `out` and each run's metrics as `dest/runs/<arm>-seed-<n>.metrics.jsonl`, so every figure can be
+    redrawn from the repository (`--report-only` needs the run folders; the monitor benchmark reads these).
+    Checkpoints, TensorBoard files and eval transcripts stay in `out`: tens of MB a run. Returns the files
+    written."""
+    (dest / "runs").mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in PUBLISHED_FILES:
+        if (out / name).is_file():
+            shutil.copyfile(out / name, dest / name)
+            written.append(dest / name)
+    for run in runs:
+        source = run.out / "metrics.jsonl"
+        if source.is_file():
+            target = dest / "runs" / f"{run.arm}-seed-{run.seed}.metrics.jsonl"
+            shutil.copyfile(source, target)
+            written.append(target)
+    return written
 
 
 def _band(runs: list[Records], key: str) -> tuple[list[int], list[float], list[float], list[float]]:

@@ -225,6 +225,7 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     if args.report_only:
         summary = write_report(out, runs, criterion)
         print(summary["text"])
+        _publish(out, runs, args.publish)
         return 0
     retriever = None
     url = args.retriever_url
@@ -259,7 +260,16 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     summary = write_report(out, runs, criterion)
     print(summary["text"], flush=True)
     print(f"[death-spiral] {out / 'summary.json'}\n[death-spiral] {out / 'death-spiral.png'}")
+    _publish(out, runs, args.publish)
     return 0 if all(r.done for r in runs) else 1
+
+
+def _publish(out: Path, runs: list[Run], dest: Path | None) -> None:
+    from trainer.death_spiral.report import publish
+
+    if dest is not None:
+        written = publish(out, runs, dest)
+        print(f"[death-spiral] published {len(written)} files to {dest}", flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -295,3 +305,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--retriever-url", help="use this retrieval server instead of starting one")
     p.add_argument("--report-only", action="store_true", help="only (re)write summary.json and the figure")
+    p.add_argument(
+        "--publish",
+        type=Path,
+        help="also copy the report and each run's metrics.jsonl (as runs/<arm>-seed-<n>.metrics.jsonl) into this "
+        "folder, e.g. docs/experiments/death-spiral",
+    )

@@ -93,20 +93,20 @@ class MetricsLogger:
         with ``replaced_by_resume_from``), so the file reads as the one run that goes on from `step` and
         the resumed run's own records are written for those steps. Returns how many were moved."""
         records = read_metrics(self.path) if self.path.exists() else []
-        later = [r for r in records if isinstance(r.get("step"), int) and r["step"] > step]
-        if not later:
+        after = [r for r in records if isinstance(r.get("step"), int) and r["step"] > step]
+        if not after:
             return 0
-        kept = [r for r in records if r not in later]
+        kept = [r for r in records if r not in after]
         self._file.close()
         with (self.run_dir / REPLACED_FILE).open("a", encoding="utf-8") as aside:
-            for record in later:
+            for record in after:
                 aside.write(json.dumps({**record, "replaced_by_resume_from": step}, allow_nan=False) + "\n")
         staging = self.path.with_suffix(".jsonl.tmp")
         staging.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
         staging.replace(self.path)
         self.steps = {int(r["step"]) for r in kept if isinstance(r.get("step"), int)}
         self._file = self.path.open("a", encoding="utf-8")
-        return len(later)
+        return len(after)
 
     @property
     def tensorboard_enabled(self) -> bool:
