@@ -208,8 +208,9 @@ class GRPOTrainer:
             if self.resume_from is not None:
                 moved = self.logger.set_aside_after(self.start_step)
                 if moved:
-                    log.info("resume: %d records logged after step %d moved to %s", moved, self.start_step,
-                             REPLACED_FILE)
+                    log.info(
+                        "resume: %d records logged after step %d moved to %s", moved, self.start_step, REPLACED_FILE
+                    )
                 self.monitor.replay(r for r in read_metrics(self.run_dir) if r["step"] <= self.start_step)
         self.ready = True
 
@@ -471,6 +472,9 @@ class GRPOTrainer:
         )
         for step in progress:
             metrics = self.rl_step(step + 1)
+            # ln |V| in every record: the monitor, live or replaying the log, never calls a near-uniform
+            # policy healthy
+            metrics["policy/entropy_uniform"] = math.log(len(self.tokenizer))
             if self.is_main:
                 status = self.monitor.update(metrics)
                 metrics |= status.as_metrics()

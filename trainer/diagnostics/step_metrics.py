@@ -53,6 +53,7 @@ METRIC_KEYS: dict[str, str] = {
     "response/gen_tokens_max": "max generated tokens of a response in the batch",
     # update round (averaged over its optimizer steps)
     "policy/entropy": "mean token entropy of the policy over generated tokens",
+    "policy/entropy_uniform": "ln(vocabulary size): a uniform policy's entropy, nats/token (the monitor's ceiling)",
     "policy/clipfrac": "share of generated tokens where the PPO clip was active",
     "policy/approx_kl": "approx KL(old||new), mean of old_logp - logp (verl's ppo_kl)",
     "policy/approx_kl_k3": "approx KL(old||new), k3 estimator mean of ratio - 1 - log ratio",
@@ -120,15 +121,20 @@ METRIC_KEYS: dict[str, str] = {
     "perf/rollout_tokens_per_s": "generated tokens per rollout second",
     "perf/tokens_per_s": "generated tokens per step second (rollout + update)",
     # collapse monitor (trainer.diagnostics.collapse_monitor)
-    "monitor/phase": "CollapseMonitor's phase: warmup, healthy, stagnation, steady_decay, accelerated_collapse",
-    "monitor/phase_id": "numeric phase: -1 warmup, 0 healthy, 1 stagnation, 2 steady_decay, 3 accelerated_collapse",
-    "monitor/warning": "1 when the monitor warns (decay, acceleration, displacement majority, or reward falling)",
+    "monitor/phase": "CollapseMonitor's phase: warmup, healthy, stagnation, steady_decay, accelerated_collapse, "
+    "collapsed",
+    "monitor/phase_id": "numeric phase: -1 warmup, 0 healthy, 1 stagnation, 2 steady_decay, 3 accelerated_collapse, "
+    "4 collapsed",
+    "monitor/warning": "1 when the monitor warns (decay, acceleration, collapsed, displacement majority or drops, "
+    "reward falling)",
     "monitor/likelihood_slope": "Theil-Sen slope per step of the correct-response likelihood over the long window",
     "monitor/reward_slope": "Theil-Sen slope per step of the reward over the monitor's long window",
     "monitor/grad_spike": "1 when grad norm > factor x running median and > z robust sds (log), or a norm was inf/NaN",
     "monitor/entropy_surge": "1 when entropy > running median + z x robust sd",
     "monitor/neg_displacement_majority": "1 when the recent mean share of correct responses with Δ < 0 is "
     "significantly > 0.5 (Fig. 3a)",
+    "monitor/displacement_drop": "1 when correct responses lost likelihood in the update (Δ < 0, far below its "
+    "running median) on 2+ of the last 10 steps",
     "monitor/incorrect_below_correct": "1 when incorrect-response likelihood is significantly below correct's, once "
     "above (Fig. 9a)",
     "monitor/reward_falling": "1 when the reward's trend is significantly (and practically) falling",
