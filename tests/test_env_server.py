@@ -90,6 +90,21 @@ def test_sessions_are_listed_and_described(env_server):
     httpx.delete(f"{env_server.url}/sessions/{sid}")
 
 
+def test_a_topk_the_retriever_would_refuse_is_refused_at_create(env_server, bm25_server):
+    max_topk = httpx.get(bm25_server.url + "/info").json()["limits"]["max_topk"]
+    for topk in (max_topk + 1, 200):  # the env schema allows up to 1,000
+        r = httpx.post(
+            env_server.url + "/sessions", json={"env_id": "searchgym/SearchQA-v0", "options": DATA | {"topk": topk}}
+        )
+        assert r.status_code == 422 and f"topk={topk}" in r.text and f"topk <= {max_topk}" in r.text, r.text
+    sid = _create(env_server.url, topk=max_topk)  # the limit itself is served
+    r = httpx.post(f"{env_server.url}/sessions/{sid}/reset", json={"seed": 0})
+    r.raise_for_status()
+    step = httpx.post(f"{env_server.url}/sessions/{sid}/step", json={"action": "<search> river founded </search>"})
+    assert step.status_code == 200 and step.json()["observation"].count("Doc ") == max_topk  # all of them came
+    httpx.delete(f"{env_server.url}/sessions/{sid}")
+
+
 # -- bad input: each a 4xx with a message; the server and other sessions carry on --------------------
 def test_bad_inputs_get_4xx_and_leave_other_sessions_untouched(env_server):
     url = env_server.url

@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -149,6 +150,26 @@ def test_unreachable_env_fails_before_any_model_is_loaded(tmp_path, capsys):
         check_env_reachable(load_config(None, [f"env.retriever_url={url}"]).env)
     code = trainer_main(["train", "--retriever-url", url, "--out-dir", str(tmp_path), "--model", "no/such-model"])
     assert code == 2 and "unreachable" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_topk_beyond_the_retrievers_limit_fails_before_any_model_is_loaded(bm25_server, tmp_path, capsys):
+    from trainer.preflight import LimitMismatch
+
+    max_topk = httpx.get(bm25_server.url + "/info").json()["limits"]["max_topk"]  # 100 by default
+    for topk in (max_topk + 1, 200):  # the config allows up to 1,000
+        env = load_config(
+            None, [f"env.retriever_url={bm25_server.url}", "env.data=world:small", f"env.topk={topk}"]
+        ).env
+        with pytest.raises(LimitMismatch, match=f"env.topk={topk} .* topk <= {max_topk} \\(its --max-topk\\)"):
+            check_env_reachable(env)
+    check_env_reachable(
+        load_config(None, [f"env.retriever_url={bm25_server.url}", "env.data=world:small", f"env.topk={max_topk}"]).env
+    )
+    args = ["train", "--retriever-url", bm25_server.url, "--data", "world:small", "--out-dir", str(tmp_path)]
+    assert trainer_main([*args, "--set", "env.topk=200"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "env.topk=200" in err and f"<= {max_topk}" in err  # one line, both limits
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

@@ -118,12 +118,13 @@ def run_train(args: argparse.Namespace) -> int:
     from trainer.checkpoint import CheckpointMismatch, CheckpointUnreadable
     from trainer.grpo_trainer import GRPOTrainer
     from trainer.policy_loading import PolicyError
-    from trainer.preflight import EnvUnreachable
+    from trainer.preflight import EnvUnreachable, LimitMismatch
 
     try:
         result = GRPOTrainer(config).train()
     except (
         EnvUnreachable,
+        LimitMismatch,
         WorldMismatch,
         PolicyError,
         CheckpointMismatch,

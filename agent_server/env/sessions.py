@@ -180,6 +180,9 @@ class SessionManager:
         mismatch = await self.worlds.mismatch(key.name) if self.worlds is not None else None
         if mismatch is not None:
             raise WorldNotServed(mismatch)
+        too_many = await self.worlds.topk_violation(opts.topk) if self.worlds is not None else None
+        if too_many is not None:  # every search of the session would be refused by the retriever
+            raise BadSessionRequest(too_many)
         self._check_room()  # again: others may have filled it while the data loaded
         try:
             env = SearchQAEnv(
