@@ -152,6 +152,7 @@ def test_step_metrics_builds_documented_keys() -> None:
         valid_action=[1.0] * 6,
         turns=[2, 2, 3, 1, 3, 3],
         searches=[1, 1, 2, 0, 2, 2],
+        failed_searches=[0, 1, 0, 0, 1, 0],
         gen_tokens=[10, 20, 30, 40, 50, 60],
     )
     logp = -torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -171,6 +172,7 @@ def test_step_metrics_builds_documented_keys() -> None:
     assert out["reward/group_std_mean"] == pytest.approx(math.sqrt(0.5) / 3)
     assert out["eval/f1"] == pytest.approx(3.5 / 6) and out["env/searches_mean"] == pytest.approx(8 / 6)
     assert out["response/gen_tokens_mean"] == 35 and out["response/gen_tokens_max"] == 60
+    assert out["env/failed_searches"] == 2 and out["env/failed_search_share"] == pytest.approx(2 / 8)
     assert out["llds/activation_rate"] == pytest.approx(0.4) and out["llds/magnitude"] == pytest.approx(0.3)
     assert out["llds/first_step_activation_rate"] == pytest.approx(0.2)  # the round's first step alone
     assert out["grad/norm"] == pytest.approx(2.0) and out["grad/norm_max"] == 3.0  # the inf step is counted apart
@@ -336,6 +338,15 @@ def test_displacement_drop_needs_two_far_drops_below_the_runs_own_baseline():
     monitor = CollapseMonitor()
     noisy = [monitor.update(_steady(i + 1, rng.gauss(0, 0.3))) for i in range(60)]
     assert not any("displacement_drop" in s.flags for s in noisy)
+
+
+def test_failing_searches_warn_whatever_the_phase():
+    monitor = CollapseMonitor()
+    shares = [0.0] * 5 + [0.1, 0.5, math.nan, 0.0]  # 10% is the limit itself; NaN: no searches that step
+    statuses = [monitor.update({"step": i + 1, "env/failed_search_share": v}) for i, v in enumerate(shares)]
+    assert [s.step for s in statuses if "searches_failing" in s.flags] == [7]
+    assert statuses[6].warning and "50% of the step's searches" in statuses[6].reasons[-1]
+    assert statuses[6].as_metrics()["monitor/searches_failing"] == 1 and not statuses[8].warning
 
 
 def test_never_healthy_while_the_reward_is_below_half_its_best_or_the_entropy_near_uniform():

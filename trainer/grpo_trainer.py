@@ -380,6 +380,7 @@ class GRPOTrainer:
             valid_action=[e.valid_actions / max(1, e.steps) for e in episodes],
             turns=[float(e.turns) for e in episodes],
             searches=searches,
+            failed_searches=[float(sum(bool(i.get("search_error")) for i in e.step_infos)) for e in episodes],
             gen_tokens=[float(e.transcript.num_generated) for e in episodes],
         )
         options = self._loss_options(sum(searches) / len(searches))

@@ -52,6 +52,8 @@ Flags, independent of the phase:
   baseline); the spiral shows as rounds where it falls far outside that. One drop alone is noise often
   enough (4 of 6 healthy toy runs have one), hence two.
 - `grad_spike`, `entropy_surge`: this step's events.
+- `searches_failing`: more than `max_failed_search_share` of this step's searches were refused or failed by
+  the retriever (`env/failed_search_share`): not the spiral, a broken run whose reward means little.
 Phase `collapsed` (after the fact, and it outranks the others): the `reward_smooth`-step trailing mean of the
 reward is below `collapsed_fraction` x its running best, or the entropy is above `collapsed_fraction` x a
 uniform policy's (ln of the vocabulary size: the record's `policy/entropy_uniform`, else `entropy_uniform`): a
@@ -105,9 +107,10 @@ FLAGS = (
     "displacement_drop",
     "incorrect_below_correct",
     "reward_falling",
+    "searches_failing",
 )
 #: flags that set `warning` on their own (besides the WARNING_PHASES)
-WARNING_FLAGS = ("neg_displacement_majority", "displacement_drop", "reward_falling")
+WARNING_FLAGS = ("neg_displacement_majority", "displacement_drop", "reward_falling", "searches_failing")
 # Phases and flags whose first appearance is announced at WARNING.
 _ANNOUNCED = (*WARNING_PHASES, *WARNING_FLAGS, "incorrect_below_correct")
 
@@ -147,6 +150,8 @@ class MonitorConfig:
     grad_key: str = "grad/norm"
     entropy_key: str = "policy/entropy"
     entropy_uniform_key: str = "policy/entropy_uniform"
+    failed_search_key: str = "env/failed_search_share"
+    max_failed_search_share: float = 0.1  # more of a step's searches failing than this is a warning
     displacement_key: str = "likelihood/displacement_correct_neg_share"
     displacement_mean_key: str = "likelihood/displacement_correct"
 
@@ -436,6 +441,9 @@ class CollapseMonitor:
         flag("neg_displacement_majority", self._displacement_majority(_finite(metrics, cfg.displacement_key)))
         flag("incorrect_below_correct", self._incorrect_below(correct, _finite(metrics, cfg.incorrect_key)))
         flag("displacement_drop", self._displacement_drop(step, _finite(metrics, cfg.displacement_mean_key)))
+        failed = _finite(metrics, cfg.failed_search_key)
+        if failed is not None and failed > cfg.max_failed_search_share:
+            flag("searches_failing", f"{failed:.0%} of the step's searches failed or were refused by the retriever")
         collapsed = self._collapsed(
             _finite(metrics, cfg.reward_key),
             _finite(metrics, cfg.entropy_key),

@@ -49,6 +49,8 @@ METRIC_KEYS: dict[str, str] = {
     "env/valid_action_rate": "mean share of well-formed actions (search or answer) per response",
     "env/turns_mean": "mean number of turns (actions) per response",
     "env/searches_mean": "mean number of search calls per response",
+    "env/failed_searches": "searches of the step's rollouts the retriever refused or failed (info's search_error)",
+    "env/failed_search_share": "failed searches / all searches of the step (NaN without searches)",
     "response/gen_tokens_mean": "mean generated tokens per response (tool observations excluded)",
     "response/gen_tokens_max": "max generated tokens of a response in the batch",
     # update round (averaged over its optimizer steps)
@@ -138,6 +140,7 @@ METRIC_KEYS: dict[str, str] = {
     "monitor/incorrect_below_correct": "1 when incorrect-response likelihood is significantly below correct's, once "
     "above (Fig. 9a)",
     "monitor/reward_falling": "1 when the reward's trend is significantly (and practically) falling",
+    "monitor/searches_failing": "1 when more than 10% of the step's searches failed or were refused",
 }
 
 
@@ -193,6 +196,7 @@ class StepMetrics:
         valid_action: Any | None = None,
         turns: Any | None = None,
         searches: Any | None = None,
+        failed_searches: Any | None = None,
         gen_tokens: Any | None = None,
     ) -> StepMetrics:
         """Per-response (B,) values of the rollout batch; `group_ids` marks responses to the same prompt."""
@@ -220,6 +224,11 @@ class StepMetrics:
         ):
             if values is not None:
                 self._values[key] = _mean(values)
+        if failed_searches is not None:  # refused or failed by the retriever: the observation says so
+            failed = float(_vector(failed_searches).sum())
+            total = float(_vector(searches).sum()) if searches is not None else math.nan
+            self._values["env/failed_searches"] = failed
+            self._values["env/failed_search_share"] = failed / total if total > 0 else math.nan
         if gen_tokens is not None:
             lengths = _vector(gen_tokens)
             self._values["response/gen_tokens_max"] = float(lengths.max()) if lengths.numel() else math.nan
