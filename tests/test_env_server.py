@@ -11,9 +11,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import search_env  # noqa: F401 - registers the ids
-from agent_server.server_process import ServerProcess, free_port
 from search_env.remote_env import EnvServerRefused, EnvServerUnavailable, RemoteSearchEnv
 from search_env.retriever_client import RetrieverClient
+from search_env.server_process import ServerProcess, free_port
 
 DATA = {"data": "world:small", "split": "test"}
 JSON = {"content-type": "application/json"}

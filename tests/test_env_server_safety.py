@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_server.server_process import ServerProcess, free_port
 from search_env.qa_data import QARecord, load_qa, write_qa_jsonl
 from search_env.remote_env import EnvServerUnavailable, RemoteSearchEnv
+from search_env.server_process import ServerProcess, free_port
 
 ALICE, BOB = "alice-token", "bob-token"
 DATA = {"data": "world:small", "split": "test"}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_server.server_process import free_port
 from search_env.hub_download import ASSETS, DEFAULT_ASSETS, MANIFEST
+from search_env.server_process import free_port
 from tests.fake_hub import COMMIT, FakeHub
 
 pytest.importorskip("huggingface_hub")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from agent_server.server_process import free_port
+from search_env.server_process import free_port
 from trainer.checkpoint import (
     CONFIG_FILE,
     STATE_FILE,

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from trainer.embedded_demo import run_demo
 
-        return run_demo(args)
+        return run_demo(args, run_train)
     return 2
 
 

@@ -234,7 +234,7 @@ def run_death_spiral(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if main_thread else None
     try:
         if url is None and not all(r.done for r in runs):
-            from agent_server.server_process import ServerProcess
+            from search_env.server_process import ServerProcess
 
             world = config.env.data.partition(":")[2]
             retriever = ServerProcess(["retriever", "--backend", "bm25", "--world", world], out / "retriever.log")
