@@ -599,6 +599,13 @@ def _set_key(data: dict[str, Any], key: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
+def _too_big(value: Any) -> bool:
+    # inf and NaN are left to the fields' own check ("Input should be a finite number").
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) > MAX_CONFIG_NUMBER and (isinstance(value, int) or math.isfinite(value))
+
+
 def _check_numbers(data: Any) -> None:
     """ConfigError naming the first number of magnitude over MAX_CONFIG_NUMBER (data is at most
     MAX_YAML_NODES nodes a source, shared ones counted each time, so this walk is bounded too)."""
@@ -609,7 +616,7 @@ def _check_numbers(data: Any) -> None:
             stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
         elif isinstance(value, list | tuple):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
-        elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_CONFIG_NUMBER:
+        elif _too_big(value):
             # Never str() of the integer: past 4,300 digits Python refuses to convert it.
             big = isinstance(value, int) and value.bit_length() > 1000  # float() would overflow
             shown = f"an integer of {value.bit_length()} bits" if big else f"{float(value):.3g}"
