@@ -403,3 +403,10 @@ def test_a_bad_data_flag_stops_the_server_with_a_message(tmp_path):
         proc = ServerProcess(["env", "--data", flag], tmp_path / "bad.log").start()
         assert proc.proc is not None and proc.proc.wait(timeout=120) != 0
         assert message in proc.log_tail(), proc.log_tail()
+
+
+def test_a_prompt_limit_over_the_observation_limit_stops_the_server_with_a_message(tmp_path):
+    args = ["env", "--max-obs-chars", "1000", "--max-prompt-chars", "2000"]
+    proc = ServerProcess(args, tmp_path / "bad.log").start()
+    assert proc.proc is not None and proc.proc.wait(timeout=120) == 2
+    assert "--max-prompt-chars must be in [1, --max-obs-chars=1000]" in proc.log_tail(), proc.log_tail()
