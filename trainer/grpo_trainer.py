@@ -77,6 +77,12 @@ _STAT_KEYS = {
 }
 
 
+def method_name(cfg: TrainConfig) -> str:
+    """The trained objective in a few letters: GRPO, DPPO-TV or DPPO-KL, then +LLDS and +SAPO where on."""
+    name = {"grpo": "GRPO", "dppo_tv": "DPPO-TV", "dppo_kl": "DPPO-KL"}[cfg.loss.policy_loss]
+    return name + ("+LLDS" if cfg.llds.enabled else "") + ("+SAPO" if cfg.loss.sapo else "")
+
+
 def prompt_template(name: str) -> str:
     return {"search-r1": SEARCH_R1_TEMPLATE, "tiny": TINY_PROMPT_TEMPLATE}.get(name, name)
 
@@ -208,8 +214,9 @@ class GRPOTrainer:
             if self.resume_from is not None:
                 moved = self.logger.set_aside_after(self.start_step)
                 if moved:
-                    log.info("resume: %d records logged after step %d moved to %s", moved, self.start_step,
-                             REPLACED_FILE)
+                    log.info(
+                        "resume: %d records logged after step %d moved to %s", moved, self.start_step, REPLACED_FILE
+                    )
                 self.monitor.replay(r for r in read_metrics(self.run_dir) if r["step"] <= self.start_step)
         self.ready = True
 
@@ -271,6 +278,13 @@ class GRPOTrainer:
             llds_normalization=cfg.llds.normalization,
             llds_gate_tol=cfg.llds.gate_tol,
             answer_weight=weight,
+            policy_loss=cfg.loss.policy_loss,
+            dppo_delta_low=cfg.loss.dppo_delta_low,
+            dppo_delta_high=cfg.loss.dppo_delta_high,
+            dppo_clip_ratio_c=cfg.loss.dppo_clip_ratio_c,
+            sapo=cfg.loss.sapo,
+            sapo_coef=cfg.loss.sapo_coef,
+            sapo_estimator=cfg.loss.sapo_estimator,
         )
 
     @torch.no_grad()
@@ -464,7 +478,7 @@ class GRPOTrainer:
         before = self.evaluate("before") if evaluate and self.start_step == 0 else []
         progress = tqdm(
             range(self.start_step, cfg.run.steps),
-            desc="GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
+            desc=method_name(cfg),
             initial=self.start_step,
             total=cfg.run.steps,
             disable=not self.is_main,
@@ -501,7 +515,7 @@ class GRPOTrainer:
             plot = plot_metrics(
                 self.run_dir / "metrics.jsonl",
                 self.run_dir / "diagnostics.png",
-                title=f"{cfg.model.name_or_path}: GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
+                title=f"{cfg.model.name_or_path}: {method_name(cfg)}",
             )
             summary = {
                 "steps": cfg.run.steps,
