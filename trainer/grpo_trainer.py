@@ -173,10 +173,14 @@ class GRPOTrainer:
         # (s + 1) / W makes the first step count.
         warmup = cfg.lr_warmup_optimizer_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
-        if cfg.llds.enabled and cfg.optimizer_steps_per_round < 2:
+        compares = [name for name, on in (("LLDS", cfg.llds.enabled), ("SAPO", cfg.loss.sapo)) if on]
+        if cfg.loss.policy_loss != "grpo":
+            compares.append("DPPO's trust region")
+        if compares and cfg.optimizer_steps_per_round < 2:
             log.warning(
-                "one optimizer step per round: LLDS compares the policy with the rollout policy of the round, so "
-                "it never fires; lower optim.ppo_mini_batch_size below rollout.questions_per_step"
+                "one optimizer step per round: %s compare(s) the policy with the rollout policy of the round, so "
+                "it never acts; lower optim.ppo_mini_batch_size below rollout.questions_per_step",
+                " and ".join(compares),
             )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.start_step = 0
