@@ -81,7 +81,7 @@ METRIC_KEYS: dict[str, str] = {
     "grad/norm_policy": "(diagnostics.grad_norm_split) pre-clip norm of the gradient of the policy loss with its KL "
     "and entropy terms, mean over the round",
     "grad/norm_regularizer": "(diagnostics.grad_norm_split) pre-clip norm of the regulariser's gradient "
-    "(lam * L_LLDS), mean over the round; 0 where it did not fire",
+    "(lam * L_LLDS, plus SAPO's term under loss.sapo), mean over the round; 0 where it did not fire",
     "update/zero_advantage_minibatch_frac": "share of the round's optimizer steps whose mini-batch has all "
     "advantages 0 (every group of one reward): no policy gradient there",
     "grad/nonfinite_steps": "optimizer steps in the round whose gradient norm was inf or NaN",
