@@ -21,7 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search_env.world.config import WORLD_PRESETS
-from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
+from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS, check_sapo_estimator
+from trainer.losses.dppo import DEFAULT_DPPO_CLIP_RATIO_C, DEFAULT_DPPO_DELTA, check_dppo_options
+from trainer.losses.sapo import DEFAULT_SAPO_COEF, DEFAULT_SAPO_ESTIMATOR
 
 log = logging.getLogger("trainer")
 
@@ -342,6 +344,44 @@ class LossSection(_Section):
     entropy_coef: float = Field(0.001, ge=0, description="entropy bonus (authors' yaml: entropy_coeff 0.001)")
     #: False: Dr. GRPO's mean-only advantage centring
     scale_by_std: bool = True
+    # LLDS's rivals (issue 20 item 6; README "LLDS's rivals"), off by default.
+    policy_loss: Literal["grpo", "dppo_tv", "dppo_kl"] = Field(
+        "grpo",
+        description="'grpo': the PPO-clipped loss (clip_low / clip_high); 'dppo_tv' / 'dppo_kl': DPPO's "
+        "divergence-masked trust region (arXiv 2602.04879, verl's loss modes of those names, "
+        "trainer.losses.dppo), which ignores clip_low / clip_high",
+    )
+    dppo_delta_low: float = Field(
+        DEFAULT_DPPO_DELTA,
+        gt=0,
+        description="DPPO's divergence threshold for A <= 0 tokens (verl: actor.clip_ratio_low, 0.2); a TV one "
+        "is a probability difference, < 1",
+    )
+    dppo_delta_high: float = Field(
+        DEFAULT_DPPO_DELTA,
+        gt=0,
+        description="DPPO's divergence threshold for A > 0 tokens (verl: actor.clip_ratio_high, 0.2); a TV one "
+        "is a probability difference, < 1",
+    )
+    dppo_clip_ratio_c: float = Field(
+        DEFAULT_DPPO_CLIP_RATIO_C,
+        ge=1,
+        description="DPPO's truncation of the importance ratio (verl's DPPO fallback for clip_ratio_c: 20)",
+    )
+    sapo: bool = Field(
+        False,
+        description="add SAPO's conditional KL (arXiv 2603.10069, trainer.losses.sapo): a KL to the old policy on "
+        "positive-advantage tokens whose probability fell. Not verl's 'sapo' loss (Qwen's arXiv 2511.20347)",
+    )
+    sapo_coef: float = Field(
+        DEFAULT_SAPO_COEF,
+        ge=0,
+        description="SAPO's KL coefficient (assumed 1.0: the paper's abstract gives none; see trainer.losses.sapo)",
+    )
+    sapo_estimator: str = Field(
+        DEFAULT_SAPO_ESTIMATOR,
+        description="SAPO's per-token KL: k3 (= verl's low_var_kl, assumed) or k2 (mse); k1 is refused",
+    )
 
     @field_validator("kl_estimator")
     @classmethod
@@ -349,6 +389,23 @@ class LossSection(_Section):
         if value not in KL_ESTIMATORS:
             raise ValueError(f"unknown KL estimator {value!r}; one of {', '.join(KL_ESTIMATORS)}")
         return value
+
+    @field_validator("sapo_estimator")
+    @classmethod
+    def _sapo_estimator(cls, value: str) -> str:
+        check_sapo_estimator(value)
+        return value
+
+    @model_validator(mode="after")
+    def _dppo_thresholds(self) -> LossSection:
+        if self.policy_loss != "grpo":
+            check_dppo_options(
+                self.policy_loss.removeprefix("dppo_"),
+                self.dppo_delta_low,
+                self.dppo_delta_high,
+                self.dppo_clip_ratio_c,
+            )
+        return self
 
 
 class LLDSSection(_Section):

@@ -44,6 +44,8 @@ ARM_LABELS = {
     "llds-1": "LLDS λ=1",
     "llds-response": "LLDS response gate",
     "llds-ma": "LLDS-MA",
+    "sapo": "GRPO+SAPO",
+    "dppo": "DPPO-TV",
 }
 # The diagnostics plot's phase colours, plus one for healthy steps (the strip shows every step).
 PHASE_COLOURS = {HEALTHY: "#cfe8cf", **DIAGNOSTICS_PHASE_COLOURS}

@@ -1,9 +1,10 @@
-"""`search-trainer death-spiral`: plain GRPO against GRPO+LLDS on the same seeds, in a regime where GRPO collapses.
+"""`search-trainer death-spiral`: plain GRPO against GRPO+LLDS (and its rivals SAPO and DPPO, `--arms`) on the same
+seeds, in a regime where GRPO collapses.
 
 Each (arm, seed) is one ordinary training run (`search-trainer train` in a subprocess, so runs are isolated
 and can go side by side, one CPU thread each) with the experiment's config (configs/death-spiral.yaml), the
 seed as `run.seed` (same question order and same first rollouts in both arms) and one shared warm start
-(`model.embedded_seed`), so the arms differ only in `llds.enabled`. Runs land in `OUT/<arm>/seed-<n>/`
+(`model.embedded_seed`), so the arms differ only in their `ARMS` overrides. Runs land in `OUT/<arm>/seed-<n>/`
 (metrics.jsonl, eval/, train.log); a run that already finished (its summary.json exists) is not run again,
 so the command resumes where it stopped. When all runs are done, `OUT/summary.json` and
 `OUT/death-spiral.png` are written by `trainer.death_spiral.report`, with the collapse criterion that was
@@ -41,6 +42,10 @@ ARMS: dict[str, list[str]] = {
     "llds-1": ["llds.enabled=true", "llds.lam=1.0"],
     "llds-response": ["llds.enabled=true", "llds.gate=response"],
     "llds-ma": ["llds.enabled=true", "llds.answer_weight_schedule=paper"],
+    # LLDS's rivals (issue 20 item 6), each alone: SAPO's conditional KL (arXiv 2603.10069) on the GRPO loss;
+    # DPPO's Binary-TV trust region (arXiv 2602.04879) in place of the PPO clip.
+    "sapo": ["llds.enabled=false", "loss.sapo=true"],
+    "dppo": ["llds.enabled=false", "loss.policy_loss=dppo_tv"],
 }
 # --quick: one seed of each arm, a few steps with a small warm start: the whole machinery in minutes.
 QUICK = [
