@@ -35,11 +35,12 @@ class UnsafeName(ValueError):
         super().__init__(f"{what} {name!r} refused: {reason} (it must stay inside {root})")
 
 
-def name_parts(name: object, root: Path | str = ".", *, what: str = "entry") -> tuple[str, ...]:
+def name_parts(name: object, root: Path | str = ".", *, what: str = "entry", single: bool = False) -> tuple[str, ...]:
     """The components of `name` after the lexical checks (nothing on disk is read).
 
     Raises UnsafeName for a name that is not a non-empty string, is absolute or a drive, holds a
-    backslash, NUL or control character, or has an empty, `.` or `..` component.
+    backslash, NUL or control character, or has an empty, `.` or `..` component; with `single`, also
+    for a name of more than one component (a split or a folder name, never a path).
     """
     if not isinstance(name, str):
         raise UnsafeName(name, root, f"not a string ({type(name).__name__})", what=what)
@@ -59,16 +60,19 @@ def name_parts(name: object, root: Path | str = ".", *, what: str = "entry") -> 
             raise UnsafeName(name, root, "empty path component", what=what)
         if part in (".", ".."):
             raise UnsafeName(name, root, f"{part!r} path component", what=what)
+    if single and len(parts) > 1:
+        raise UnsafeName(name, root, "holds a '/': a name here is one component, not a path", what=what)
     return parts
 
 
-def resolve_under(root: Path | str, name: object, *, what: str = "entry") -> Path:
+def resolve_under(root: Path | str, name: object, *, what: str = "entry", single: bool = False) -> Path:
     """`root / name` resolved (symlinks followed), checked to lie strictly under the resolved root.
 
-    The lexical checks of `name_parts` run first, so a refused name creates and opens nothing; the
-    root need not exist yet. Raises UnsafeName naming the entry for any refusal.
+    The lexical checks of `name_parts` run first (`single`: one component only), so a refused name
+    creates and opens nothing; the root need not exist yet. Raises UnsafeName naming the entry (`what`
+    says what kind of entry, e.g. "hub listing entry", "split") for any refusal.
     """
-    parts = name_parts(name, root, what=what)
+    parts = name_parts(name, root, what=what, single=single)
     base = Path(root).resolve()
     resolved = base.joinpath(*parts).resolve()
     if resolved == base or not resolved.is_relative_to(base):
