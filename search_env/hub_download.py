@@ -172,7 +172,8 @@ def download_asset(
         total = sum(f.size for f in files)
         log(f"{asset.name}: {asset.repo_id} at {commit[:12]}, {len(files)} files, {_size(total)} -> {folder}")
         for f in files:
-            _fetch_verified(api, asset, commit, f, targets[f.path], token=token, file_deadline=file_deadline, log=log)
+            target, partial = targets[f.path]
+            _fetch_verified(api, asset, commit, f, target, partial, token=token, file_deadline=file_deadline, log=log)
     except DownloadError:
         raise
     except (HfHubHTTPError, OSError) as err:
@@ -200,10 +201,12 @@ def _path(f: Any) -> str:
     return str(f.path)
 
 
-def _target(folder: Path, asset: HubAsset, f: Any) -> Path:
-    """Where listing entry `f` goes under `folder`; DownloadError naming it for an unsafe name or no hash."""
+def _target(folder: Path, asset: HubAsset, f: Any) -> tuple[Path, Path]:
+    """Where listing entry `f` goes under `folder`, and its `.part`; DownloadError naming it for an
+    unsafe name (a `.part` already there that links out of the folder included) or no hash."""
     try:
         target = resolve_under(folder, f.path, what="hub listing entry")
+        partial = resolve_under(folder, f.path + ".part", what="hub listing entry's partial file")
     except UnsafeName as err:
         raise DownloadError(f"{asset.repo_id}: {err}; nothing was written") from None
     if target.name == MANIFEST or target.name.endswith(".part"):
@@ -212,7 +215,7 @@ def _target(folder: Path, asset: HubAsset, f: Any) -> Path:
             f"{asset.repo_id}: hub listing entry {f.path!r} refused: a name this command keeps for itself"
         )
     _expected_hash(f, repo_id=asset.repo_id)
-    return target
+    return target, partial
 
 
 def _expected_hash(f: Any, *, repo_id: str = "") -> tuple[str, str]:
@@ -248,13 +251,14 @@ def _fetch_verified(
     commit: str,
     f: Any,
     target: Path,
+    partial: Path,
     *,
     token: str | None,
     file_deadline: float,
     log: Callable[[str], None],
 ) -> None:
-    """`target` holding the listed file, its hash checked: fetched into `<target>.part` (resumed when one
-    is there), verified, then renamed. A file already at `target` is hashed again and fetched anew when it
+    """`target` holding the listed file, its hash checked: fetched into `partial`, its `.part` (resumed
+    when one is there), verified, then renamed. A file already at `target` is hashed again and fetched anew when it
     does not match. Raises DownloadError naming the file."""
     algorithm, expected = _expected_hash(f, repo_id=asset.repo_id)
     if target.is_file() and target.stat().st_size == f.size:
@@ -263,7 +267,6 @@ def _fetch_verified(
         log(f"{asset.name}: {f.path} does not match the hub's {algorithm}: fetching it anew")
         target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
     _fetch(api, asset, commit, f, partial, token=token, file_deadline=file_deadline)
     actual = file_hash(partial, algorithm)
     if actual != expected:

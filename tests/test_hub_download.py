@@ -209,10 +209,11 @@ def hostile_cases(tmp_path: Path) -> list[tuple[str, str, str]]:
         ("qa", qa, "C:x.parquet"),
         ("qa", qa, "sub//x.parquet"),
         ("qa", qa, "link/x.parquet"),  # through a symlink inside the asset folder that points outside
+        ("qa", qa, "planted.parquet"),  # a plain name, but its .part is a link out of the folder
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_a_listed_name_that_would_leave_the_out_folder_refuses_the_listing(hub: FakeHub, tmp_path: Path, case: int):
     asset, repo, name = hostile_cases(tmp_path)[case]
     out = tmp_path / "a" / "b" / "wiki-18"
@@ -222,13 +223,17 @@ def test_a_listed_name_that_would_leave_the_out_folder_refuses_the_listing(hub: 
     if name.startswith("link/"):
         (out / "nq_hotpotqa_train").mkdir(parents=True)
         (out / "nq_hotpotqa_train" / "link").symlink_to(outside, target_is_directory=True)
+    if name == "planted.parquet":
+        (out / "nq_hotpotqa_train").mkdir(parents=True)
+        (out / "nq_hotpotqa_train" / "planted.parquet.part").symlink_to(outside / "written-through.parquet")
     hub.repos[repo][name] = os.urandom(3000)
     skip = (out, out.parent / "hf-home")
     before = tree(tmp_path, skip=skip)
 
     message = one_line_error(download(hub.url, out, asset))
 
-    assert repr(name) in message and "refused" in message, message
+    shown = name + ".part" if name == "planted.parquet" else name
+    assert repr(shown) in message and "refused" in message, message
     assert tree(tmp_path, skip=skip) == before  # nothing created or replaced outside --out
     # One hostile entry refuses the whole listing before anything is fetched or made: no file, no .part.
     assert not [p for m, p, _ in hub.requests if "/resolve/" in p]
