@@ -382,6 +382,29 @@ def test_a_checkpoint_that_would_run_code_is_refused_on_resume(bm25_server, tmp_
     assert not marker.exists() and "pwned" not in capsys.readouterr().out
 
 
+def test_a_resume_through_a_checkpoint_link_out_of_the_run_is_refused(bm25_server, tmp_path, capsys, no_model_load):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    args = ["train", "--retriever-url", bm25_server.url, "--data", "world:small", "--out-dir", str(run)]
+    config = load_config(None, [f"env.retriever_url={bm25_server.url}", "env.data=world:small"])
+    real = _fake_checkpoint(elsewhere, config, {"torch": torch.zeros(1)})
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-000005").symlink_to(real, target_is_directory=True)
+    assert trainer_main([*args, "--resume", str(run)]) == 2
+    refusal = _refusal(capsys)
+    assert "checkpoint folder 'step-000005' refused" in refusal and "outside the folder" in refusal
+
+
+def test_a_split_name_that_is_a_path_is_refused_by_the_cli(bm25_server, tmp_path, capsys, no_model_load):
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    line = json.dumps({"id": "1", "question": "q?", "golden_answers": ["a"]}) + "\n"
+    (folder / "train.jsonl").write_text(line)
+    (tmp_path / "secret.jsonl").write_text(line)  # what a split of `../secret` would read
+    args = ["train", "--retriever-url", bm25_server.url, "--data", str(folder), "--out-dir", str(tmp_path / "run")]
+    assert trainer_main([*args, "--set", "env.split=../secret"]) == 2
+    assert "split '../secret' refused: '..' path component" in _refusal(capsys)
+
+
 def test_an_old_pickled_checkpoint_is_refused(tmp_path):
     path = _fake_checkpoint(tmp_path, load_config(None, []), {"torch": torch.zeros(1)})
     (path / STATE_JSON).unlink()

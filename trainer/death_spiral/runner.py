@@ -82,9 +82,14 @@ class Run:
 
     def checkpointed(self) -> bool:
         """Whether an unfinished run left a checkpoint to resume from."""
-        from trainer.checkpoint import STATE_FILE
+        from trainer.checkpoint import STATE_FILE, checkpoint_step
 
-        return any((self.out / "checkpoints").glob(f"step-*/{STATE_FILE}"))
+        # The same name rule as the resume: step-<digits> only (one that points outside is refused by
+        # the resumed run itself, with its one-line message).
+        folder = self.out / "checkpoints"
+        return folder.is_dir() and any(
+            checkpoint_step(p.name) is not None and (p / STATE_FILE).is_file() for p in folder.iterdir()
+        )
 
 
 def plan(out: Path, arms: list[str], seeds: list[int]) -> list[Run]:
