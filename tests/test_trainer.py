@@ -470,7 +470,15 @@ def test_checkpoint_is_refused_by_another_config(short_run, bm25_server, tmp_pat
     config, result = short_run
     checkpoint = find_checkpoint(result.run_dir)
     assert checkpoint.step == 2
-    check_compatible(checkpoint, config.model_copy(update={"run": config.run.model_copy(update={"steps": 9})}))
+    # Another length with the same warm-up (pinned in optimizer steps) is the same run; a warm-up that is a
+    # ratio of another length is another schedule, refused.
+    pinned = config.optim.model_copy(update={"lr_warmup_steps": config.lr_warmup_optimizer_steps})
+    longer = config.model_copy(update={"run": config.run.model_copy(update={"steps": 40}), "optim": pinned})
+    check_compatible(checkpoint, longer)
+    ratio = config.model_copy(update={"run": config.run.model_copy(update={"steps": 40})})
+    assert ratio.lr_warmup_optimizer_steps != config.lr_warmup_optimizer_steps
+    with pytest.raises(CheckpointMismatch, match=r"warm-up: checkpoint \d+ optimizer steps, config \d+"):
+        check_compatible(checkpoint, ratio)
     other = _config(tmp_path, bm25_server, "llds.lam=0.3")
     with pytest.raises(CheckpointMismatch, match=r"llds\.lam: checkpoint 0\.2, config 0\.3"):
         check_compatible(checkpoint, other)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from search_env.safe_paths import UnsafeName, resolve_under
-from trainer.config import TrainConfig
+from trainer.config import WARMUP_KEYS, TrainConfig
 
 STATE_FILE = "trainer_state.pt"  # tensors: optimizer, scheduler, torch RNG (weights_only)
 STATE_JSON = "trainer_state.json"  # everything else
@@ -210,8 +210,16 @@ def check_compatible(checkpoint: Checkpoint, config: TrainConfig) -> None:
                 differ.append(f"run.seed: {values.get('seed')} != {ours['run']['seed']}")
             continue
         for key, value in values.items():
+            if section == "optim" and key in WARMUP_KEYS:
+                continue
             if ours.get(section, {}).get(key) != value:
                 differ.append(f"{section}.{key}: checkpoint {value!r}, config {ours[section].get(key)!r}")
+    saved_warmup, our_warmup = saved_config.lr_warmup_optimizer_steps, config.lr_warmup_optimizer_steps
+    if saved_warmup != our_warmup:
+        differ.append(
+            f"warm-up: checkpoint {saved_warmup} optimizer steps, config {our_warmup} (optim.lr_warmup_steps_ratio "
+            "x run.steps, or optim.lr_warmup_steps; pin optim.lr_warmup_steps to change run.steps on resume)"
+        )
     raise CheckpointMismatch(f"checkpoint {checkpoint.path} was made with another config: " + "; ".join(differ))
 
 

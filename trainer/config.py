@@ -495,10 +495,17 @@ class TrainConfig(_Section):
 
     def fingerprint(self) -> str:
         """What must match for a checkpoint to resume this run: everything but the run's length,
-        paths and evaluation schedule."""
+        paths and evaluation schedule. The warm-up counts as its length in optimizer steps: a ratio of
+        another run.steps is another schedule (refused), a pinned length equal to it the same one."""
         data = self.model_dump(mode="json")
         data["run"] = {"seed": self.run.seed}
+        data["optim"] = {k: v for k, v in data["optim"].items() if k not in WARMUP_KEYS}
+        data["optim"]["lr_warmup_optimizer_steps"] = self.lr_warmup_optimizer_steps
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: the settings that make the warm-up, compared on resume by the length they give (`lr_warmup_optimizer_steps`)
+WARMUP_KEYS = ("lr_warmup_steps", "lr_warmup_steps_ratio")
 
 
 class ConfigError(ValueError):
