@@ -42,6 +42,7 @@ from search_env.query_sanitizer import replace_lone_surrogates
 from search_env.retriever_client import RetrieverClient
 from search_env.rewards import RewardConfig, RewardKind, answer_metrics, episode_reward
 from search_env.text_spaces import text_space
+from search_env.turn_budget import check_turn_budget
 
 DEFAULT_RETRIEVER_URL = "http://127.0.0.1:8000"
 StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
@@ -95,8 +96,9 @@ class SearchQAEnv(gym.Env[str, str]):
         max_obs_chars: int = 32768,
         render_mode: str | None = None,
     ):
-        if topk < 1 or max_turns < 1:
-            raise ValueError(f"topk and max_turns must be >= 1, got topk={topk}, max_turns={max_turns}")
+        check_turn_budget(max_turns)
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got topk={topk}")
         if "{question}" not in prompt_template:
             raise ValueError("prompt_template must contain '{question}'")
         if render_mode not in (None, "ansi"):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search_env.turn_budget import check_turn_budget
 from search_env.world.config import WORLD_PRESETS
 from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
 
@@ -120,13 +121,11 @@ class EnvSection(_Section):
     )
     max_turns: int = Field(
         4,
-        ge=1,
         le=1000,
         description="turns per training episode (Search-R1's 4; the LLDS authors train with 3; at most 1,000)",
     )
     eval_max_turns: int | None = Field(
         None,
-        ge=1,
         le=1000,
         description="turns per evaluation episode; None: max_turns (paper: 3 to train, 4 to evaluate; at most 1,000)",
     )
@@ -141,6 +140,12 @@ class EnvSection(_Section):
     prompt_template: str = "search-r1"
     reward: Literal["em", "subem", "f1"] = "em"
     format_score: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("max_turns", "eval_max_turns")
+    @classmethod
+    def _turn_budget(cls, value: int | None) -> int | None:
+        # the one check every entry point shares (search_env.turn_budget): 0 is refused as the env refuses it
+        return None if value is None else check_turn_budget(value)
 
     @field_validator("data")
     @classmethod
