@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search_env.turn_budget import check_turn_budget
 from search_env.world.config import WORLD_PRESETS
+from trainer.diagnostics.collapse_monitor import MAX_WINDOW
 from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
 
 log = logging.getLogger("trainer")
@@ -402,7 +403,7 @@ class DiagnosticsSection(_Section):
     displacement: bool = True
     #: points in the collapse monitor's long trend window (MonitorConfig.window): with the likelihood's batch
     #: noise (sd ~0.15 nats/token) a slow decay needs tens of points to stand out
-    monitor_window: int = Field(50, ge=5)
+    monitor_window: int = Field(50, ge=5, le=MAX_WINDOW)
     #: every this many RL steps, the paper's one-step probe (trainer.diagnostics.update_probe; 0: never)
     probe_every: int = Field(0, ge=0)
     #: questions (mixed groups of the rollout batch) probed each time
