@@ -453,10 +453,19 @@ def _event_files(path: Path) -> list[Path]:
         names = ", ".join(str(d) for d in dirs[:4])
         raise LogFormatError(f"{path}: event files of {len(dirs)} runs ({names}...): pass one of them")
 
-    def started(f: Path) -> tuple[int, str]:
-        # events.out.tfevents.<unix time>.<host>...: a resumed run's file comes after the crashed run's
-        stamp = f.name[len(TB_PREFIX) :].lstrip(".").split(".")[0]
-        return (int(stamp) if stamp.isdigit() and len(stamp) < 20 else 0, f.name)
+    def started(f: Path) -> tuple[float, list[tuple[int, str]]]:
+        # The wall time of a file's first event (a writer's file_version record); the name's timestamp has
+        # only whole seconds and its counters sort as text ("10" < "9"), so it only breaks ties, read
+        # naturally. A resumed run's file thus comes after the crashed run's.
+        natural = [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", f.name)]
+        events = _events(f, [])
+        try:
+            first = next(events, None)
+        except LogFormatError:
+            first = None  # refused again, with its message, when it is read
+        finally:
+            events.close()
+        return (first.wall_time if first is not None else 0.0, natural)
 
     return sorted(files, key=started)
 
