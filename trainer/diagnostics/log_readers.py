@@ -275,8 +275,9 @@ def _open(path: Path) -> BinaryIO:
 
 def _lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str | None, bool]]:
     """(line number, text or None for a line over MAX_LINE_BYTES, whether it ended with a newline) per
-    line, streamed: no line longer than the limit is ever held whole (a sparse 4 GB file of NULs costs
-    1 MiB). `limit`: stop after that many lines."""
+    line, streamed: no line longer than the limit is ever held whole. `limit`: stop after that many lines,
+    or at the first over-long one (reading on would read the whole of it). A megabyte of NUL bytes (the
+    holes of a sparse or preallocated file) is refused where it starts rather than read through."""
     with _open(path) as f:
         number = 0
         while limit is None or number < limit:
@@ -288,9 +289,16 @@ def _lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, str | No
                 return
             number += 1
             if len(chunk) > MAX_LINE_BYTES:
+                if not chunk.strip(b"\x00"):
+                    raise LogFormatError(
+                        f"{path}:{number}: over {MAX_LINE_BYTES:,} NUL bytes (a sparse or preallocated file): "
+                        "not a text log"
+                    )
+                yield number, None, True  # first: a caller that refuses it need not wait for the rest
+                if limit is not None:
+                    return
                 while chunk and not chunk.endswith(b"\n"):  # the rest of the long line, in bounded pieces
                     chunk = f.readline(MAX_LINE_BYTES)
-                yield number, None, True
                 continue
             ended = chunk.endswith(b"\n")
             yield number, chunk.decode("utf-8", errors="replace").rstrip("\r\n"), ended
