@@ -294,3 +294,17 @@ def test_table_output_names_the_seam(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "seam at step 101: a resumed run from step 101: 54 steps (101-154) of the abandoned run replaced" in out
     assert "first warning: none" in out
+
+
+def test_a_log_that_goes_back_at_every_line_is_read_in_one_pass(tmp_path: Path) -> None:
+    """Each record a seam (a hostile or garbled log): the cut is by sorted tails, not a rescan per seam."""
+    n = 20_000
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "reward/mean": 0.1}) + "\n" for s in range(n, 0, -1)))
+    run = read_log(path)
+    assert [r["step"] for r in run.records] == [1] and len(run.seams) == n - 1 and run.replaced == n - 1
+    assert any("and 19994 more" in note for note in run.notes)
+    console = tmp_path / "trl.txt"  # the same through epochs going back
+    console.write_text("".join(str({"reward": 0.1, "epoch": s / n}) + "\n" for s in range(n, 0, -1)))
+    run = read_log(console)
+    assert len(run.records) == 1 and len(run.seams) == n - 1

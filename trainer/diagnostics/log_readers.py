@@ -560,10 +560,9 @@ def _tensorboard_raws(path: Path, wanted: frozenset[str], notes: list[str]) -> l
                 continue
             data: dict[str, Any] = {}
             for value in event.summary.value:
-                where = f"{file}: step {event.step}, tag {value.tag[:60]!r}"
                 kind = value.WhichOneof("value")
                 if kind == "tensor":  # checked whatever the tag: a shape claim is the allocation itself
-                    scalar = _tensor_scalar(value.tensor, where)
+                    scalar = _tensor_scalar(value.tensor, f"{file}: step {event.step}, tag {value.tag[:60]!r}")
                 elif kind == "simple_value":
                     scalar = float(value.simple_value)
                 else:
@@ -714,25 +713,28 @@ Record = dict[str, Any]
 
 def _resolve_seams(sequence: list[tuple[int, Record]]) -> tuple[list[Record], list[Seam]]:
     """One record per step, the last written, and the seams (module docstring): a record that repeats a
-    signal already logged at its step or a later one cuts away everything logged at or after its step."""
+    signal already logged at its step or a later one cuts away everything logged at or after its step.
+    Each step is cut at most once per signal, so a log that goes back at every line costs n log n."""
     kept: dict[int, Record] = {}
-    latest: dict[str, int] = {}  # signal key -> the latest step at which it is kept
+    steps_of: dict[str, list[int]] = {}  # signal key -> the kept steps holding it, ascending
     seams: list[Seam] = []
     for step, record in sequence:
         keys = record.keys() - {"step"}
-        if any(latest.get(k, step - 1) >= step for k in keys):
-            cut = sorted(s for s in kept if s >= step)
+        if any(steps_of.get(k) and steps_of[k][-1] >= step for k in keys):
+            cut: set[int] = set()
+            for steps in steps_of.values():  # every kept step holds a signal: the tails are all of them
+                at = bisect.bisect_left(steps, step)
+                cut.update(steps[at:])
+                del steps[at:]
             for s in cut:
                 del kept[s]
-            latest = {}
-            for s in sorted(kept):
-                latest.update(dict.fromkeys(kept[s].keys() - {"step"}, s))
-            seams.append(Seam(step, len(cut), cut[0], cut[-1]))
-        if step in kept:  # the same step, other signals: one record
+            seams.append(Seam(step, len(cut), min(cut), max(cut)))
+        if step in kept:  # the same step, other signals (an overlap would have been a seam): one record
             kept[step].update(record)
         else:
             kept[step] = dict(record)
-        latest.update(dict.fromkeys(keys, step))  # not a seam: every key's latest step was before this one
+        for k in keys:  # ascending still: every list's last step is now before this one
+            steps_of.setdefault(k, []).append(step)
     return [kept[s] for s in sorted(kept)], seams
 
 
@@ -742,17 +744,18 @@ def _number_by_epoch(
     """Steps 1, 2, ... for a log without step numbers, split at detected restarts (module docstring)."""
     epochs = [epoch for epoch, _ in sequence]
     if sequence and all(e is not None for e in epochs):
-        kept: list[tuple[float, Record]] = []
+        kept_epochs: list[float] = []
+        kept: list[Record] = []
         seams: list[Seam] = []
         for epoch, record in sequence:
             assert epoch is not None
-            if kept and epoch < kept[-1][0]:  # the epoch went back: a resumed run
-                cut = bisect.bisect_left([e for e, _ in kept], epoch)
+            if kept_epochs and epoch < kept_epochs[-1]:  # the epoch went back: a resumed run
+                cut = bisect.bisect_left(kept_epochs, epoch)
                 seams.append(Seam(cut + 1, len(kept) - cut, cut + 1, len(kept)))
-                del kept[cut:]
-            kept.append((epoch, record))
-        records = [{**r, "step": i} for i, (_, r) in enumerate(kept, 1)]
-        return records, seams, []
+                del kept[cut:], kept_epochs[cut:]
+            kept_epochs.append(epoch)
+            kept.append(record)
+        return [{**r, "step": i} for i, r in enumerate(kept, 1)], seams, []
     records = [{**r, "step": i} for i, (_, r) in enumerate(sequence, 1)]
     restarts = [n for n in banners if 0 < n < len(records)]
     if restarts:
@@ -837,6 +840,8 @@ def read_log(path: Path | str, fmt: str = "auto", key_map: Mapping[str, str] | N
     if replaced:
         notes.append(
             f"{replaced} steps of abandoned runs replaced by the resumed runs' (the last record of each step is "
-            f"kept) at {len(seams)} seams: " + "; ".join(seam.describe() for seam in seams)
+            f"kept) at {len(seams)} seams: "
+            + "; ".join(seam.describe() for seam in seams[:5])
+            + (f"; and {len(seams) - 5} more" if len(seams) > 5 else "")
         )
     return LogRun(path, fmt, records, chosen, notes, seams, restarts)
