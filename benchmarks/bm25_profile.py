@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from agent_server.backends.base import Hit  # noqa: E402
 from agent_server.embedded_indexes import load_retriever  # noqa: E402
-from agent_server.server_process import ServerProcess  # noqa: E402
 from benchmarks.retrieval import _post, cpu_seconds  # noqa: E402
 from search_env.qa_data import load_qa  # noqa: E402
+from search_env.server_process import ServerProcess  # noqa: E402
 from search_env.world.store import ensure_world  # noqa: E402
 
 TOPK = 3

@@ -39,7 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.diagnostics.collapse_monitor import CollapseMonitor  # noqa: E402
+from trainer.death_spiral.criterion import CollapseCriterion  # noqa: E402
+from trainer.diagnostics.collapse_monitor import WARNING_FLAGS, WARNING_PHASES, CollapseMonitor  # noqa: E402
 from trainer.diagnostics.log_readers import LogFormatError, read_log  # noqa: E402
 
 #: the branch's first commit: the monitor as it was before the noise-aware rewrite
@@ -190,8 +191,8 @@ def run_monitor(factory: Callable[[], Any], records: list[Record]) -> Outcome:
     first = next((s for s in monitor.history if s.warning), None)
     cause = None
     if first is not None:
-        causes = [first.phase] if first.phase in ("steady_decay", "accelerated_collapse") else []
-        causes += [f for f in first.flags if f in ("neg_displacement_majority", "reward_falling")]
+        causes = [first.phase] if first.phase in WARNING_PHASES else []
+        causes += [f for f in first.flags if f in WARNING_FLAGS]
         cause = "+".join(causes) or first.phase
     return Outcome(len(steps), [position[s.step] for s in monitor.history if s.warning], cause)
 
@@ -334,20 +335,24 @@ def real_files(monitors: dict[str, Callable[[], Any]], healthy: list[Path], coll
             emit(f"{_run_label(path):<28}{len(run.records):>7}  " + "".join(t.cell() for t in tallies))
         emit()
     if collapsing:
-        emit(f"{'real collapsing runs':<28}{'falls':>7}" + "".join(f"{n:>34}" for n in names))
-        emit(f"{'':<35}" + "".join(f"{'first warning (lead)':>34}" for _ in names))
+        # Real runs are judged against the death-spiral experiment's own criterion (declared before its runs):
+        # the lead is collapse step - first warning.
+        emit(f"{'real collapsing runs':<28}{'collapse':>9}" + "".join(f"{n:>34}" for n in names))
+        emit(f"{'':<37}" + "".join(f"{'first warning (lead)':>34}" for _ in names))
+        criterion = CollapseCriterion()
         for path in collapsing:
             run = read_log(path)
-            falls = reward_falls_step(run.records)
+            collapse = criterion.collapse_step(run.records)
             cells = ""
             for name in names:
                 monitor = monitors[name]()
                 for record in run.records:
                     monitor.update(dict(record), announce=False)
                 first = next((s.step for s in monitor.history if s.warning), None)
-                lead = "" if first is None or falls is None else f" ({falls - first:+d})"
+                lead = "" if first is None or collapse is None else f" ({collapse - first:+d})"
                 cells += f"{f'{first}{lead}':>34}"
-            emit(f"{_run_label(path):<28}{str(falls):>7}  {cells}")
+            emit(f"{_run_label(path):<28}{str(collapse):>9}  {cells}")
+        emit(f"collapse = {criterion.describe()}")
         emit()
 
 

@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import search_env  # noqa: E402,F401 - registers the ids
-from agent_server.server_process import ServerProcess  # noqa: E402
 from search_env.env_schema import StepRequest  # noqa: E402
 from search_env.evaluation.benchmark import run_benchmark  # noqa: E402
 from search_env.evaluation.datasets import parse_data_specs  # noqa: E402
@@ -46,6 +45,7 @@ from search_env.evaluation.scripted import ScriptedPolicy  # noqa: E402
 from search_env.evaluation.table import render_table  # noqa: E402
 from search_env.qa_data import load_qa  # noqa: E402
 from search_env.remote_env import RemoteSearchEnv, env_server_client, new_request_id  # noqa: E402
+from search_env.server_process import ServerProcess  # noqa: E402
 from search_env.world.store import ensure_world  # noqa: E402
 
 console = Console(width=150)  # a saved run keeps its table rows whole

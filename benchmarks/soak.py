@@ -35,8 +35,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_server.server_process import ServerProcess  # noqa: E402
 from search_env.qa_data import load_qa  # noqa: E402
+from search_env.server_process import ServerProcess  # noqa: E402
 from search_env.world.store import ensure_world  # noqa: E402
 
 console = Console(width=140)

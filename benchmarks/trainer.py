@@ -40,7 +40,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_server.server_process import ServerProcess  # noqa: E402
+from search_env.server_process import ServerProcess  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.diagnostics import StepMetrics  # noqa: E402
 from trainer.grpo_trainer import GRPOTrainer  # noqa: E402

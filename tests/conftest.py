@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_server.server_process import ServerProcess
+from search_env.server_process import ServerProcess
 from tests.backend_fixtures import Entry, make_entries, write_corpus
 
 TEST_WORLD = "small"

@@ -18,12 +18,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 import agent_server
-from agent_server.server_process import ServerProcess
 from agent_server.serving.app_builder import build_app, direct
 from agent_server.serving.connection_limits import ConnectionLimits, uvicorn_settings
 from agent_server.serving.errors import ClientError
 from agent_server.serving.request_body import BodyLimits
 from agent_server.serving.request_guard import decoded_body
+from search_env.server_process import ServerProcess
 from tests.conftest import TEST_WORLD
 from tests.thread_server import serving
 

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agent_server.server_process import ServerProcess
 from search_env.qa_data import load_qa
 from search_env.query_sanitizer import sanitize_query
 from search_env.retrieval_schema import RetrievalLimits
+from search_env.server_process import ServerProcess
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzàáâãäåæçèéêëìíîïðñò"  # 45 letters: 2,025 two-letter words
 TWO_LETTER_WORDS = ["".join(pair) for pair in itertools.product(_LETTERS, repeat=2)]

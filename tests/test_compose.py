@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_server.server_process import ServerProcess, free_port
+from search_env.server_process import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"

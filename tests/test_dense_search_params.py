@@ -14,7 +14,7 @@ import pytest
 
 from agent_server.backends.dense import DenseRetriever, build_dense_index
 from agent_server.encoder import Encoder, load_encoder, resolve_dtype
-from agent_server.server_process import ServerProcess
+from search_env.server_process import ServerProcess
 from tests.backend_fixtures import make_entries, write_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

@@ -18,6 +18,7 @@ import torch
 from trainer.diagnostics import metrics_log
 from trainer.diagnostics.collapse_monitor import (
     ACCELERATED,
+    COLLAPSED,
     DECAY,
     HEALTHY,
     STAGNATION,
@@ -151,6 +152,7 @@ def test_step_metrics_builds_documented_keys() -> None:
         valid_action=[1.0] * 6,
         turns=[2, 2, 3, 1, 3, 3],
         searches=[1, 1, 2, 0, 2, 2],
+        failed_searches=[0, 1, 0, 0, 1, 0],
         gen_tokens=[10, 20, 30, 40, 50, 60],
     )
     logp = -torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -170,6 +172,7 @@ def test_step_metrics_builds_documented_keys() -> None:
     assert out["reward/group_std_mean"] == pytest.approx(math.sqrt(0.5) / 3)
     assert out["eval/f1"] == pytest.approx(3.5 / 6) and out["env/searches_mean"] == pytest.approx(8 / 6)
     assert out["response/gen_tokens_mean"] == 35 and out["response/gen_tokens_max"] == 60
+    assert out["env/failed_searches"] == 2 and out["env/failed_search_share"] == pytest.approx(2 / 8)
     assert out["llds/activation_rate"] == pytest.approx(0.4) and out["llds/magnitude"] == pytest.approx(0.3)
     assert out["llds/first_step_activation_rate"] == pytest.approx(0.2)  # the round's first step alone
     assert out["grad/norm"] == pytest.approx(2.0) and out["grad/norm_max"] == 3.0  # the inf step is counted apart
@@ -309,6 +312,58 @@ def test_noisy_three_phase_collapse_warns_after_decay_starts_and_before_reward_f
     assert monitor.first_step(ACCELERATED) is not None and monitor.first_step(ACCELERATED) > first
 
 
+def _steady(step: int, displacement: float, reward: float = 0.5, entropy: float = 0.5) -> dict:
+    return {
+        "step": step,
+        "reward/mean": reward,
+        "policy/entropy": entropy,
+        "likelihood/displacement_correct": displacement,
+    }
+
+
+def test_displacement_drop_needs_two_far_drops_below_the_runs_own_baseline():
+    rng = random.Random(0)
+    baseline = [0.15 + rng.gauss(0, 0.05) for _ in range(20)]  # a healthy round raises correct responses
+    for drops, expect in (({25: -0.6}, False), ({25: -0.6, 30: -0.5}, True), ({25: -0.6, 40: -0.5}, False)):
+        monitor = CollapseMonitor()
+        values = baseline + [0.15] * 30
+        for step, value in drops.items():
+            values[step - 1] = value
+        statuses = [monitor.update(_steady(i + 1, v)) for i, v in enumerate(values)]
+        flagged = [s.step for s in statuses if "displacement_drop" in s.flags]
+        assert bool(flagged) is expect, (drops, flagged)
+        if expect:  # raised at the second drop, held while both are within event_memory, and a warning
+            assert flagged[0] == 30 and flagged[-1] == 34 and all(s.warning for s in statuses[29:34])
+    # a negative Δ inside the run's own noise is not a drop: a run whose Δ is always around 0
+    monitor = CollapseMonitor()
+    noisy = [monitor.update(_steady(i + 1, rng.gauss(0, 0.3))) for i in range(60)]
+    assert not any("displacement_drop" in s.flags for s in noisy)
+
+
+def test_failing_searches_warn_whatever_the_phase():
+    monitor = CollapseMonitor()
+    shares = [0.0] * 5 + [0.1, 0.5, math.nan, 0.0]  # 10% is the limit itself; NaN: no searches that step
+    statuses = [monitor.update({"step": i + 1, "env/failed_search_share": v}) for i, v in enumerate(shares)]
+    assert [s.step for s in statuses if "searches_failing" in s.flags] == [7]
+    assert statuses[6].warning and "50% of the step's searches" in statuses[6].reasons[-1]
+    assert statuses[6].as_metrics()["monitor/searches_failing"] == 1 and not statuses[8].warning
+
+
+def test_never_healthy_while_the_reward_is_below_half_its_best_or_the_entropy_near_uniform():
+    uniform = math.log(4096)
+    monitor = CollapseMonitor(MonitorConfig(entropy_uniform=uniform))
+    rewards = [0.1 + 0.02 * i for i in range(20)] + [0.1] * 20  # best 5-step mean 0.44, then 0.1
+    statuses = [monitor.update(_steady(i + 1, 0.1, r)) for i, r in enumerate(rewards)]
+    assert all(s.phase != COLLAPSED for s in statuses[:20])
+    assert all(s.phase == COLLAPSED and s.warning for s in statuses[24:])  # the 5-step mean is all 0.1 there
+    monitor = CollapseMonitor(MonitorConfig(entropy_uniform=uniform))
+    statuses = [monitor.update(_steady(i + 1, 0.1, 0.5, 0.3 if i < 30 else 0.6 * uniform)) for i in range(40)]
+    assert {s.phase for s in statuses[30:]} == {COLLAPSED} and COLLAPSED not in {s.phase for s in statuses[:30]}
+    assert "entropy" in statuses[-1].reasons[0]
+    with pytest.raises(ValueError):
+        MonitorConfig(entropy_uniform=0.0)
+
+
 def test_fig2_series_walks_through_the_three_phases_and_warns_before_reward_falls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -324,7 +379,8 @@ def test_fig2_series_walks_through_the_three_phases_and_warns_before_reward_fall
     # Phase I is mostly stagnation; decay and acceleration never precede their onsets; it ends collapsed.
     assert phases[30:60].count(STAGNATION) >= 25
     assert ACCELERATED not in phases[:120] and DECAY not in phases[:60]
-    assert set(phases[150:]) == {ACCELERATED}
+    # ... and once the reward is below half its best it is called collapsed, never anything milder
+    assert set(phases[150:]) <= {ACCELERATED, COLLAPSED} and phases[-1] == COLLAPSED
 
     first_warning = next(s for s in statuses if s.warning)
     assert first_warning.step == monitor.first_warning_step() == first[DECAY]
@@ -370,7 +426,8 @@ def test_negative_displacement_majority_needs_a_significant_run() -> None:
 def test_reward_falling_is_a_warning_even_without_likelihood() -> None:
     monitor = CollapseMonitor()
     statuses = [monitor.update({"step": s, "reward/mean": 0.5 - 0.01 * max(s - 40, 0)}) for s in range(80)]
-    assert {s.phase for s in statuses} == {WARMUP}  # no likelihood: no phase
+    # no likelihood: no phase, until the reward is below half its best (collapsed, from the reward alone)
+    assert {s.phase for s in statuses[:60]} == {WARMUP} and {s.phase for s in statuses[70:]} == {COLLAPSED}
     first = monitor.first_warning_step()
     assert first is not None and 40 < first <= 55  # the short window (15 points), 3 steps running
     assert "reward_falling" in statuses[first].flags and statuses[first].new_warnings == ["reward_falling"]

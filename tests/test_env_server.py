@@ -11,9 +11,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import search_env  # noqa: F401 - registers the ids
-from agent_server.server_process import ServerProcess, free_port
 from search_env.remote_env import EnvServerRefused, EnvServerUnavailable, RemoteSearchEnv
 from search_env.retriever_client import RetrieverClient
+from search_env.server_process import ServerProcess, free_port
 
 DATA = {"data": "world:small", "split": "test"}
 JSON = {"content-type": "application/json"}
@@ -87,6 +87,21 @@ def test_sessions_are_listed_and_described(env_server):
     assert listed[sid]["options"]["max_turns"] == 2 and listed[sid]["episode_active"] is False
     httpx.post(f"{env_server.url}/sessions/{sid}/reset", json={"seed": 1}).raise_for_status()
     assert httpx.get(f"{env_server.url}/sessions/{sid}").json()["episode_active"] is True
+    httpx.delete(f"{env_server.url}/sessions/{sid}")
+
+
+def test_a_topk_the_retriever_would_refuse_is_refused_at_create(env_server, bm25_server):
+    max_topk = httpx.get(bm25_server.url + "/info").json()["limits"]["max_topk"]
+    for topk in (max_topk + 1, 200):  # the env schema allows up to 1,000
+        r = httpx.post(
+            env_server.url + "/sessions", json={"env_id": "searchgym/SearchQA-v0", "options": DATA | {"topk": topk}}
+        )
+        assert r.status_code == 422 and f"topk={topk}" in r.text and f"topk <= {max_topk}" in r.text, r.text
+    sid = _create(env_server.url, topk=max_topk)  # the limit itself is served
+    r = httpx.post(f"{env_server.url}/sessions/{sid}/reset", json={"seed": 0})
+    r.raise_for_status()
+    step = httpx.post(f"{env_server.url}/sessions/{sid}/step", json={"action": "<search> river founded </search>"})
+    assert step.status_code == 200 and step.json()["observation"].count("Doc ") == max_topk  # all of them came
     httpx.delete(f"{env_server.url}/sessions/{sid}")
 
 

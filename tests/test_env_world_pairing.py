@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from agent_server.env.app import create_env_app
-from agent_server.server_process import ServerProcess
+from search_env.server_process import ServerProcess
 from search_env.world.store import ensure_world
 from tests.thread_server import serving
 

@@ -15,7 +15,6 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from agent_server.server_process import ServerProcess
 from search_env.cli import main
 from search_env.evaluation import (
     FLASHRAG,
@@ -37,6 +36,7 @@ from search_env.evaluation import (
 from search_env.evaluation.openai_policy import OpenAIPolicy, restore_stop
 from search_env.protocol import SEARCH_R1_TEMPLATE
 from search_env.qa_data import write_qa_jsonl
+from search_env.server_process import ServerProcess
 from tests.thread_server import serving
 
 EPISODE_FIELDS = {

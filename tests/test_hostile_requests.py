@@ -16,8 +16,8 @@ import httpx
 import msgpack
 import pytest
 
-from agent_server.server_process import ServerProcess
 from agent_server.serving.request_body import items_for
+from search_env.server_process import ServerProcess
 from tests.conftest import TEST_WORLD
 
 HEAD_TIMEOUT, BODY_TIMEOUT = 1, 2  # short, so the slow-request tests are quick

@@ -23,7 +23,7 @@ import pytest
 
 from agent_server.index_builds import BuildInterrupted, BuildScope, build_scope
 from agent_server.lucene_indexer import run_indexer
-from agent_server.server_process import ServerProcess
+from search_env.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 INDEXER = "agent_server.lucene_indexer"

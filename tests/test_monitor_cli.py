@@ -18,7 +18,7 @@ from trainer.diagnostics.log_readers import LogFormatError, read_log
 from trainer.diagnostics.metrics_log import MetricsLogger
 from trainer.monitor_cli import monitor_log, monitor_main
 
-PHASES = {"healthy", "stagnation", "steady_decay", "accelerated_collapse", "unknown"}
+PHASES = {"healthy", "stagnation", "steady_decay", "accelerated_collapse", "collapsed", "unknown"}
 
 # Our metric names -> verl's (the LLDS authors' likelihood keys) and TRL's.
 VERL_KEYS = {
@@ -210,7 +210,7 @@ def test_three_phase_collapse_warns_before_the_reward_falls(
     first = summary["first_warning_step"]
     assert first is not None and 80 <= first < falls, (first, falls)  # after the decay starts, before the fall
     assert steps[first]["warning"] and steps[first]["phase"] in {"steady_decay", "accelerated_collapse"}
-    assert "accelerated_collapse" in {s["phase"] for s in steps[falls:]}
+    assert {"accelerated_collapse", "collapsed"} <= {s["phase"] for s in steps[first:]}  # it ends collapsed
     # the same through the library call an experiment driver would use
     _, monitor = monitor_log(path)
     assert monitor.first_warning_step() == first
@@ -225,10 +225,11 @@ def test_reward_only_log_gives_unknown_phases_and_says_what_it_cannot_see(
     header, steps, summary = _json_run(capsys, str(path))
     assert header["signals"] == {"reward": "reward"} and "likelihood" in header["missing"]
     assert any("phases" in s and "cannot be told" in s for s in header["cannot_see"])
-    assert {s["phase"] for s in steps} == {"unknown"} and summary["phase_counts"] == {"unknown": len(steps)}
-    # what it can do: the reward's fall (with the collapse, not before it)
+    # what it can do: the reward's fall (with the collapse, not before it), and call the run collapsed
+    assert {s["phase"] for s in steps} == {"unknown", "collapsed"} and steps[-1]["phase"] == "collapsed"
+    assert [s["phase"] for s in steps].index("collapsed") > 180
     first = summary["first_warning_step"]
-    assert first is not None and "reward_falling" in steps[first]["flags"] and first > 180
+    assert first is not None and first > 180 and any("reward_falling" in s["flags"] for s in steps[first:])
     assert monitor_main([str(path)]) == 0
     table = capsys.readouterr().out
     assert "missing: no correct-response likelihood" in table and "first warning: step" in table

@@ -13,8 +13,8 @@ import pytest
 
 from agent_server.retrieval.query_coalescer import QueryCoalescer
 from agent_server.retrieval.query_isolation import Row
-from agent_server.server_process import ServerProcess
 from search_env.qa_data import load_qa
+from search_env.server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent_server.server_process import ServerProcess, free_port
 from search_env.remote_env import EnvServerUnavailable, EpisodeReplayMismatch, RemoteSearchEnv
 from search_env.search_qa_env import SearchQAEnv
+from search_env.server_process import ServerProcess, free_port
 
 DATA = {"data": "world:small", "split": "test"}
 RETRIEVER = ["retriever", "--backend", "bm25", "--world", "small"]

@@ -12,10 +12,10 @@ import msgspec
 import pytest
 import requests
 
-from agent_server.server_process import ServerProcess
 from search_env.qa_data import load_qa
 from search_env.retrieval_eval import supporting_recall
 from search_env.retriever_client import RetrieverClient
+from search_env.server_process import ServerProcess
 
 
 def _single_hop(world, split: str = "test"):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agent_server.server_process import ServerProcess
+from search_env.server_process import ServerProcess
 from tests.backend_fixtures import make_entries, write_corpus
 
 TOKEN = "s3cret-test-token"

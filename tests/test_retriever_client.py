@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from agent_server.server_process import free_port
 from search_env.retrieval_schema import RetrievalLimits
 from search_env.retriever_client import (
     RetrieverClient,
@@ -15,6 +14,7 @@ from search_env.retriever_client import (
     RetrieverUnavailable,
     retrieve_url,
 )
+from search_env.server_process import free_port
 
 
 def test_url_forms():

@@ -11,11 +11,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import search_env  # noqa: F401 - registers the ids
-from agent_server.server_process import free_port
 from search_env.protocol import INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE, parse_action
 from search_env.retrieval_schema import RetrievalLimits
 from search_env.retriever_client import RetrieverClient
 from search_env.search_qa_env import ActionTooLong, EpisodeNotStarted, EpisodeOver, SearchQAEnv, batched_step
+from search_env.server_process import free_port
 
 DATA = "world:small"
 

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from agent_server.server_process import ServerProcess
 from search_env.corpus import iter_corpus
 from search_env.retrieval_schema import RetrievalLimits
 from search_env.retriever_client import RetrieverClient
+from search_env.server_process import ServerProcess
 from tests.conftest import TEST_WORLD
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "stand_in_retriever.py"

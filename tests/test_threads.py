@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_server.server_process import ServerProcess
+from search_env.server_process import ServerProcess
 from search_env.threads import THREAD_ENV_VARS, apply_threads, current_threads, trainer_default
 
 

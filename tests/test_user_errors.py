@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_server.server_process import free_port
 from search_env.corpus_fingerprint import corpus_fingerprint
 from search_env.home import searchgym_home
+from search_env.server_process import free_port
 from search_env.world.store import ensure_world
 
 REPO = Path(__file__).resolve().parents[1]

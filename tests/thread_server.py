@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from agent_server.server_process import free_port
+from search_env.server_process import free_port
 
 
 @contextmanager

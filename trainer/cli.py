@@ -114,20 +114,23 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
     from search_env.remote_env import EnvServerRefused
+    from search_env.safe_paths import UnsafeName
     from search_env.world_pairing import WorldMismatch
     from trainer.checkpoint import CheckpointMismatch, CheckpointUnreadable
     from trainer.grpo_trainer import GRPOTrainer
     from trainer.policy_loading import PolicyError
-    from trainer.preflight import EnvUnreachable
+    from trainer.preflight import EnvUnreachable, LimitMismatch
 
     try:
         result = GRPOTrainer(config).train()
     except (
         EnvUnreachable,
+        LimitMismatch,
         WorldMismatch,
         PolicyError,
         CheckpointMismatch,
         CheckpointUnreadable,
+        UnsafeName,
         FileNotFoundError,
     ) as err:
         print(f"search-trainer: {err}", file=sys.stderr)
@@ -306,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from trainer.embedded_demo import run_demo
 
-        return run_demo(args)
+        return run_demo(args, run_train)
     return 2
 
 

@@ -9,15 +9,16 @@ after, and prints both tables and the path of the diagnostics plot.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from agent_server.server_process import ServerProcess
+from search_env.server_process import ServerProcess
 from trainer.shipped_configs import shipped_config
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from trainer.cli import run_train
-
+def run_demo(args: argparse.Namespace, run_train: Callable[[argparse.Namespace], int]) -> int:
+    """Start the servers, then `run_train(args)` (the `train` command's, passed in by trainer.cli so this
+    module does not import the CLI back) with their URLs and the embedded config."""
     log_dir = Path(args.out_dir or "runs/demo")
     log_dir.mkdir(parents=True, exist_ok=True)
     retriever = ServerProcess(

@@ -29,9 +29,9 @@ Output with --json, one JSON object per line, each with a "kind":
   not be aligned and the monitor starts afresh at "step"}];
 - then per step {"kind": "step", "step", "phase", "warning", "reasons", "flags", "likelihood_slope",
   "likelihood_se", "reward_slope", "reward_se"}; "phase" is healthy, stagnation, steady_decay,
-  accelerated_collapse or unknown (the monitor is warming up, or the log has no correct-response
-  likelihood); slopes are per step (likelihood in the log's unit, nats/token for the built-in maps), null
-  when unknown;
+  accelerated_collapse, collapsed (reward below half its best, or entropy above half a uniform policy's with
+  --vocab-size) or unknown (the monitor is warming up, or the log has no correct-response likelihood); slopes
+  are per step (likelihood in the log's unit, nats/token for the built-in maps), null when unknown;
 - last, {"kind": "summary", "steps", "first_warning_step", "first_warning", "phase_counts", "last_phase",
   "replaced_steps", "seams"}.
 Without --json: the same signal statement, a table of the steps where the phase or warning changes or a
@@ -54,7 +54,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.diagnostics.collapse_monitor import MAX_WINDOW, WARMUP, CollapseMonitor, MonitorConfig, MonitorStatus
+from trainer.diagnostics.collapse_monitor import (
+    COLLAPSED,
+    MAX_WINDOW,
+    WARMUP,
+    CollapseMonitor,
+    MonitorConfig,
+    MonitorStatus,
+)
 from trainer.diagnostics.log_readers import FORMATS, SIGNALS, LogFormatError, LogRun, read_log
 
 UNKNOWN = "unknown"
@@ -89,7 +96,10 @@ def monitor_log(
 
 
 def public_phase(status: MonitorStatus, run: LogRun) -> str:
-    """The phase as the command reports it: warmup, or any phase without a likelihood signal, is unknown."""
+    """The phase as the command reports it: warmup, or any phase without a likelihood signal, is unknown;
+    collapsed is told from the reward and entropy alone, so it is reported without one."""
+    if status.phase == COLLAPSED:
+        return COLLAPSED
     if status.phase == WARMUP or "likelihood" not in run.signals:
         return UNKNOWN
     return status.phase
@@ -202,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window", type=int, help=f"points in the monitor's long trend window (default 50, at most {MAX_WINDOW})"
     )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        help="the policy's vocabulary size: a step whose entropy is above half of ln(size) is called collapsed",
+    )
     return p
 
 
@@ -209,9 +224,14 @@ def monitor_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its INFO lines would interleave with ours
     try:
-        config = MonitorConfig() if args.window is None else MonitorConfig(window=args.window)
+        if args.vocab_size is not None and args.vocab_size < 2:
+            raise ValueError(f"--vocab-size {args.vocab_size}: must be >= 2")
+        config = MonitorConfig(
+            **({} if args.window is None else {"window": args.window}),
+            entropy_uniform=None if args.vocab_size is None else math.log(args.vocab_size),
+        )
     except ValueError as err:
-        print(f"search-trainer monitor: --window {args.window}: {err}", file=sys.stderr)
+        print(f"search-trainer monitor: {err}", file=sys.stderr)
         return 2
     try:
         run, monitor = monitor_log(args.file, fmt=args.format, key_map=_parse_key_map(args.key_map), config=config)

@@ -18,13 +18,29 @@ class EnvUnreachable(RuntimeError):
     """The retrieval server (or env server) of the run does not answer its /health."""
 
 
+class LimitMismatch(ValueError):
+    """A setting of the run is beyond what its retrieval server accepts (`limits` in its `GET /info`):
+    every search would be refused, so the run stops before any model is loaded."""
+
+
+def check_limits(env: EnvSection, limits: dict, base: str) -> None:
+    """`env.topk` against the retriever's `max_topk` (Search-R1's server has no /info: unchecked).
+    Raises `LimitMismatch` naming both limits and how to raise the server's."""
+    max_topk = limits.get("max_topk")
+    if isinstance(max_topk, int) and env.topk > max_topk:
+        raise LimitMismatch(
+            f"env.topk={env.topk} but the retrieval server at {base} accepts topk <= {max_topk} (its --max-topk): "
+            "lower env.topk or restart the server with a larger --max-topk"
+        )
+
+
 def check_env_reachable(env: EnvSection, timeout: float = 10.0, *, retriever_too: bool = False) -> None:
     """The run's env server (env.env_url) or, without one, its retrieval server answers /health with 200;
     `retriever_too`: the retrieval server as well, even with an env server (the embedded policy's warm
     start plays scripted episodes against it). A retrieval server checked must also serve the corpus of
     env.data when that is an embedded world, and an env server must accept a session on it (its retriever
-    serves that world). Raises `EnvUnreachable` naming the URL and the key, or `WorldMismatch` naming the
-    world and what the retriever serves."""
+    serves that world). Raises `EnvUnreachable` naming the URL and the key, `WorldMismatch` naming the
+    world and what the retriever serves, or `LimitMismatch` for a setting the retriever would refuse."""
     targets = []
     if env.env_url:
         targets.append((env.env_url, "env server", "agent-server env", "env.env_url"))
@@ -34,13 +50,17 @@ def check_env_reachable(env: EnvSection, timeout: float = 10.0, *, retriever_too
         _check(url, what, command, key, timeout)
         if key == "env.env_url" and world_preset(env.data) is not None:
             _check_env_session(env, url, timeout)
-        if key == "env.retriever_url" and world_preset(env.data) is not None:
+        if key == "env.retriever_url":
             base = url.rstrip("/").removesuffix("/retrieve")
             token = os.environ.get(TOKEN_ENV)
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             info = httpx.get(base + "/info", timeout=timeout, headers=headers)
             if info.status_code == 200:  # an /info behind a token, or none (Search-R1's server): unchecked
-                check_world_pairing(env.data, info.json(), base)
+                served = info.json()
+                if isinstance(served.get("limits"), dict):
+                    check_limits(env, served["limits"], base)
+                if world_preset(env.data) is not None:
+                    check_world_pairing(env.data, served, base)
 
 
 def _check(url: str, what: str, command: str, key: str, timeout: float) -> None:

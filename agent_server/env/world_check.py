@@ -1,4 +1,5 @@
-"""Does the env server's retriever serve the embedded world a session's data come from?
+"""Does the env server's retriever serve the embedded world a session's data come from, and would it accept
+the session's topk?
 
 search_env.world_pairing compares a world's corpus with the corpora a retriever's `/info` reports; this
 applies it to the env server, which has one retriever for all sessions: a session on `world:<preset>`
@@ -74,6 +75,19 @@ class RetrieverWorlds:
         if data not in verdicts:
             verdicts[data] = await asyncio.to_thread(_mismatch, data, info, self.retriever_url)
         return verdicts[data]
+
+    async def topk_violation(self, topk: int) -> str | None:
+        """The refusal when `topk` is above the retriever's `max_topk` (`limits` in its /info): the session's
+        every search would be refused. None when within it, or the retriever reports no limits."""
+        info = await self._current_info()
+        limits = info.get("limits") if isinstance(info, dict) else None
+        max_topk = limits.get("max_topk") if isinstance(limits, dict) else None
+        if isinstance(max_topk, int) and topk > max_topk:
+            return (
+                f"topk={topk} but this env server's retriever ({self.retriever_url}) accepts topk <= {max_topk} "
+                "(its --max-topk)"
+            )
+        return None
 
     async def warn_unserved(self, presets: Iterable[str]) -> None:
         """A warning line for each preset the retriever cannot answer (sessions on it will be refused);

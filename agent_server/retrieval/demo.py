@@ -14,12 +14,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from agent_server.server_process import ServerProcess
 from search_env.answers import normalize_answer
 from search_env.corpus import split_contents
 from search_env.qa_data import QARecord, load_qa
 from search_env.retrieval_eval import supporting_recall
 from search_env.retriever_client import RetrieverClient
+from search_env.server_process import ServerProcess
 from search_env.world.store import ensure_world
 
 console = Console()

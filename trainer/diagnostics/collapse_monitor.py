@@ -44,10 +44,24 @@ Flags, independent of the phase:
   its SE (t-style; one step's share of 5 correct responses says little); needs 8 points.
 - `incorrect_below_correct`: the mean over the last `short_window` steps of (incorrect - correct likelihood)
   is significantly below 0, after having been >= 0 (Fig. 9a).
+- `displacement_drop`: the likelihood displacement itself (§4's LLD: correct responses' log-likelihood
+  FALLING across the update round, `likelihood/displacement_correct`, nats per response) was negative and
+  below the running median of its previous `baseline_window` points by more than `displacement_drop_z`
+  robust sds (floored at `displacement_drop_floor`) on at least `displacement_drops` steps within the last
+  `event_memory` steps. A healthy GRPO round raises the correct responses' likelihood (Δ > 0, a stable
+  baseline); the spiral shows as rounds where it falls far outside that. One drop alone is noise often
+  enough (4 of 6 healthy toy runs have one), hence two.
 - `grad_spike`, `entropy_surge`: this step's events.
-`warning` is set in steady_decay and accelerated_collapse and under `neg_displacement_majority` or
-`reward_falling`. The first entry into each is logged once at WARNING; `first_warning_step()` gives the
-first step with a warning. Measured: benchmarks/collapse_monitor.py (docs/benchmarks/collapse-monitor.txt).
+- `searches_failing`: more than `max_failed_search_share` of this step's searches were refused or failed by
+  the retriever (`env/failed_search_share`): not the spiral, a broken run whose reward means little.
+Phase `collapsed` (after the fact, and it outranks the others): the `reward_smooth`-step trailing mean of the
+reward is below `collapsed_fraction` x its running best, or the entropy is above `collapsed_fraction` x a
+uniform policy's (ln of the vocabulary size: the record's `policy/entropy_uniform`, else `entropy_uniform`): a
+run in that state is never called healthy.
+`warning` is set in steady_decay, accelerated_collapse and collapsed, and under `neg_displacement_majority`,
+`displacement_drop` or `reward_falling`. The first entry into each is logged once at WARNING;
+`first_warning_step()` gives the first step with a warning. Measured: benchmarks/collapse_monitor.py
+(docs/benchmarks/collapse-monitor.txt).
 
 Units: slopes are per logged step number (a log written every k steps still gives per-step slopes; its
 windows then span k x as many steps). `likelihood_tol` suits the token-mean keys (`likelihood/correct_mean`,
@@ -76,19 +90,29 @@ from trainer.diagnostics.robust_trends import (
 
 log = logging.getLogger(__name__)
 
-WARMUP, HEALTHY, STAGNATION, DECAY, ACCELERATED = (
+WARMUP, HEALTHY, STAGNATION, DECAY, ACCELERATED, COLLAPSED = (
     "warmup",
     "healthy",
     "stagnation",
     "steady_decay",
     "accelerated_collapse",
+    "collapsed",
 )
-PHASE_IDS = {WARMUP: -1, HEALTHY: 0, STAGNATION: 1, DECAY: 2, ACCELERATED: 3}
-FLAGS = ("grad_spike", "entropy_surge", "neg_displacement_majority", "incorrect_below_correct", "reward_falling")
-#: flags that set `warning` on their own (the phases that do: steady_decay, accelerated_collapse)
-WARNING_FLAGS = ("neg_displacement_majority", "reward_falling")
+PHASE_IDS = {WARMUP: -1, HEALTHY: 0, STAGNATION: 1, DECAY: 2, ACCELERATED: 3, COLLAPSED: 4}
+WARNING_PHASES = (DECAY, ACCELERATED, COLLAPSED)
+FLAGS = (
+    "grad_spike",
+    "entropy_surge",
+    "neg_displacement_majority",
+    "displacement_drop",
+    "incorrect_below_correct",
+    "reward_falling",
+    "searches_failing",
+)
+#: flags that set `warning` on their own (besides the WARNING_PHASES)
+WARNING_FLAGS = ("neg_displacement_majority", "displacement_drop", "reward_falling", "searches_failing")
 # Phases and flags whose first appearance is announced at WARNING.
-_ANNOUNCED = (DECAY, ACCELERATED, "neg_displacement_majority", "incorrect_below_correct", "reward_falling")
+_ANNOUNCED = (*WARNING_PHASES, *WARNING_FLAGS, "incorrect_below_correct")
 
 
 #: the longest trend window accepted: Theil-Sen is quadratic in it (~30 ms a step for two series at 500)
@@ -117,12 +141,23 @@ class MonitorConfig:
     min_baseline: int = 10  # no spike/surge verdict before this many baseline points
     event_memory: int = 10  # steps: a spike/surge this old still supports "acceleration"
     neg_displacement_share: float = 0.5  # Fig. 3a threshold on the share of correct responses with Δ < 0
+    displacement_drop_z: float = 4.0  # a drop: Δ of correct responses this many robust sds below its median
+    displacement_drop_floor: float = 0.02  # nats per response: robust-sd floor (early rounds can agree closely)
+    displacement_drops: int = 2  # drops within `event_memory` steps that raise `displacement_drop`
+    collapsed_fraction: float = 0.5  # "collapsed": reward below this x its running best (or entropy above ...)
+    reward_smooth: int = 5  # ... the trailing mean of this many rewards, as the death-spiral criterion smooths
+    entropy_uniform: float | None = None  # nats/token of a uniform policy, ln(vocabulary size), when a record
+    # lacks `entropy_uniform_key` (our trainer logs it each step); None: unknown
     likelihood_key: str = "likelihood/correct_mean"
     incorrect_key: str = "likelihood/incorrect_mean"
     reward_key: str = "reward/mean"
     grad_key: str = "grad/norm"
     entropy_key: str = "policy/entropy"
+    entropy_uniform_key: str = "policy/entropy_uniform"
+    failed_search_key: str = "env/failed_search_share"
+    max_failed_search_share: float = 0.1  # more of a step's searches failing than this is a warning
     displacement_key: str = "likelihood/displacement_correct_neg_share"
+    displacement_mean_key: str = "likelihood/displacement_correct"
 
     def __post_init__(self) -> None:
         if self.window < 5 or self.short_window < 4 or self.min_points < 5 or self.noise_window < 5:
@@ -135,6 +170,12 @@ class MonitorConfig:
             raise ValueError("z, grad_spike_z and entropy_surge_z must be > 0, exit_z in [0, z]")
         if self.likelihood_tol < 0 or self.reward_tol < 0 or self.accel_factor < 1 or self.grad_spike_factor <= 1:
             raise ValueError("tolerances must be >= 0, accel_factor >= 1 and grad_spike_factor > 1")
+        if self.displacement_drop_z <= 0 or self.displacement_drop_floor < 0 or self.displacement_drops < 1:
+            raise ValueError("displacement_drop_z must be > 0, displacement_drop_floor >= 0, displacement_drops >= 1")
+        if not 0 < self.collapsed_fraction < 1 or self.reward_smooth < 1:
+            raise ValueError("collapsed_fraction must be in (0, 1) and reward_smooth >= 1")
+        if self.entropy_uniform is not None and not self.entropy_uniform > 0:
+            raise ValueError("entropy_uniform must be > 0 nats (ln of the vocabulary size)")
 
     @property
     def short(self) -> int:
@@ -246,6 +287,10 @@ class CollapseMonitor:
         self._shares: deque[float] = deque(maxlen=cfg.short)
         self._grads: deque[float] = deque(maxlen=cfg.baseline_window)  # log grad norms
         self._entropies: deque[float] = deque(maxlen=cfg.baseline_window)
+        self._displacements: deque[float] = deque(maxlen=cfg.baseline_window)
+        self._drop_steps: deque[int] = deque(maxlen=cfg.displacement_drops)
+        self._recent_rewards: deque[float] = deque(maxlen=cfg.reward_smooth)
+        self._best_smoothed_reward: float | None = None
         self._last_event_step: int | None = None
         self._falling_run = 0  # consecutive steps the likelihood has been falling
         self._reward_falling_run = 0
@@ -305,6 +350,45 @@ class CollapseMonitor:
             f"{mean:.0%} of correct responses lost likelihood in the update over the last {len(self._shares)} "
             f"steps (> {threshold:.0%} + {margin:.0%})"
         )
+
+    def _displacement_drop(self, step: int, delta: float | None) -> str | None:
+        cfg = self.config
+        if delta is None:
+            return None
+        if delta < 0 and len(self._displacements) >= cfg.min_baseline:
+            excess, _, _ = robust_excess(-delta, [-d for d in self._displacements], floor=cfg.displacement_drop_floor)
+            if excess > cfg.displacement_drop_z:
+                self._drop_steps.append(step)
+        self._displacements.append(delta)
+        recent = [s for s in self._drop_steps if step - s < cfg.event_memory]
+        if len(recent) < cfg.displacement_drops:
+            return None
+        return (
+            f"correct responses lost likelihood in the update on {len(recent)} of the last {cfg.event_memory} steps "
+            f"(Δ {delta:+.3g} nats this step; each drop > {cfg.displacement_drop_z:g} robust sds below the running "
+            "median)"
+        )
+
+    def _collapsed(self, reward: float | None, entropy: float | None, uniform: float | None) -> str | None:
+        """After the fact: the reward below `collapsed_fraction` x its smoothed running best, or entropy above
+        `collapsed_fraction` x uniform (`uniform`: the record's own, else `entropy_uniform`). The reward's
+        running best counts from the first full trailing window."""
+        cfg = self.config
+        verdicts = []
+        if reward is not None:
+            self._recent_rewards.append(reward)
+            if len(self._recent_rewards) == cfg.reward_smooth:
+                smoothed = statistics.fmean(self._recent_rewards)
+                best = self._best_smoothed_reward = max(smoothed, self._best_smoothed_reward or smoothed)
+                if best > 0 and smoothed < cfg.collapsed_fraction * best:
+                    verdicts.append(
+                        f"reward {smoothed:.3g} ({cfg.reward_smooth}-step mean) < {cfg.collapsed_fraction:g} x "
+                        f"its best {best:.3g}"
+                    )
+        uniform = uniform if uniform is not None else cfg.entropy_uniform
+        if entropy is not None and uniform is not None and entropy > cfg.collapsed_fraction * uniform:
+            verdicts.append(f"entropy {entropy:.3g} > {cfg.collapsed_fraction:g} x uniform {uniform:.3g} nats")
+        return "collapsed: " + "; ".join(verdicts) if verdicts else None
 
     def _incorrect_below(self, correct: float | None, incorrect: float | None) -> str | None:
         if correct is None or incorrect is None:
@@ -368,15 +452,26 @@ class CollapseMonitor:
         self._reward.add(step, _finite(metrics, cfg.reward_key))
         flag("neg_displacement_majority", self._displacement_majority(_finite(metrics, cfg.displacement_key)))
         flag("incorrect_below_correct", self._incorrect_below(correct, _finite(metrics, cfg.incorrect_key)))
+        flag("displacement_drop", self._displacement_drop(step, _finite(metrics, cfg.displacement_mean_key)))
+        failed = _finite(metrics, cfg.failed_search_key)
+        if failed is not None and failed > cfg.max_failed_search_share:
+            flag("searches_failing", f"{failed:.0%} of the step's searches failed or were refused by the retriever")
+        collapsed = self._collapsed(
+            _finite(metrics, cfg.reward_key),
+            _finite(metrics, cfg.entropy_key),
+            _finite(metrics, cfg.entropy_uniform_key),
+        )
 
         l_long, l_short = self._likelihood.trend(cfg.window), self._likelihood.trend(cfg.short)
         r_long, r_short = self._reward.trend(cfg.window), self._reward.trend(cfg.short)
         flag("reward_falling", self._reward_falling(r_long, r_short))
         phase_reason: list[str] = []
         phase = self._classify(step, l_long, l_short, r_long, "reward_falling" in flags, phase_reason)
+        if collapsed:  # outranks every other phase; the likelihood phase's reason is kept after it
+            phase, phase_reason = COLLAPSED, [collapsed, *phase_reason]
         reasons = phase_reason + reasons
         self._phase = phase
-        warning = phase in (DECAY, ACCELERATED) or any(f in flags for f in WARNING_FLAGS)
+        warning = phase in WARNING_PHASES or any(f in flags for f in WARNING_FLAGS)
         new = [name for name in (phase, *flags) if name in _ANNOUNCED and name not in self.announced]
         self.announced.update(new)
         noise = self._likelihood.noise

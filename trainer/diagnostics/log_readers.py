@@ -19,7 +19,8 @@ the log lacks, and the seams where a resumed run took over. Formats (`fmt`):
 Signals and the built-in key maps (`KEY_MAPS`; per signal, the first key present anywhere in the log wins;
 `key_map` {signal: log key} overrides): reward, likelihood (token-mean log-prob of correct responses; for
 verl the LLDS authors' `actor/pos_avg_old_log_prob`, the non-negative-advantage tokens' log-prob over all
-response tokens), incorrect_likelihood, grad_norm, entropy, neg_displacement_share, nonfinite_grads.
+response tokens), incorrect_likelihood, grad_norm, entropy, neg_displacement_share, displacement (the mean
+Δ of correct responses' log-likelihood across the update), entropy_uniform, nonfinite_grads.
 TensorBoard logs use every framework's keys (the writer is not recorded). Steps without a value for a signal
 leave it out of that step's record (the monitor skips it).
 
@@ -96,6 +97,8 @@ SIGNALS: dict[str, str] = {
     "grad_norm": "grad/norm",
     "entropy": "policy/entropy",
     "neg_displacement_share": "likelihood/displacement_correct_neg_share",
+    "displacement": "likelihood/displacement_correct",
+    "entropy_uniform": "policy/entropy_uniform",
     "nonfinite_grads": "grad/nonfinite_steps",
 }
 
@@ -108,8 +111,11 @@ BLIND_WITHOUT: dict[str, str] = {
     ),
     "incorrect_likelihood": "no incorrect-response likelihood: no incorrect-below-correct flag (Fig. 9a)",
     "grad_norm": "no gradient norm: no grad-spike events (acceleration then needs an entropy surge or a reward fall)",
-    "entropy": "no entropy: no entropy-surge events",
+    "entropy": "no entropy: no entropy-surge events and no collapsed phase from a near-uniform policy",
     "neg_displacement_share": "no likelihood displacement: no negative-displacement-majority warning (Fig. 3a)",
+    "displacement": "no mean likelihood displacement of correct responses: no displacement-drop warning",
+    "entropy_uniform": "no ln(vocabulary size) in the log: a near-uniform entropy is called collapsed only "
+    "with --vocab-size",
     "nonfinite_grads": "no count of non-finite gradient steps: an inf/NaN gradient is not seen as a spike",
 }
 

@@ -49,11 +49,14 @@ METRIC_KEYS: dict[str, str] = {
     "env/valid_action_rate": "mean share of well-formed actions (search or answer) per response",
     "env/turns_mean": "mean number of turns (actions) per response",
     "env/searches_mean": "mean number of search calls per response",
+    "env/failed_searches": "searches of the step's rollouts the retriever refused or failed (info's search_error)",
+    "env/failed_search_share": "failed searches / all searches of the step (NaN without searches)",
     "response/gen_tokens_mean": "mean generated tokens per response (tool observations excluded)",
     "response/gen_tokens_max": "max generated tokens of a response in the batch",
     # update round (averaged over its optimizer steps)
     "policy/entropy": "mean token entropy of the policy over generated tokens",
-    "policy/clipfrac": "share of generated tokens where the PPO clip was active",
+    "policy/entropy_uniform": "ln(vocabulary size): a uniform policy's entropy, nats/token (the monitor's ceiling)",
+    "policy/clipfrac": "share of generated tokens where the PPO clip was active (under DPPO: dppo/masked_frac)",
     "policy/approx_kl": "approx KL(old||new), mean of old_logp - logp (verl's ppo_kl)",
     "policy/approx_kl_k3": "approx KL(old||new), k3 estimator mean of ratio - 1 - log ratio",
     "policy/ratio_mean": "mean importance ratio pi/pi_old over generated tokens",
@@ -65,13 +68,23 @@ METRIC_KEYS: dict[str, str] = {
     "is the rollout policy: above 0 only if llds.gate_tol is below the log-prob recompute noise",
     "llds/magnitude": "mean hinge max(0, old_logp - logp) over the tokens where LLDS is active",
     "llds/loss": "LLDS regulariser value (before lambda unless the loss reports otherwise)",
+    "sapo/activation_rate": "(loss.sapo) share of generated tokens where SAPO's conditional KL is on: "
+    "positive-advantage tokens whose log-prob fell below the rollout policy's (recompute noise on the round's "
+    "first optimizer step)",
+    "sapo/kl_mean": "(loss.sapo) mean per-token KL to the rollout policy (loss.sapo_estimator) over those tokens",
+    "sapo/num_active": "(loss.sapo) tokens where SAPO's KL is on, per optimizer step (round mean)",
+    "sapo/loss": "(loss.sapo) SAPO's term in the loss, sapo_coef x the aggregated KL",
+    "dppo/masked_frac": "(loss.policy_loss dppo_tv / dppo_kl) share of generated tokens outside DPPO's trust "
+    "region, their gradient masked (verl's actor/pg_clipfrac); policy/clipfrac reports the same under DPPO",
+    "dppo/truncated_frac": "(dppo_tv / dppo_kl) share of generated tokens kept whose ratio exceeds "
+    "loss.dppo_clip_ratio_c, truncated (verl's actor/pg_clipfrac_lower)",
     "loss/total": "total loss optimised",
     "grad/norm": "gradient norm before clipping, mean over the round's finite optimizer steps",
     "grad/norm_max": "max pre-clip gradient norm over the round's finite optimizer steps",
     "grad/norm_policy": "(diagnostics.grad_norm_split) pre-clip norm of the gradient of the policy loss with its KL "
     "and entropy terms, mean over the round",
     "grad/norm_regularizer": "(diagnostics.grad_norm_split) pre-clip norm of the regulariser's gradient "
-    "(lam * L_LLDS), mean over the round; 0 where it did not fire",
+    "(lam * L_LLDS, plus SAPO's term under loss.sapo), mean over the round; 0 where it did not fire",
     "update/zero_advantage_minibatch_frac": "share of the round's optimizer steps whose mini-batch has all "
     "advantages 0 (every group of one reward): no policy gradient there",
     "grad/nonfinite_steps": "optimizer steps in the round whose gradient norm was inf or NaN",
@@ -120,18 +133,24 @@ METRIC_KEYS: dict[str, str] = {
     "perf/rollout_tokens_per_s": "generated tokens per rollout second",
     "perf/tokens_per_s": "generated tokens per step second (rollout + update)",
     # collapse monitor (trainer.diagnostics.collapse_monitor)
-    "monitor/phase": "CollapseMonitor's phase: warmup, healthy, stagnation, steady_decay, accelerated_collapse",
-    "monitor/phase_id": "numeric phase: -1 warmup, 0 healthy, 1 stagnation, 2 steady_decay, 3 accelerated_collapse",
-    "monitor/warning": "1 when the monitor warns (decay, acceleration, displacement majority, or reward falling)",
+    "monitor/phase": "CollapseMonitor's phase: warmup, healthy, stagnation, steady_decay, accelerated_collapse, "
+    "collapsed",
+    "monitor/phase_id": "numeric phase: -1 warmup, 0 healthy, 1 stagnation, 2 steady_decay, 3 accelerated_collapse, "
+    "4 collapsed",
+    "monitor/warning": "1 when the monitor warns (decay, acceleration, collapsed, displacement majority or drops, "
+    "reward falling)",
     "monitor/likelihood_slope": "Theil-Sen slope per step of the correct-response likelihood over the long window",
     "monitor/reward_slope": "Theil-Sen slope per step of the reward over the monitor's long window",
     "monitor/grad_spike": "1 when grad norm > factor x running median and > z robust sds (log), or a norm was inf/NaN",
     "monitor/entropy_surge": "1 when entropy > running median + z x robust sd",
     "monitor/neg_displacement_majority": "1 when the recent mean share of correct responses with Δ < 0 is "
     "significantly > 0.5 (Fig. 3a)",
+    "monitor/displacement_drop": "1 when correct responses lost likelihood in the update (Δ < 0, far below its "
+    "running median) on 2+ of the last 10 steps",
     "monitor/incorrect_below_correct": "1 when incorrect-response likelihood is significantly below correct's, once "
     "above (Fig. 9a)",
     "monitor/reward_falling": "1 when the reward's trend is significantly (and practically) falling",
+    "monitor/searches_failing": "1 when more than 10% of the step's searches failed or were refused",
 }
 
 
@@ -187,6 +206,7 @@ class StepMetrics:
         valid_action: Any | None = None,
         turns: Any | None = None,
         searches: Any | None = None,
+        failed_searches: Any | None = None,
         gen_tokens: Any | None = None,
     ) -> StepMetrics:
         """Per-response (B,) values of the rollout batch; `group_ids` marks responses to the same prompt."""
@@ -214,6 +234,11 @@ class StepMetrics:
         ):
             if values is not None:
                 self._values[key] = _mean(values)
+        if failed_searches is not None:  # refused or failed by the retriever: the observation says so
+            failed = float(_vector(failed_searches).sum())
+            total = float(_vector(searches).sum()) if searches is not None else math.nan
+            self._values["env/failed_searches"] = failed
+            self._values["env/failed_search_share"] = failed / total if total > 0 else math.nan
         if gen_tokens is not None:
             lengths = _vector(gen_tokens)
             self._values["response/gen_tokens_max"] = float(lengths.max()) if lengths.numel() else math.nan

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from trainer.rollout.engine import Episode
+
+class _Transcript(Protocol):
+    response_ids: Sequence[int]
+
+    @property
+    def num_generated(self) -> int: ...
+
+
+class EpisodeLike(Protocol):
+    """What the statistics read of `trainer.rollout.engine.Episode` (a Protocol, so this module does not
+    import the engine that imports it)."""
+
+    transcript: _Transcript
+    steps: int
+    searches: int
+    valid_actions: int
+    reward: float
+    terminated: bool
+    truncated_by: str | None
+    observations_cut: int
+
+    @property
+    def turns(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +64,7 @@ class RolloutStats:
     @classmethod
     def from_episodes(
         cls,
-        episodes: Sequence[Episode],
+        episodes: Sequence[EpisodeLike],
         *,
         wall_time_s: float,
         generation_time_s: float,

@@ -1,6 +1,8 @@
 """A searchgym server run as a subprocess on a free loopback port, waited on through `/health`.
 
-Used by `agent-server demo`, the benchmarks and the tests.
+Used by `agent-server demo`, the trainer's embedded demo and death-spiral runner, the benchmarks and the
+tests. It lives in search_env, below both the trainer and the servers, because it starts `agent-server` as
+a command and imports nothing of it: the trainer needs it without an arrow to agent_server.
 """
 
 from __future__ import annotations
