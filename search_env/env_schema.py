@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from search_env.protocol import SEARCH_R1_TEMPLATE, prompt_shape
+from search_env.turn_budget import MAX_TURNS, check_turn_budget
 
 # A name a client may give for a split or a data config: never a path (no separator, no leading dot).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -27,7 +28,6 @@ RequestId = Annotated[
     ),
 ]
 MAX_TOPK = 1000
-MAX_TURNS = 10**6
 # Each `{question}` field repeats the question: templates need one, a few allow for a restatement.
 MAX_PROMPT_FIELDS = 16
 MAX_PROMPT_TEMPLATE_CHARS = 16384
@@ -65,10 +65,15 @@ class SessionOptions(_Strict):
     hops: list[Annotated[StrictInt, Field(ge=1, le=16)]] | None = Field(None, min_length=1, max_length=16)
     limit: Annotated[StrictInt, Field(ge=1)] | None = None
     topk: StrictInt = Field(3, ge=1, le=MAX_TOPK)
-    max_turns: StrictInt = Field(4, ge=1, le=MAX_TURNS)
+    max_turns: StrictInt = Field(4, description=f"turns per episode, 1 to {MAX_TURNS:,} (search_env.turn_budget)")
     prompt_template: str = Field(SEARCH_R1_TEMPLATE, max_length=MAX_PROMPT_TEMPLATE_CHARS)
     reward: Literal["em", "subem", "f1"] = "em"
     format_score: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+
+    @field_validator("max_turns")
+    @classmethod
+    def _turn_budget(cls, value: int) -> int:
+        return check_turn_budget(value)
 
     @field_validator("prompt_template")
     @classmethod

@@ -47,6 +47,7 @@ from search_env.env_schema import (
 )
 from search_env.http_client import JsonHttpClient, RequestRefused, ServiceUnavailable
 from search_env.text_spaces import text_space
+from search_env.turn_budget import check_turn_budget
 
 
 class EnvServerUnavailable(ServiceUnavailable):
@@ -115,6 +116,8 @@ class RemoteSearchEnv(gym.Env[str, str]):
         """Creates the session. `http`: a client shared with other sessions of the same server (then
         server_url, token, timeout, retries, backoff and outage_wait_s are its own, and close() leaves
         it open). Raises EnvServerRefused (a bad option: 422) or EnvServerUnavailable."""
+        if "max_turns" in options:  # refused here, before a session is asked for, with the server's message
+            check_turn_budget(options["max_turns"])
         self._owns_http = http is None
         self.http = http or env_server_client(
             server_url, token=token, timeout=timeout, retries=retries, backoff=backoff, outage_wait_s=outage_wait_s

@@ -18,6 +18,7 @@ from typing import Any
 
 from search_env.batched_vector_env import BatchedStepVectorEnv, StepResult
 from search_env.remote_env import DEFAULT_MAX_BATCH, RemoteSearchEnv, batched_remote_step, env_server_client
+from search_env.turn_budget import check_turn_budget
 
 
 class RemoteSearchVectorEnv(BatchedStepVectorEnv):
@@ -41,6 +42,8 @@ class RemoteSearchVectorEnv(BatchedStepVectorEnv):
         failure are closed."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if "max_turns" in options:  # before any session is created
+            check_turn_budget(options["max_turns"])
         self.max_batch = max_batch
         self.http = env_server_client(
             server_url, token=token, timeout=timeout, retries=retries, backoff=backoff, outage_wait_s=outage_wait_s

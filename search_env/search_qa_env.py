@@ -43,6 +43,7 @@ from search_env.query_sanitizer import replace_lone_surrogates
 from search_env.retriever_client import RetrieverClient
 from search_env.rewards import RewardConfig, RewardKind, answer_metrics, episode_reward
 from search_env.text_spaces import text_space
+from search_env.turn_budget import check_turn_budget
 
 DEFAULT_RETRIEVER_URL = "http://127.0.0.1:8000"
 StepResult = tuple[str, SupportsFloat, bool, bool, dict[str, Any]]
@@ -112,8 +113,9 @@ class SearchQAEnv(gym.Env[str, str]):
 
         Raises ValueError for a bad setting or template (prompt_shape), and what loading `data` raises.
         """
-        if topk < 1 or max_turns < 1:
-            raise ValueError(f"topk and max_turns must be >= 1, got topk={topk}, max_turns={max_turns}")
+        check_turn_budget(max_turns)
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got topk={topk}")
         self._prompt_shape = prompt_shape(prompt_template)
         max_prompt_chars = max_obs_chars if max_prompt_chars is None else max_prompt_chars
         if not 1 <= max_prompt_chars <= max_obs_chars:

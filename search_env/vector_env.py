@@ -14,6 +14,7 @@ from search_env.batched_vector_env import BatchedStepVectorEnv, StepResult
 from search_env.env_data import load_env_records
 from search_env.retriever_client import RetrieverClient
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL, SearchQAEnv, batched_step
+from search_env.turn_budget import check_turn_budget
 
 
 class SearchQAVectorEnv(BatchedStepVectorEnv):
@@ -31,6 +32,8 @@ class SearchQAVectorEnv(BatchedStepVectorEnv):
         retriever_retries: int = 3,
         **env_kwargs: Any,
     ):
+        if "max_turns" in env_kwargs:  # before the questions load and the client opens
+            check_turn_budget(env_kwargs["max_turns"])
         # One client and one copy of the questions for all sub-envs.
         self.retriever = RetrieverClient(retriever_url, timeout=retriever_timeout, retries=retriever_retries)
         records = load_env_records(data, split=split, config=data_config, hops=hops, limit=limit)

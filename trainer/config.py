@@ -20,7 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search_env.turn_budget import check_turn_budget
 from search_env.world.config import WORLD_PRESETS
+from trainer.diagnostics.collapse_monitor import MAX_WINDOW
 from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS, check_sapo_estimator
 from trainer.losses.dppo import DEFAULT_DPPO_CLIP_RATIO_C, DEFAULT_DPPO_DELTA, check_dppo_options
 from trainer.losses.sapo import DEFAULT_SAPO_COEF, DEFAULT_SAPO_ESTIMATOR
@@ -124,13 +126,11 @@ class EnvSection(_Section):
     )
     max_turns: int = Field(
         4,
-        ge=1,
         le=1000,
         description="turns per training episode (Search-R1's 4; the LLDS authors train with 3; at most 1,000)",
     )
     eval_max_turns: int | None = Field(
         None,
-        ge=1,
         le=1000,
         description="turns per evaluation episode; None: max_turns (paper: 3 to train, 4 to evaluate; at most 1,000)",
     )
@@ -145,6 +145,12 @@ class EnvSection(_Section):
     prompt_template: str = "search-r1"
     reward: Literal["em", "subem", "f1"] = "em"
     format_score: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("max_turns", "eval_max_turns")
+    @classmethod
+    def _turn_budget(cls, value: int | None) -> int | None:
+        # the one check every entry point shares (search_env.turn_budget): 0 is refused as the env refuses it
+        return None if value is None else check_turn_budget(value)
 
     @field_validator("data")
     @classmethod
@@ -456,7 +462,7 @@ class DiagnosticsSection(_Section):
     displacement: bool = True
     #: points in the collapse monitor's long trend window (MonitorConfig.window): with the likelihood's batch
     #: noise (sd ~0.15 nats/token) a slow decay needs tens of points to stand out
-    monitor_window: int = Field(50, ge=5)
+    monitor_window: int = Field(50, ge=5, le=MAX_WINDOW)
     #: every this many RL steps, the paper's one-step probe (trainer.diagnostics.update_probe; 0: never)
     probe_every: int = Field(0, ge=0)
     #: questions (mixed groups of the rollout batch) probed each time

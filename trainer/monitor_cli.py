@@ -11,20 +11,34 @@ monitor's signals (trainer.diagnostics.log_readers.KEY_MAPS); `--key-map SIGNAL=
 signal from another key. The monitor is `CollapseMonitor` with its defaults (`--window` changes the long
 window); the phases it recomputes ignore any monitor/* values stored in the log.
 
+Resumed runs: a log holding a crashed run and the run resumed from its checkpoint is read, in every
+format, as the resumed run: each step's record is the last one written, the abandoned run's records after
+the checkpoint are replaced (none of them is judged), and the summary says how many were replaced and
+where the seams are (trainer.diagnostics.log_readers on seams; `monitor_log` on what is judged).
+
+Limits (each refused with one line and exit 2, or skipped where said): `--window` at most MAX_WINDOW (500:
+Theil-Sen is quadratic in the window); a log line at most 1 MiB (console lines over it are skipped unread),
+a JSON document 64 MiB, a TensorBoard record 1 MiB (longer ones skipped unread) and a tensor in one 2^20
+declared elements (log_readers.MAX_LINE_BYTES, MAX_DOCUMENT_BYTES, MAX_EVENT_BYTES, MAX_TENSOR_ELEMENTS).
+
 Output with --json, one JSON object per line, each with a "kind":
 - first, {"kind": "signals", "file", "format", "signals": {signal: log key}, "missing": [signal, ...],
-  "cannot_see": [one sentence per missing signal], "notes": [...]}: what the verdicts below rest on;
+  "cannot_see": [one sentence per missing signal], "notes": [...], "replaced_steps", "seams"}: what the
+  verdicts below rest on; "seams" is [{"step": the resumed run's first step, "replaced": records of the
+  abandoned run replaced, "replaced_steps": [first, last] or null, "aligned": false where a restart could
+  not be aligned and the monitor starts afresh at "step"}];
 - then per step {"kind": "step", "step", "phase", "warning", "reasons", "flags", "likelihood_slope",
   "likelihood_se", "reward_slope", "reward_se"}; "phase" is healthy, stagnation, steady_decay,
   accelerated_collapse, collapsed (reward below half its best, or entropy above half a uniform policy's with
   --vocab-size) or unknown (the monitor is warming up, or the log has no correct-response likelihood); slopes
   are per step (likelihood in the log's unit, nats/token for the built-in maps), null when unknown;
-- last, {"kind": "summary", "steps", "first_warning_step", "first_warning", "phase_counts", "last_phase"}.
+- last, {"kind": "summary", "steps", "first_warning_step", "first_warning", "phase_counts", "last_phase",
+  "replaced_steps", "seams"}.
 Without --json: the same signal statement, a table of the steps where the phase or warning changes or a
-flag is first raised (with the phase's reason), and the summary.
+flag is first raised (with the phase's reason), and the summary with one line per seam.
 
-Exit status: 0 (whatever the verdict), 2 for input it cannot read (missing file, unparseable lines,
-unknown format or signal), with a one-line message on stderr.
+Exit status: 0 (whatever the verdict), 2 for input it cannot read (missing file, unparseable lines, a limit
+above, unknown format or signal), with a one-line message on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -40,7 +54,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.diagnostics.collapse_monitor import COLLAPSED, WARMUP, CollapseMonitor, MonitorConfig, MonitorStatus
+from trainer.diagnostics.collapse_monitor import (
+    COLLAPSED,
+    MAX_WINDOW,
+    WARMUP,
+    CollapseMonitor,
+    MonitorConfig,
+    MonitorStatus,
+)
 from trainer.diagnostics.log_readers import FORMATS, SIGNALS, LogFormatError, LogRun, read_log
 
 UNKNOWN = "unknown"
@@ -56,10 +77,21 @@ def monitor_log(
     """Read a training log (any format `read_log` knows) and replay it through a fresh `CollapseMonitor`.
 
     `monitor.first_warning_step()` is then the first step with a warning (None if none), `monitor.history`
-    every step's `MonitorStatus`. Raises LogFormatError for a log it cannot read."""
+    every step's `MonitorStatus`. Raises LogFormatError for a log it cannot read.
+
+    Seams: the records are one per step, the last written (`read_log`), so an abandoned run's records after
+    a resumed run's checkpoint never reach the monitor; the monitor judges the resumed run's own
+    trajectory, the steps up to its checkpoint (what it resumed from) and its own after it, as the trainer's
+    monitor does when it replays metrics.jsonl on resume. Where a restart could not be aligned (a console
+    log without epochs, `run.restarts`), the monitor restarts its windows there instead: the points before
+    it are not known to be the resumed run's."""
     run = read_log(path, fmt, key_map)
     monitor = CollapseMonitor(config)
-    monitor.replay(run.records)
+    restarts = set(run.restarts)
+    for index, record in enumerate(run.records):
+        if index in restarts:  # a restart the log could not align: judged as a new trajectory
+            monitor.restart()
+        monitor.update(record, announce=False)
     return run, monitor
 
 
@@ -86,6 +118,8 @@ def signals_object(run: LogRun) -> dict[str, Any]:
         "missing": run.missing,
         "cannot_see": run.blind_spots(),
         "notes": list(run.notes),
+        "replaced_steps": run.replaced,
+        "seams": [seam.as_json() for seam in run.seams],
     }
 
 
@@ -114,6 +148,8 @@ def summary_object(monitor: CollapseMonitor, run: LogRun) -> dict[str, Any]:
         "first_warning": None if first is None else "; ".join(first.reasons),
         "phase_counts": dict(phases),
         "last_phase": public_phase(monitor.history[-1], run) if monitor.history else UNKNOWN,
+        "replaced_steps": run.replaced,
+        "seams": [seam.as_json() for seam in run.seams],
     }
 
 
@@ -148,6 +184,8 @@ def _print_table(run: LogRun, monitor: CollapseMonitor) -> None:
     counts = ", ".join(f"{phase} {n}" for phase, n in summary["phase_counts"].items())
     first = summary["first_warning_step"]
     print(f"\nphases: {counts}")
+    for seam in run.seams:
+        print(f"seam at step {seam.step}: {seam.describe()}")
     print("first warning: " + ("none" if first is None else f"step {first}: {summary['first_warning']}"))
 
 
@@ -171,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line: signals, steps, summary")
     p.add_argument("--key-map", action="append", default=[], metavar="SIGNAL=KEY", help="read SIGNAL from KEY")
     p.add_argument("--format", default="auto", choices=FORMATS, help="log format (default: guess)")
-    p.add_argument("--window", type=int, help="points in the monitor's long trend window (default 50)")
+    p.add_argument(
+        "--window", type=int, help=f"points in the monitor's long trend window (default 50, at most {MAX_WINDOW})"
+    )
     p.add_argument(
         "--vocab-size",
         type=int,
@@ -197,6 +237,10 @@ def monitor_main(argv: Sequence[str] | None = None) -> int:
         run, monitor = monitor_log(args.file, fmt=args.format, key_map=_parse_key_map(args.key_map), config=config)
     except LogFormatError as err:
         print(f"search-trainer monitor: {err}", file=sys.stderr)
+        return 2
+    except (RecursionError, MemoryError, ArithmeticError, UnicodeError, OSError) as err:
+        # A last net under the readers' own checks: whatever a file does, one line and exit 2.
+        print(f"search-trainer monitor: {args.file}: cannot read it ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
     try:
         if args.json:

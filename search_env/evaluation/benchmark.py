@@ -25,6 +25,7 @@ from search_env.evaluation.policy import EpisodePlayer, Policy
 from search_env.evaluation.results import EpisodeResult, SetMetrics, aggregate, summary_path, write_summary
 from search_env.evaluation.runner import evaluate, select_indices
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
+from search_env.turn_budget import check_turn_budget
 
 
 @dataclass
@@ -81,8 +82,10 @@ async def run_benchmark(
     A failed episode is recorded as failed and the run goes on; `max_consecutive_failures` failures
     in a row stop a text policy's run. Raises BenchmarkStopped (summary written) if the run is
     stopped, fails or is interrupted before the end. `skip_bad_lines` leaves out the bad records of a
-    local QA file (else the first is named in the error).
+    local QA file (else the first is named in the error). Raises TurnBudgetError for a `max_turns`
+    outside 1..MAX_TURNS (search_env.turn_budget).
     """
+    check_turn_budget(max_turns)  # before the out file is opened: the env would refuse it per episode
     env_options = dict(env_options or {})
     config = {
         "policy": policy.name,

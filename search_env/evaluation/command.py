@@ -35,6 +35,7 @@ from search_env.evaluation.scripted import ScriptedPolicy
 from search_env.evaluation.table import render_table
 from search_env.search_qa_env import DEFAULT_RETRIEVER_URL
 from search_env.threads import SERVER_DEFAULT, apply_threads
+from search_env.turn_budget import TurnBudgetError, check_turn_budget
 from search_env.world_pairing import check_world_sets
 
 POLICIES = ("scripted", "scripted-entity", "openai")
@@ -115,7 +116,7 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
         help="retrieval server for in-process envs (default: %(default)s)",
     )
     where.add_argument("--env-url", help="run episodes as sessions of this env server (RemoteSearchQA-v0)")
-    p.add_argument("--max-turns", type=int, default=4, help="turns per episode (default: %(default)s)")
+    p.add_argument("--max-turns", type=_turn_budget, default=4, help="turns per episode (default: %(default)s)")
     p.add_argument("--topk", type=int, default=3, help="passages per search (default: %(default)s)")
     p.add_argument(
         "--concurrency",
@@ -247,6 +248,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
+
+
+def _turn_budget(text: str) -> int:
+    """--max-turns through the one turn-budget check (search_env.turn_budget), so it refuses what the env does."""
+    try:
+        value: Any = int(text)
+    except ValueError:
+        value = text
+    try:
+        return check_turn_budget(value)
+    except TurnBudgetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _non_negative_int(text: str) -> int:

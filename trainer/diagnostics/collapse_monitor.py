@@ -115,6 +115,10 @@ WARNING_FLAGS = ("neg_displacement_majority", "displacement_drop", "reward_falli
 _ANNOUNCED = (*WARNING_PHASES, *WARNING_FLAGS, "incorrect_below_correct")
 
 
+#: the longest trend window accepted: Theil-Sen is quadratic in it (~30 ms a step for two series at 500)
+MAX_WINDOW = 500
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
     """Thresholds of `CollapseMonitor`. Windows count points (logged steps with a finite value)."""
@@ -158,6 +162,8 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if self.window < 5 or self.short_window < 4 or self.min_points < 5 or self.noise_window < 5:
             raise ValueError("window, noise_window and min_points must be >= 5, short_window >= 4")
+        if self.window > MAX_WINDOW or self.short_window > MAX_WINDOW or self.noise_window > MAX_WINDOW:
+            raise ValueError(f"window, short_window and noise_window must be <= {MAX_WINDOW} (MAX_WINDOW)")
         if self.decay_consecutive < 1 or self.min_baseline < 3 or self.event_memory < 0:
             raise ValueError("decay_consecutive must be >= 1, min_baseline >= 3, event_memory >= 0")
         if self.z <= 0 or self.grad_spike_z <= 0 or self.entropy_surge_z <= 0 or not 0 <= self.exit_z <= self.z:
@@ -266,7 +272,15 @@ class CollapseMonitor:
     """Feed `update(metrics)` once per RL step; it returns that step's `MonitorStatus`."""
 
     def __init__(self, config: MonitorConfig | None = None) -> None:
-        self.config = cfg = config or MonitorConfig()
+        self.config = config or MonitorConfig()
+        self.announced: set[str] = set()
+        self.history: list[MonitorStatus] = []
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget every point and trend (history and announcements stay): the next update starts a new
+        trajectory, warming up again. For a log whose restart cannot be aligned with the run before it."""
+        cfg = self.config
         self._likelihood = _Series(cfg)
         self._reward = _Series(cfg)
         self._gap: deque[float] = deque(maxlen=cfg.short)  # incorrect - correct likelihood
@@ -286,8 +300,6 @@ class CollapseMonitor:
         self._decay_slopes: list[float] = []
         self._phase = WARMUP
         self._step = -1
-        self.announced: set[str] = set()
-        self.history: list[MonitorStatus] = []
 
     # ------------------------------------------------------------------ events
 

@@ -39,6 +39,7 @@ import gymnasium as gym
 
 from search_env.remote_env import RemoteSearchEnv, batched_remote_step
 from search_env.search_qa_env import SearchQAEnv, batched_step
+from search_env.turn_budget import check_turn_budget
 from trainer.rollout.generation import STOP_STRINGS, Generated, Generator
 from trainer.rollout.stats import RolloutStats
 from trainer.transcript import Transcript, encode_prompt, encode_text
@@ -112,13 +113,16 @@ class RolloutEngine:
     ):
         """`max_total_tokens` bounds prompt + response of one episode; `max_obs_tokens` optionally cuts
         each observation (Search-R1's max_obs_length); `max_turns` is a safety net for envs that never
-        end (the env's own max turns normally decides). `pipeline_splits` parts of the episodes take
-        turns at generating; with `overlap_env` a part's env step runs on a thread meanwhile (module
-        docstring). Raises ValueError for a size below 1."""
+        end (the env's own max turns normally decides; `check_turn_budget` refuses 0 as the env does).
+        `pipeline_splits` parts of the episodes take turns at generating; with `overlap_env` a part's env
+        step runs on a thread meanwhile (module docstring). Raises ValueError for a size below 1
+        (TurnBudgetError, a ValueError, for `max_turns`)."""
         if group_size < 1 or max_new_tokens_per_turn < 1 or max_total_tokens < 2 or pipeline_splits < 1:
             raise ValueError(
                 "need group_size >= 1, max_new_tokens_per_turn >= 1, max_total_tokens >= 2 and pipeline_splits >= 1"
             )
+        if max_turns is not None:  # 0 used to be played as 1 turn: refused as the env refuses it
+            check_turn_budget(max_turns)
         self.generator = generator
         self.tokenizer = tokenizer
         self.group_size = group_size
