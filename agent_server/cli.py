@@ -282,7 +282,19 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--retriever-url", default="http://127.0.0.1:8000", help="the retrieval server for all sessions")
     _add_server_args(p, 8001)
-    p.add_argument("--max-sessions", type=int, default=1024, help="live sessions at once")
+    p.add_argument("--max-sessions", type=int, default=1024, help="live sessions at once, of all tokens")
+    p.add_argument(
+        "--max-sessions-per-token",
+        type=int,
+        help="live sessions of one bearer token (default: --max-sessions divided among the accepted tokens), "
+        "so one tenant cannot take the whole pool",
+    )
+    p.add_argument(
+        "--recorded-creates",
+        type=int,
+        default=4096,
+        help="create request ids remembered per token, so a retried create gets its first session",
+    )
     p.add_argument("--idle-timeout", type=float, default=900.0, help="seconds before an idle session is closed")
     p.add_argument("--max-action-chars", type=int, default=8192)
     p.add_argument("--max-obs-chars", type=int, default=32768)
@@ -349,6 +361,8 @@ def run_env(args: argparse.Namespace) -> None:
         app = create_env_app(
             args.retriever_url,
             max_sessions=args.max_sessions,
+            max_sessions_per_token=args.max_sessions_per_token,
+            recorded_creates=args.recorded_creates,
             idle_timeout_s=args.idle_timeout,
             max_action_chars=args.max_action_chars,
             max_obs_chars=args.max_obs_chars,

@@ -410,3 +410,38 @@ def test_a_prompt_limit_over_the_observation_limit_stops_the_server_with_a_messa
     proc = ServerProcess(args, tmp_path / "bad.log").start()
     assert proc.proc is not None and proc.proc.wait(timeout=120) == 2
     assert "--max-prompt-chars must be in [1, --max-obs-chars=1000]" in proc.log_tail(), proc.log_tail()
+
+
+# -- tenants isolated in capacity ---------------------------------------------------------------------
+def test_each_token_holds_at_most_its_share_of_sessions_and_its_own_request_ids(bm25_server, tmp_path):
+    args = ["env", "--retriever-url", bm25_server.url, "--worlds", "small", "--max-sessions", "6"]
+    args += ["--recorded-creates", "8"]
+    proc = ServerProcess(args, tmp_path / "env.log", env={"SEARCHGYM_API_TOKENS": f"{ALICE},{BOB}"}).start()
+    try:
+        server = proc.wait_ready(timeout=120)
+        assert _call(server, "GET", "/info").json()["limits"]["max_sessions_per_token"] == 3  # 6 shared by 2
+        alice = [_create(server, ALICE) for _ in range(3)]
+        refused = _call(server, "POST", "/sessions", ALICE, json={"options": DATA})
+        assert refused.status_code == 429 and "for this token (limit 3" in refused.json()["detail"], refused.text
+        bob = [_create(server, BOB) for _ in range(3)]  # Alice's use took nothing of Bob's share
+        assert len(set(alice + bob)) == 6
+        _call(server, "DELETE", f"/sessions/{alice[0]}").raise_for_status()
+        alice[0] = _create(server, ALICE)  # room again once one of hers is closed
+        # Request ids are each token's own: Bob's churn of creates cannot evict Alice's id, so her retried
+        # create still answers with her first session instead of making another.
+        _call(server, "DELETE", f"/sessions/{alice[0]}").raise_for_status()
+        body = {"options": DATA, "request_id": "create-0001"}
+        first = _call(server, "POST", "/sessions", ALICE, json=body).json()["session_id"]
+        for sid in bob:
+            _call(server, "DELETE", f"/sessions/{sid}", BOB).raise_for_status()
+        churn = {"options": DATA}
+        for i in range(12):  # more than one token's log holds (--recorded-creates 8)
+            made = _call(server, "POST", "/sessions", BOB, json=churn | {"request_id": f"churn-{i:05d}"})
+            assert made.status_code == 201, made.text
+            _call(server, "DELETE", f"/sessions/{made.json()['session_id']}", BOB).raise_for_status()
+        again = _call(server, "POST", "/sessions", ALICE, json=body)
+        assert again.status_code == 201 and again.json()["session_id"] == first
+        mine = _call(server, "POST", "/sessions", BOB, json=body).json()["session_id"]  # the same id, Bob's own
+        assert mine != first
+    finally:
+        proc.stop()

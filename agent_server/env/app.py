@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from agent_server.env.datasets import DEFAULT_WORLDS, DataRegistry
 from agent_server.env.routes import router
-from agent_server.env.sessions import DEFAULT_MAX_GOLDEN_CHARS, SessionManager
+from agent_server.env.sessions import DEFAULT_MAX_GOLDEN_CHARS, RECORDED_CREATES, SessionManager
 from agent_server.env.state import EnvServer
 from agent_server.env.world_check import DEFAULT_INFO_TTL_S, RetrieverWorlds
 from agent_server.serving.app_builder import build_app
@@ -24,6 +24,8 @@ def create_env_app(
     retriever_url: str,
     *,
     max_sessions: int = 1024,
+    max_sessions_per_token: int | None = None,
+    recorded_creates: int = RECORDED_CREATES,
     idle_timeout_s: float = 900.0,
     max_action_chars: int = 8192,
     max_obs_chars: int = 32768,
@@ -49,7 +51,8 @@ def create_env_app(
     each of `worlds` the retriever cannot answer.
 
     A reset's prompt is held to `max_prompt_chars` (default `max_obs_chars`; its size is computed
-    before it is built) and its own golden answers to `max_golden_chars` in all.
+    before it is built) and its own golden answers to `max_golden_chars` in all. One bearer token holds at
+    most `max_sessions_per_token` live sessions (default: `max_sessions` shared fairly among the tokens).
 
     Raises ValueError for a data set or world that cannot be offered, or a limit out of range.
     """
@@ -60,6 +63,9 @@ def create_env_app(
         retriever,
         registry,
         max_sessions=max_sessions,
+        max_sessions_per_token=max_sessions_per_token,
+        tenants=len([token] if isinstance(token, str) else list(token or [])),
+        recorded_creates=recorded_creates,
         idle_timeout_s=idle_timeout_s,
         max_action_chars=max_action_chars,
         max_obs_chars=max_obs_chars,

@@ -125,6 +125,9 @@ class SessionManager:
         registry: DataRegistry,
         *,
         max_sessions: int = 1024,
+        max_sessions_per_token: int | None = None,
+        tenants: int = 1,
+        recorded_creates: int = RECORDED_CREATES,
         idle_timeout_s: float = 900.0,
         max_action_chars: int = 8192,
         max_obs_chars: int = 32768,
@@ -133,7 +136,11 @@ class SessionManager:
         worlds: RetrieverWorlds | None = None,
     ):
         """`max_prompt_chars` bounds a reset's prompt (default: `max_obs_chars`), `max_golden_chars` a
-        reset's own golden answers in all.
+        reset's own golden answers in all. `max_sessions` bounds the live sessions of all callers,
+        `max_sessions_per_token` those of one caller (one bearer token; an open server's callers are one),
+        so one tenant cannot take the whole pool; its default is a fair share of `max_sessions` among the
+        server's `tenants` (its accepted tokens): all of it for one. Each caller's last `recorded_creates`
+        create request ids are kept, so a retried create gets its first answer.
 
         Raises ValueError for a limit out of range (a prompt limit over `max_obs_chars` among them).
         """
@@ -145,17 +152,30 @@ class SessionManager:
             )
         if max_golden_chars < 1:
             raise ValueError(f"--max-golden-chars must be >= 1, got {max_golden_chars}")
+        fair_share = max(1, max_sessions // max(1, tenants))
+        per_token = fair_share if max_sessions_per_token is None else max_sessions_per_token
+        if recorded_creates < 1:
+            raise ValueError(f"--recorded-creates must be >= 1, got {recorded_creates}")
+        if not 1 <= per_token <= max_sessions:
+            raise ValueError(
+                f"--max-sessions-per-token must be in [1, --max-sessions={max_sessions}], got {per_token}"
+            )
         self.retriever = retriever
         self.registry = registry
         self.worlds = worlds  # None: no world pairing check
         self.max_sessions = max_sessions
+        self.max_sessions_per_token = per_token
         self.idle_timeout_s = idle_timeout_s
         self.max_action_chars = max_action_chars
         self.max_obs_chars = max_obs_chars
         self.max_prompt_chars = max_prompt_chars
         self.max_golden_chars = max_golden_chars
         self._sessions: dict[str, Session] = {}
-        self._creates: OrderedDict[tuple[str | None, str], tuple[str, asyncio.Task[SessionInfo]]] = OrderedDict()
+        self.recorded_creates = recorded_creates
+        # Each caller's own log of create request ids (recorded_creates each): one tenant's churn cannot
+        # evict another's id, so a retried create never makes a second session. Callers are bounded by
+        # the tokens the server accepts.
+        self._creates: dict[str | None, OrderedDict[str, tuple[str, asyncio.Task[SessionInfo]]]] = {}
         self.created_total = 0
         self.expired_total = 0
 
@@ -173,19 +193,20 @@ class SessionManager:
         """
         if request_id is None:
             return await self._create(env_id, options, owner)
-        key, digest = (owner, request_id), fingerprint(env_id, options)
-        recorded = self._creates.get(key)
+        digest = fingerprint(env_id, options)
+        creates = self._creates.setdefault(owner, OrderedDict())
+        recorded = creates.get(request_id)
         if recorded is not None:
             if recorded[0] != digest:
                 raise ReusedRequestId(ReplayMismatch(request_id).message)
             task = recorded[1]
         else:
             task = asyncio.get_running_loop().create_task(self._create(env_id, options, owner))
-            self._creates[key] = (digest, task)
-            while len(self._creates) > RECORDED_CREATES:
-                self._creates.popitem(last=False)
+            creates[request_id] = (digest, task)
+            while len(creates) > self.recorded_creates:
+                creates.popitem(last=False)
             # A refused create changed nothing: its id may be tried again.
-            task.add_done_callback(lambda t: self._creates.pop(key, None) if t.cancelled() or t.exception() else None)
+            task.add_done_callback(lambda t: creates.pop(request_id, None) if t.cancelled() or t.exception() else None)
         # Shielded: a client that times out does not cancel it; its retry gets the result.
         return await asyncio.shield(task)
 
@@ -199,7 +220,7 @@ class SessionManager:
             opts = SessionOptions.model_validate(dict(gymnasium.spec(env_id).kwargs) | options)
         except ValidationError as err:
             raise BadSessionRequest(f"invalid env options: {validation_message(err)}") from None
-        self._check_room()
+        self._check_room(owner)
         try:
             key = self.registry.key(opts.data, opts.split, opts.data_config)
             records = await self.registry.records(key, opts.hops)
@@ -212,7 +233,7 @@ class SessionManager:
         too_many = await self.worlds.topk_violation(opts.topk) if self.worlds is not None else None
         if too_many is not None:  # every search of the session would be refused by the retriever
             raise BadSessionRequest(too_many)
-        self._check_room()  # again: others may have filled it while the data loaded
+        self._check_room(owner)  # again: others may have filled it while the data loaded
         try:
             env = SearchQAEnv(
                 list(records[: opts.limit]),
@@ -237,10 +258,16 @@ class SessionManager:
         self.created_total += 1
         return session.describe()
 
-    def _check_room(self) -> None:
+    def _check_room(self, owner: str | None) -> None:
         if len(self._sessions) >= self.max_sessions:
             raise TooManySessions(
                 f"too many live sessions (limit {self.max_sessions}): close some, or wait for idle ones to expire"
+            )
+        own = sum(s.owner == owner for s in self._sessions.values())
+        if own >= self.max_sessions_per_token:
+            raise TooManySessions(
+                f"too many live sessions for this token (limit {self.max_sessions_per_token}, --max-sessions-per-"
+                "token): close some of yours, or wait for idle ones to expire"
             )
 
     # -- find / close -------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class EnvServer:
         """The limits shown in /info."""
         return {
             "max_sessions": self.sessions.max_sessions,
+            "max_sessions_per_token": self.sessions.max_sessions_per_token,
+            "recorded_creates": self.sessions.recorded_creates,
             "idle_timeout_s": self.sessions.idle_timeout_s,
             "max_action_chars": self.sessions.max_action_chars,
             "max_obs_chars": self.sessions.max_obs_chars,
