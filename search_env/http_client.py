@@ -83,6 +83,7 @@ class _Replica:
     url: str
     outstanding: int = 0  # requests sent and not yet answered
     picks: int = 0  # requests ever routed here: the tie-break, so equal loads take turns
+    rank: int = 0  # the last tie-break
     answered: int = 0  # answers received (any status but a retried or 5xx one)
     down: bool = False
     probes: int = 0  # failed /health probes since it went down
@@ -165,7 +166,10 @@ class JsonHttpClient:
             )
         self.probe_interval_s = probe_interval_s
         self.max_probe_interval_s = max_probe_interval_s
-        self._replicas = {url: _Replica(url) for url in self.base_urls}
+        # Replicas tie by a random order of this client's: clients made one per episode (search-env eval)
+        # then start on different replicas instead of all on the first.
+        order = random.sample(range(len(self.base_urls)), len(self.base_urls))
+        self._replicas = {url: _Replica(url, rank=rank) for url, rank in zip(self.base_urls, order, strict=True)}
         self._replica_lock = threading.Lock()
         self._prober: threading.Thread | None = None  # probing downed replicas, while any is down
         self._prober_stop = threading.Event()  # that thread's: set by close()
@@ -271,7 +275,7 @@ class JsonHttpClient:
             else:
                 healthy = [r for r in replicas if not r.down]
                 if healthy:
-                    target = min(healthy, key=lambda r: (r.outstanding, r.picks))
+                    target = min(healthy, key=lambda r: (r.outstanding, r.picks, r.rank))
                 else:  # all down: the ordinary retries, each to the replica due back soonest
                     target = min(replicas, key=lambda r: r.probe_at)
             target.outstanding += 1
