@@ -38,8 +38,8 @@ def _until(condition, what: str, deadline_s: float = DEADLINE_S) -> None:
         time.sleep(0.2)
 
 
-def _answers(client: RetrieverClient, queries: list[str]) -> list[list[tuple[str, float]]]:
-    return [[(d.id, round(d.score, 6)) for d in docs] for docs in client.retrieve(queries, topk=3)]
+def _answers(client: RetrieverClient, queries: list[str]) -> list[list[tuple[str, str, float]]]:
+    return [[(d.document.id, d.document.contents, d.score) for d in docs] for docs in client.retrieve(queries, topk=3)]
 
 
 @pytest.fixture(scope="module")
