@@ -84,6 +84,7 @@ class _Replica:
     outstanding: int = 0  # requests sent and not yet answered
     picks: int = 0  # requests ever routed here: the tie-break, so equal loads take turns
     rank: int = 0  # the last tie-break
+    tried_at: float = 0.0  # monotonic time a request was last routed here
     answered: int = 0  # answers received (any status but a retried or 5xx one)
     down: bool = False
     probes: int = 0  # failed /health probes since it went down
@@ -127,7 +128,7 @@ class JsonHttpClient:
     background thread probes its `/health` after `probe_interval_s`, 2x, 4x... (at most
     `max_probe_interval_s`) and puts it back in rotation on a 200. Only when every replica is down do
     the retries, their backoff and the outage wait above begin: they count from the request's first
-    failure and each try goes to the replica whose probe is due soonest, so `outage_wait_s` bounds a
+    failure and each try goes to the replica tried longest ago (in turn), so `outage_wait_s` bounds a
     whole-fleet outage exactly as it bounds one server's. Any answer from a downed replica puts it
     back at once. With one URL nothing is marked down or probed: the behaviour is that of one server.
 
@@ -276,8 +277,9 @@ class JsonHttpClient:
                 healthy = [r for r in replicas if not r.down]
                 if healthy:
                     target = min(healthy, key=lambda r: (r.outstanding, r.picks, r.rank))
-                else:  # all down: the ordinary retries, each to the replica due back soonest
-                    target = min(replicas, key=lambda r: r.probe_at)
+                else:  # all down: the ordinary retries, each to the replica tried longest ago
+                    target = min(replicas, key=lambda r: r.tried_at)
+            target.tried_at = time.monotonic()
             target.outstanding += 1
             target.picks += 1
             return target

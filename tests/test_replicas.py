@@ -9,6 +9,7 @@ replica id in /info and in every answer's X-Replica-Id header.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 from search_env.http_client import JsonHttpClient, parse_urls
 from search_env.qa_data import load_qa
 from search_env.remote_env import RemoteSearchEnv, batched_remote_step, env_server_client
-from search_env.retriever_client import RetrieverClient
+from search_env.retriever_client import RetrieverClient, RetrieverUnavailable
 from search_env.server_process import ServerProcess, free_port
 
 RETRIEVER = ["retriever", "--backend", "bm25s", "--world", "small"]
@@ -119,6 +120,23 @@ def test_a_replica_killed_mid_load_fails_no_request_and_is_probed_back_in(
         client.close()
     assert failures == []
     assert all(got == expected[i] for i, got in answered)
+
+
+def test_a_dead_replica_costs_no_retry_and_a_dead_fleet_gets_the_outage_wait(replicas: list[ServerProcess]) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    with RetrieverClient(replicas[0].url) as single:
+        expected = _answers(single, ["river city"])
+    with RetrieverClient([*dead, replicas[0].url], retries=0) as client:
+        # retries=0: each answer came through failovers alone; in turn, every replica was tried.
+        assert [_answers(client, ["river city"]) for _ in range(6)] == [expected] * 6
+        got = asyncio.run(client.aretrieve(["river city"], topk=3))
+        assert [[(d.document.id, d.document.contents, d.score) for d in docs] for docs in got] == expected
+        assert [s["down"] for s in client.http.replica_stats()] == [True, True, False]
+    with (
+        RetrieverClient(dead, retries=1, backoff=0.01, outage_wait_s=0.5) as client,
+        pytest.raises(RetrieverUnavailable, match="unavailable after"),
+    ):
+        client.retrieve(["river city"])
 
 
 def test_url_lists_parse_wherever_one_url_is_taken() -> None:
