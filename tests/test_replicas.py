@@ -229,3 +229,28 @@ def test_env_sessions_of_a_killed_env_server_finish_on_the_other(bm25s_server, t
     finally:
         first.stop()
         second.stop()
+
+
+def _eval(where: list[str], out: Path) -> list[list]:
+    """`search-env eval` of the scripted policy on 8 questions, `where` naming the servers: each
+    episode's question, answer, EM, turns and transcript, in question order."""
+    from search_env.cli import main
+    from search_env.evaluation import read_jsonl
+
+    args = ["eval", "--policy", "scripted-entity", "--data", "world:small:single", "--limit", "8"]
+    assert main([*args, *where, "--concurrency", "4", "--out", str(out), "--no-progress"]) == 0
+    key = ("question_id", "answer", "em", "turns", "transcript")
+    return [[r[k] for k in key] for r in sorted(read_jsonl(out), key=lambda r: r["index"])]
+
+
+def test_search_env_eval_takes_url_lists_and_routes_around_a_dead_server(bm25s_server, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = ServerProcess(["env", "--retriever-url", f"{dead},{bm25s_server.url}"], tmp_path / "env.log").start()
+    try:
+        env.wait_ready(timeout=120)
+        expected = _eval(["--retriever-url", bm25s_server.url], tmp_path / "single.jsonl")
+        assert _eval(["--retriever-url", f"{dead},{bm25s_server.url}"], tmp_path / "local.jsonl") == expected
+        # The env server's own retriever list has the dead one too.
+        assert _eval(["--env-url", f"{dead},{env.url}"], tmp_path / "remote.jsonl") == expected
+    finally:
+        env.stop()
