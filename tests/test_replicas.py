@@ -254,3 +254,47 @@ def test_search_env_eval_takes_url_lists_and_routes_around_a_dead_server(bm25s_s
         assert _eval(["--env-url", f"{dead},{env.url}"], tmp_path / "remote.jsonl") == expected
     finally:
         env.stop()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_training_run_loses_a_retriever_replica_and_no_rollout(
+    replicas: list[ServerProcess], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.test_trainer import SMALL
+    from trainer.config import load_config
+    from trainer.diagnostics import read_metrics
+    from trainer.grpo_trainer import GRPOTrainer
+
+    def config(out: Path, urls: str):
+        return load_config(None, [*SMALL, f"env.retriever_url={urls}", f"run.out_dir={out}", "run.steps=3"])
+
+    undisturbed = GRPOTrainer(config(tmp_path / "one", replicas[0].url)).train()
+    victim = replicas[2]
+    trainer = GRPOTrainer(config(tmp_path / "two", f"{replicas[0].url},{victim.url}"))
+    finished, killed_mid_run = threading.Event(), threading.Event()
+    served: list[int] = []
+
+    def kill_after_the_first_step() -> None:
+        metrics = tmp_path / "two" / "metrics.jsonl"
+        while not finished.is_set():
+            if metrics.is_file() and metrics.read_text().strip():
+                served.append(httpx.get(victim.url + "/info").json()["traffic"]["requests"])
+                victim.stop(signal.SIGKILL)
+                killed_mid_run.set()  # before the run finished: it had steps and its evaluation to go
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_after_the_first_step, daemon=True)
+    killer.start()
+    try:
+        result = trainer.train()
+    finally:
+        finished.set()
+        killer.join(timeout=60)
+    assert killed_mid_run.is_set() and served[0] > 0  # it served the run's first step, then died
+    assert f"replica {victim.url} is down" in caplog.text  # and the run routed around it
+    clocks = ("time/", "wall_time", "perf/")
+    for a, b in zip(read_metrics(undisturbed.run_dir), read_metrics(result.run_dir), strict=True):
+        assert a.get("env/failed_searches", 0) == b.get("env/failed_searches", 0) == 0
+        differ = {k: (a[k], b.get(k)) for k in a if not k.startswith(clocks) and a[k] != b.get(k)}
+        assert not differ, f"step {a['step']}: {differ}"
