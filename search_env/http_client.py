@@ -129,8 +129,9 @@ class JsonHttpClient:
     `max_probe_interval_s`) and puts it back in rotation on a 200. Only when every replica is down do
     the retries, their backoff and the outage wait above begin: they count from the request's first
     failure and each try goes to the replica tried longest ago (in turn), so `outage_wait_s` bounds a
-    whole-fleet outage exactly as it bounds one server's. Any answer from a downed replica puts it
-    back at once. With one URL nothing is marked down or probed: the behaviour is that of one server.
+    whole-fleet outage exactly as it bounds one server's (a 500 then raises `unavailable` at once, as
+    from one server). Any answer but a 5xx from a downed replica puts it back at once. With one URL
+    nothing is marked down or probed: the behaviour is that of one server.
 
     A request given `replica=` (one of `base_urls`: an env session lives on the replica that created
     it, `request_routed` says which) goes there only. With other replicas healthy, a failure there
