@@ -144,9 +144,12 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--encoder", help="sentence-transformers model name or path (default: packaged MiniLM)")
     p.add_argument("--world", default="default", help="embedded world preset served when no index is given")
-    p.add_argument("--skip-bad-lines", action="store_true",
-                   help="building from --corpus: index its good lines and log how many bad ones were skipped "
-                   "(default: fail naming the first bad line)")
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="building from --corpus: index its good lines and log how many bad ones were skipped "
+        "(default: fail naming the first bad line)",
+    )
     p.add_argument(
         "--threads",
         type=_positive(int),
@@ -155,17 +158,28 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     )
     # Lucene's batch search threads are Java threads, not torch's: a batch of queries is searched in
     # parallel at no per-query overhead, so they keep their own count (the measured figures used 2).
-    p.add_argument("--search-threads", type=_positive(int), default=2,
-                   help="BM25 batch search threads: pyserini batch_search (and index build) for bm25, "
-                   "numba for bm25s (default 2)")
+    p.add_argument(
+        "--search-threads",
+        type=_positive(int),
+        default=2,
+        help="BM25 batch search threads: pyserini batch_search (and index build) for bm25, numba for bm25s (default 2)",
+    )
     g = p.add_argument_group("dense search", "faiss and query-encoder settings (dense and hybrid backends)")
     g.add_argument("--nprobe", type=_positive(int), help="IVF lists searched per query (faiss default 1)")
     g.add_argument("--ef-search", type=_positive(int), help="HNSW candidate list size (faiss default 16)")
-    g.add_argument("--encode-dtype", choices=ENCODE_DTYPES, default="auto",
-                   help="query encoder precision (auto: fp16 on CUDA; bf16-mixed on a CPU with AMX or "
-                   "AVX512-BF16, fp32 on other CPUs); indexes are built in fp32 whatever this is")
-    g.add_argument("--faiss-gpu", action=argparse.BooleanOptionalAction, default=None,
-                   help="put the faiss index on the GPUs (default: when faiss has GPU support and sees one)")
+    g.add_argument(
+        "--encode-dtype",
+        choices=ENCODE_DTYPES,
+        default="auto",
+        help="query encoder precision (auto: fp16 on CUDA; bf16-mixed on a CPU with AMX or "
+        "AVX512-BF16, fp32 on other CPUs); indexes are built in fp32 whatever this is",
+    )
+    g.add_argument(
+        "--faiss-gpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="put the faiss index on the GPUs (default: when faiss has GPU support and sees one)",
+    )
     _add_server_args(p, 8000)
     d = RetrievalLimits()
     p.add_argument("--topk", type=int, default=d.default_topk, help="topk when a request gives none")
@@ -193,9 +207,7 @@ def _add_retriever_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cache-size", type=int, default=100_000, help="LRU result cache entries (0: off)")
     p.add_argument("--coalesce-max-batch", type=int, default=1024, help="queries per coalesced batch")
-    p.add_argument(
-        "--coalesce-wait-ms", type=float, default=1.0, help="how long to gather concurrent requests"
-    )
+    p.add_argument("--coalesce-wait-ms", type=float, default=1.0, help="how long to gather concurrent requests")
     p.add_argument(
         "--max-chunk-queries",
         type=int,
@@ -275,6 +287,7 @@ def run_retriever(args: argparse.Namespace) -> None:
 
 def _add_env_parser(sub: argparse._SubParsersAction) -> None:
     from agent_server.env.datasets import DEFAULT_WORLDS
+    from agent_server.env.sessions import DEFAULT_MAX_GOLDEN_CHARS
     from agent_server.env.world_check import DEFAULT_INFO_TTL_S
 
     p = sub.add_parser(
@@ -295,6 +308,18 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=900.0, help="seconds before an idle session is closed")
     p.add_argument("--max-action-chars", type=int, default=8192)
     p.add_argument("--max-obs-chars", type=int, default=32768)
+    p.add_argument(
+        "--max-prompt-chars",
+        type=_positive(int),
+        help="characters in a reset's prompt, template with its question fields (default and at most "
+        "--max-obs-chars): computed from the template before the prompt is built, so one over it is a 422",
+    )
+    p.add_argument(
+        "--max-golden-chars",
+        type=_positive(int),
+        default=DEFAULT_MAX_GOLDEN_CHARS,
+        help="characters of a reset's own golden_answers in all (256 answers at most); more is a 422",
+    )
     p.add_argument("--max-batch", type=int, default=4096, help="steps in one batched-step request")
     p.add_argument(
         "--data",
@@ -349,6 +374,8 @@ def run_env(args: argparse.Namespace) -> None:
             idle_timeout_s=args.idle_timeout,
             max_action_chars=args.max_action_chars,
             max_obs_chars=args.max_obs_chars,
+            max_prompt_chars=args.max_prompt_chars,
+            max_golden_chars=args.max_golden_chars,
             max_batch=args.max_batch,
             datasets=datasets,
             worlds=DEFAULT_WORLDS if args.worlds is None else [w.strip() for w in args.worlds.split(",") if w.strip()],

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from search_env.evaluation.command import add_eval_parser
 from search_env.evaluation.datasets import EvalDataError
+from search_env.hub_download import DEFAULT_FILE_DEADLINE
 from search_env.world import WORLD_PRESETS, WorldPaths, ensure_world, write_world
 from search_env.world_pairing import WorldMismatch
 
@@ -24,11 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     world = commands.add_parser("world", help="write the embedded world's corpus and train/dev/test QA files")
-    world.add_argument("--preset", default="default",
-                       help=f"world size: {', '.join(sorted(WORLD_PRESETS))} (default: %(default)s)")
+    world.add_argument(
+        "--preset", default="default", help=f"world size: {', '.join(sorted(WORLD_PRESETS))} (default: %(default)s)"
+    )
     world.add_argument("--seed", type=int, default=None, help="generator seed (default: the preset's)")
-    world.add_argument("--out", type=Path, default=None,
-                       help="folder to write into (default: the cache under $SEARCHGYM_HOME/worlds, reused)")
+    world.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder to write into (default: the cache under $SEARCHGYM_HOME/worlds, reused)",
+    )
     world.set_defaults(func=_world)
 
     add_eval_parser(commands)
@@ -45,8 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--revision", default="main", help="branch, tag or commit of each repo (default: main)")
     download.add_argument("--endpoint", default=None, help="a Hub mirror (default: $HF_ENDPOINT or huggingface.co)")
     download.add_argument("--list", action="store_true", help="print the assets and their sizes, fetch nothing")
+    download.add_argument(
+        "--file-deadline",
+        type=_positive_seconds,
+        default=DEFAULT_FILE_DEADLINE,
+        metavar="SECONDS",
+        help="give a file up after this long, retries included; its .part is kept (default: %(default)g, six hours)",
+    )
     download.set_defaults(func=_download)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type of `--file-deadline`: a finite number of seconds above 0 (ArgumentTypeError if not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0 and finite, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +121,10 @@ def _download(args: argparse.Namespace) -> int:
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
             raise DownloadError("HF_HUB_OFFLINE is set: downloads are off (run with HF_HUB_OFFLINE=0)")
         print(f"into {out} ({disk_needed(out)} free): {', '.join(a.name for a in assets)}")
-        folders = [download_asset(a, out, endpoint=args.endpoint, revision=args.revision) for a in assets]
+        folders = [
+            download_asset(a, out, endpoint=args.endpoint, revision=args.revision, file_deadline=args.file_deadline)
+            for a in assets
+        ]
     except DownloadError as err:
         print(f"search-env download: {err}", file=sys.stderr)
         return 2
@@ -112,8 +139,10 @@ def _download(args: argparse.Namespace) -> int:
 def _print_world(paths: WorldPaths) -> None:
     info = paths.info()
     counts = info["counts"]
-    print(f"world {info['name']} (version {info['version']}, seed {info['config']['seed']}, "
-          f"fingerprint {paths.fingerprint}) in {paths.root}")
+    print(
+        f"world {info['name']} (version {info['version']}, seed {info['config']['seed']}, "
+        f"fingerprint {paths.fingerprint}) in {paths.root}"
+    )
     print(f"  corpus  {paths.corpus}  {counts['passages']} passages")
     for split, path in paths.qa.items():
         print(f"  {split:<7} {path}  {counts[split]} questions")

@@ -32,7 +32,10 @@ def load_env_records(
             from search_env.world.store import ensure_world
 
             preset = text.partition(":")[2] or "default"
-            records = load_qa(ensure_world(preset).qa[split])
+            world = ensure_world(preset)
+            if split not in world.qa:  # the world's splits are a fixed set, looked up, never a path
+                raise ValueError(f"the embedded world has no split {split!r}: its splits are {sorted(world.qa)}")
+            records = load_qa(world.qa[split])
         else:
             records = load_qa(data, split=split, config=config, skip_bad_lines=skip_bad_lines)
     else:

@@ -8,12 +8,11 @@ a repeated id with the answer it recorded instead of applying the call again.
 
 from __future__ import annotations
 
-import string
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from search_env.protocol import SEARCH_R1_TEMPLATE
+from search_env.protocol import SEARCH_R1_TEMPLATE, prompt_shape
 
 # A name a client may give for a split or a data config: never a path (no separator, no leading dot).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -29,6 +28,11 @@ RequestId = Annotated[
 ]
 MAX_TOPK = 1000
 MAX_TURNS = 10**6
+# Each `{question}` field repeats the question: templates need one, a few allow for a restatement.
+MAX_PROMPT_FIELDS = 16
+MAX_PROMPT_TEMPLATE_CHARS = 16384
+# A reset's own golden answers: how many (their total size is the server's --max-golden-chars).
+MAX_GOLDEN_ANSWERS = 256
 
 
 class _Strict(BaseModel):
@@ -36,24 +40,18 @@ class _Strict(BaseModel):
 
 
 def check_prompt_template(template: str) -> str:
-    """The template if its only replacement field is a plain `{question}`; ValueError otherwise.
+    """The template if its only replacement fields are plain `{question}`, at most MAX_PROMPT_FIELDS.
 
-    A format spec (`{question:>999999999}`) could make the server build a huge string, and an
-    attribute or index (`{question.__class__}`) would expose server internals: both are refused.
+    Raises ValueError otherwise: a format spec (`{question:>999999999}`) could make the server build a
+    huge string, an attribute or index (`{question.__class__}`) would expose server internals, and each
+    field repeats the question (the rendered size is also checked at reset, against the server's
+    `--max-prompt-chars`, before the prompt is built).
     """
-    fields = []
-    try:
-        for _, field, spec, conversion in string.Formatter().parse(template):
-            if field is not None:
-                fields.append((field, spec, conversion))
-    except ValueError as err:
-        raise ValueError(f"prompt_template is not a valid format string: {err}") from None
-    if not fields:
-        raise ValueError("prompt_template must contain '{question}'")
-    for field, spec, conversion in fields:
-        if field != "question" or spec or conversion:
-            shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise ValueError(f"prompt_template may hold only plain '{{question}}' fields, got {shown!r}")
+    shape = prompt_shape(template)
+    if shape.fields > MAX_PROMPT_FIELDS:
+        raise ValueError(
+            f"prompt_template has {shape.fields} '{{question}}' fields, more than the {MAX_PROMPT_FIELDS} allowed"
+        )
     return template
 
 
@@ -68,7 +66,7 @@ class SessionOptions(_Strict):
     limit: Annotated[StrictInt, Field(ge=1)] | None = None
     topk: StrictInt = Field(3, ge=1, le=MAX_TOPK)
     max_turns: StrictInt = Field(4, ge=1, le=MAX_TURNS)
-    prompt_template: str = Field(SEARCH_R1_TEMPLATE, max_length=16384)
+    prompt_template: str = Field(SEARCH_R1_TEMPLATE, max_length=MAX_PROMPT_TEMPLATE_CHARS)
     reward: Literal["em", "subem", "f1"] = "em"
     format_score: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
@@ -105,7 +103,9 @@ class ResetOptions(_Strict):
     index: Annotated[StrictInt, Field(ge=0)] | None = None
     id: Annotated[str, Field(max_length=1024)] | StrictInt | None = None
     question: Annotated[str, Field(min_length=1)] | None = None
-    golden_answers: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, max_length=256)
+    golden_answers: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, max_length=MAX_GOLDEN_ANSWERS
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> ResetOptions:

@@ -7,6 +7,7 @@ trained there reads the same strings here.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -66,10 +67,58 @@ def truncate_at_action(text: str) -> str:
 
 def format_question(question: str, template: str = SEARCH_R1_TEMPLATE) -> str:
     """Search-R1's make_prefix: the question stripped, with a '?' appended when it has none."""
+    return template.format(question=_prompt_question(question))
+
+
+def _prompt_question(question: str) -> str:
     question = question.strip()
     if question and question[-1] != "?":
         question += "?"
-    return template.format(question=question)
+    return question
+
+
+@dataclass(frozen=True, slots=True)
+class PromptShape:
+    """What a template's rendered size depends on: its literal characters and its `{question}` fields."""
+
+    literal_chars: int
+    fields: int
+
+    def rendered_chars(self, question: str) -> int:
+        """len(format_question(question, template)), computed without building the prompt.
+
+        A template of many fields and a long question can multiply into gigabytes: this is how the
+        size is checked before any of it is allocated.
+        """
+        stripped = question.strip()
+        chars = len(stripped) + (1 if stripped and stripped[-1] != "?" else 0)
+        return self.literal_chars + self.fields * chars
+
+
+def prompt_shape(template: str) -> PromptShape:
+    """The shape of a template whose only replacement fields are plain `{question}`.
+
+    Raises ValueError for an invalid format string, a template with no field, or any other field
+    (a format spec like `{question:>999999999}` pads beyond any size check, an attribute or index
+    like `{question.__class__}` would expose internals, another name has no value).
+    """
+    literal, fields = 0, 0
+    try:
+        for text, field, spec, conversion in string.Formatter().parse(template):
+            literal += len(text)  # parse() has already turned "{{" and "}}" into one brace
+            if field is None:
+                continue
+            if field != "question" or spec or conversion:
+                shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(f"prompt_template may hold only plain '{{question}}' fields, got {shown[:80]!r}")
+            fields += 1
+    except ValueError as err:
+        if "prompt_template" in str(err):
+            raise
+        raise ValueError(f"prompt_template is not a valid format string: {err}") from None
+    if not fields:
+        raise ValueError("prompt_template must contain '{question}'")
+    return PromptShape(literal, fields)
 
 
 def format_passages(contents: Sequence[str]) -> str:

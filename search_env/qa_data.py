@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from search_env.bad_records import BadRecordError
 from search_env.corpus_validation import not_utf8
+from search_env.safe_paths import name_parts, resolve_under
 
 log = logging.getLogger(__name__)
 # Where a record is: (file or data set, 1-based line or 0-based row/item, "line" | "row" | "item").
@@ -55,7 +56,8 @@ def load_qa(
     data set name and loaded by `datasets.load_dataset(source, config, split=split or "train")`.
     Raises BadRecordError (a ValueError) naming the file and line (JSONL), row (parquet) or item (JSON
     array) of a bad record: not JSON, not UTF-8, no question, no gold answer. With `skip_bad_lines`
-    such records are left out and counted in a warning instead; ValueError if none is left.
+    such records are left out and counted in a warning instead; ValueError if none is left. A folder's
+    `split` is a plain name: UnsafeName (a ValueError naming it) for one that would make a path out of it.
     """
     path = Path(source)
     if path.is_dir():
@@ -197,8 +199,12 @@ def _as_answer_list(value: Any) -> list[str]:
 
 
 def _split_file(folder: Path, split: str) -> Path:
+    """The file of `split` in `folder`. A split is a name, never a path: UnsafeName (a ValueError) for
+    one with a `/`, `..`, NUL and the like, or whose file is a link out of the folder; FileNotFoundError
+    when the folder has no file of that split."""
+    name_parts(split, folder, what="split", single=True)  # before any suffix is added to it
     for suffix in (".jsonl", ".jsonl.gz", ".json", ".parquet"):
-        candidate = folder / f"{split}{suffix}"
+        candidate = resolve_under(folder, f"{split}{suffix}", what="split", single=True)
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"no {split}.jsonl / .json / .parquet in {folder}")

@@ -35,6 +35,7 @@ from search_env.protocol import (
     format_question,
     information_block,
     parse_action,
+    prompt_shape,
     search_error_block,
 )
 from search_env.qa_data import QARecord
@@ -57,6 +58,14 @@ class EpisodeNotStarted(RuntimeError):
 
 class ActionTooLong(ValueError):
     """The action text exceeds `max_action_chars`."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt a reset would build exceeds `max_prompt_chars` (found before it is built)."""
+
+
+class GoldenAnswersTooLong(ValueError):
+    """A reset's own golden answers exceed `max_golden_chars` in all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +102,29 @@ class SearchQAEnv(gym.Env[str, str]):
         format_score: float = 0.0,
         max_action_chars: int = 8192,
         max_obs_chars: int = 32768,
+        max_prompt_chars: int | None = None,
+        max_golden_chars: int | None = None,
         render_mode: str | None = None,
     ):
+        """`max_prompt_chars` bounds the reset's prompt (default, and at most, `max_obs_chars`: the
+        prompt is the reset's observation); `max_golden_chars` bounds a reset's own golden answers in
+        all (None: unbounded, for an in-process caller; the env server sets it).
+
+        Raises ValueError for a bad setting or template (prompt_shape), and what loading `data` raises.
+        """
         if topk < 1 or max_turns < 1:
             raise ValueError(f"topk and max_turns must be >= 1, got topk={topk}, max_turns={max_turns}")
-        if "{question}" not in prompt_template:
-            raise ValueError("prompt_template must contain '{question}'")
+        self._prompt_shape = prompt_shape(prompt_template)
+        max_prompt_chars = max_obs_chars if max_prompt_chars is None else max_prompt_chars
+        if not 1 <= max_prompt_chars <= max_obs_chars:
+            raise ValueError(f"max_prompt_chars must be in [1, max_obs_chars={max_obs_chars}], got {max_prompt_chars}")
+        if self._prompt_shape.rendered_chars("?") > max_prompt_chars:
+            raise PromptTooLong(
+                f"prompt_template alone has {self._prompt_shape.literal_chars} characters: more than "
+                f"max_prompt_chars={max_prompt_chars}"
+            )
+        if max_golden_chars is not None and max_golden_chars < 1:
+            raise ValueError(f"max_golden_chars must be >= 1, got {max_golden_chars}")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.records = load_env_records(data, split=split, config=data_config, hops=hops, limit=limit)
@@ -108,6 +134,8 @@ class SearchQAEnv(gym.Env[str, str]):
         self.reward_config = RewardConfig(kind=reward, format_score=format_score)
         self.max_action_chars = max_action_chars
         self.max_obs_chars = max_obs_chars
+        self.max_prompt_chars = max_prompt_chars
+        self.max_golden_chars = max_golden_chars
         self.render_mode = render_mode
         self._owns_client = retriever is None
         self.retriever = retriever or RetrieverClient(
@@ -125,13 +153,23 @@ class SearchQAEnv(gym.Env[str, str]):
     # -- reset ------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start an episode: `options` may give `{"index": i}`, `{"id": question_id}` or
-        `{"question": str, "golden_answers": [str, ...]}`; otherwise a question is drawn with the seed."""
+        `{"question": str, "golden_answers": [str, ...]}`; otherwise a question is drawn with the seed.
+
+        Raises ValueError for bad options, PromptTooLong (the size is computed from the template's
+        shape, so a refused prompt is never built) and GoldenAnswersTooLong.
+        """
         super().reset(seed=seed)
-        self._record = self._pick(options or {})
+        record = self._pick(options or {})
+        chars = self._prompt_shape.rendered_chars(record.question)
+        if chars > self.max_prompt_chars:
+            raise PromptTooLong(
+                f"the prompt would have {chars} characters ({self._prompt_shape.fields} question fields x a "
+                f"{len(record.question)}-character question + {self._prompt_shape.literal_chars} of template): "
+                f"more than max_prompt_chars={self.max_prompt_chars}"
+            )
+        prompt = format_question(record.question, self.prompt_template)
+        self._record = record
         self._done, self._turn, self._searches, self._invalid = False, 0, [], 0
-        prompt = format_question(self._record.question, self.prompt_template)
-        if len(prompt) > self.max_obs_chars:
-            raise ValueError(f"prompt of {len(prompt)} characters exceeds max_obs_chars={self.max_obs_chars}")
         self._transcript = [prompt]
         info = {
             "question_id": self._record.id,
@@ -150,6 +188,13 @@ class SearchQAEnv(gym.Env[str, str]):
             golds = options.get("golden_answers")
             if not golds or not all(isinstance(g, str) for g in golds):
                 raise ValueError("reset option 'question' needs 'golden_answers', a non-empty list of strings")
+            total = sum(len(g) for g in golds)
+            if self.max_golden_chars is not None and total > self.max_golden_chars:
+                # Every gold is normalised and matched at the episode's end: their size is that step's cost.
+                raise GoldenAnswersTooLong(
+                    f"golden_answers of {total} characters in all ({len(golds)} answers): more than "
+                    f"max_golden_chars={self.max_golden_chars}"
+                )
             custom_id = str(options.get("id", "custom"))
             question = replace_lone_surrogates(str(options["question"]))  # it goes into the prompt: text only
             return QARecord(id=custom_id, question=question, golden_answers=golds)

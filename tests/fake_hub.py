@@ -12,8 +12,11 @@ It answers the few endpoints huggingface_hub's `snapshot_download`, `hf_hub_down
 
 Faults a test can switch on: `cut_after[path] = n` sends only the first n bytes of a whole-file GET
 and drops the connection; `stall_after[path] = n` sends them and then nothing (a hung transfer);
-`corrupt` serves other bytes than the listing's hashes say. Every request is recorded in `requests`
-(method, path, Range).
+`corrupt` serves other bytes than the listing's hashes say. Hostile ones: `endless` sends the file and
+then more bytes without end (no Content-Length, a body that never stops); `overannounce[path] = n`
+announces a Content-Length n bytes beyond the listed size and sends that many extra; `drip[path] = s`
+sends the file one byte every s seconds; `unhashed` lists the file with no hash; `unserved` lists it
+but answers its GET with a 404. Every request is recorded in `requests` (method, path, Range).
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ class FakeHub:
     cut_after: dict[str, int] = field(default_factory=dict)
     stall_after: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
+    endless: set[str] = field(default_factory=set)
+    overannounce: dict[str, int] = field(default_factory=dict)
+    drip: dict[str, float] = field(default_factory=dict)
+    unhashed: set[str] = field(default_factory=set)
+    unserved: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -72,6 +80,9 @@ class FakeHub:
     # -- what the listing says -------------------------------------------------------------------
     def _entry(self, path: str, data: bytes) -> dict:
         entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+        if path in self.unhashed:
+            entry["oid"] = ""
+            return entry
         if len(data) >= LFS_MIN_BYTES:
             entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
         return entry
@@ -103,7 +114,7 @@ class FakeHub:
             return self._json(handler, 200, entries, head)
         if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             files = self._files(m.group(1))
-            if files is None or m.group(3) not in files:
+            if files is None or m.group(3) not in files or m.group(3) in self.unserved:
                 return self._json(handler, 404, {"error": "Entry not found"}, head, {"X-Error-Code": "EntryNotFound"})
             return self._file(handler, m.group(3), files[m.group(3)], byte_range, head)
         return self._json(handler, 404, {"error": f"no route {path}"}, head)
@@ -129,6 +140,10 @@ class FakeHub:
         start = 0
         if byte_range and not head:
             start = int(re.fullmatch(r"bytes=(\d+)-", byte_range).group(1))
+        if path in self.endless and not head:
+            return self._endless(handler, data[start:])
+        extra = self.overannounce.get(path, 0) if not head else 0
+        data += b"x" * extra
         handler.send_response(206 if start else 200)
         handler.send_header("Content-Length", str(len(data) - start))
         handler.send_header("ETag", f'"{etag}"')
@@ -156,4 +171,32 @@ class FakeHub:
             handler.close_connection = True
             handler.connection.shutdown(2)  # the client sees a body cut short
             return
+        drip = self.drip.get(path)
+        if drip is not None:
+            try:
+                for i in range(start, len(data)):
+                    if self.released.wait(drip):
+                        return
+                    handler.wfile.write(data[i : i + 1])
+                    handler.wfile.flush()
+            except OSError:  # the client gave up
+                handler.close_connection = True
+            return
         handler.wfile.write(data[start:])
+
+    def _endless(self, handler, data: bytes) -> None:
+        """The file, then bytes without end: no Content-Length, so only the client can stop it."""
+        handler.send_response(200)
+        handler.send_header("X-Repo-Commit", COMMIT)
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        try:
+            handler.wfile.write(data)
+            block = b"\0" * 65536
+            for _ in range(16_384):  # 1 GiB at most, so a client that never stops still ends the test
+                if self.released.is_set():
+                    return
+                handler.wfile.write(block)
+        except OSError:  # the client cut it off
+            pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,9 +68,9 @@ REFUSALS = [
     pytest.param("POST", None, b"{not json", AUTH, 400, id="not-json"),
     pytest.param("POST", None, b"\xff\xfe\xfa", AUTH, 400, id="not-utf8"),
     pytest.param("POST", None, b" " * (MAX_BODY + 1), AUTH, 413, id="oversized"),
-    # The limits come before the token check on both: an unauthenticated client is cut off at them too.
-    pytest.param("POST", None, b" " * (MAX_BODY + 1), {}, 413, id="oversized-no-token"),
-    pytest.param("POST", None, b"[" * 100 + b"]" * 100, {}, 400, id="nested-no-token"),
+    # The token is checked before the body on both: an unauthenticated body is never read or decoded.
+    pytest.param("POST", None, b" " * (MAX_BODY + 1), {}, 401, id="oversized-no-token"),
+    pytest.param("POST", None, b"[" * 100 + b"]" * 100, {}, 401, id="nested-no-token"),
     pytest.param("GET", "/nowhere", None, AUTH, 404, id="unknown-path"),
     pytest.param("DELETE", "/info", None, AUTH, 405, id="wrong-method"),
 ]
@@ -98,6 +99,21 @@ def test_a_request_id_is_the_clients_when_it_is_a_plain_token(servers):
             assert fresh.status_code == 200 and fresh.headers["x-request-id"] not in ("", odd)
         ids = {httpx.get(server.url + "/health").headers["x-request-id"] for _ in range(3)}
         assert len(ids) == 3
+
+
+def test_the_token_is_checked_before_any_body_is_read(servers):
+    # Headers announcing a body, and no body: an unauthenticated request is answered 401 at once (the body
+    # is never awaited) and its connection closed, since the announced body would follow on it.
+    for name, (server, route) in servers.items():
+        host, port = server.url.removeprefix("http://").split(":")
+        for announced in (b"Content-Length: 3000\r\n", b"Transfer-Encoding: chunked\r\n"):
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(b"POST " + route.encode() + b" HTTP/1.1\r\nHost: x\r\n" + announced + b"\r\n")
+                head = sock.recv(65536).decode("latin-1")
+                assert head.startswith("HTTP/1.1 401"), (name, head)
+                assert "connection: close" in head.lower() and "www-authenticate: bearer" in head.lower()
+                while sock.recv(65536):  # the server closes it: recv ends with b"" instead of timing out
+                    pass
 
 
 def test_health_is_open_and_the_rest_answers_with_the_token(servers):

@@ -62,6 +62,53 @@ def test_each_head_has_its_deadline_the_one_after_a_response_too(port):
     assert b"HTTP/1.1 408 Request Timeout" in answer and b"request head not received within 0.5 s" in answer
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One /ping answer (its body ends with '}'), read as it comes."""
+    sock.settimeout(CUT_WITHIN)
+    data = b""
+    while not (b"\r\n\r\n" in data and data.endswith(b"}")):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the answer: {data!r}"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("extra", [b"\r\n", b"\r\n" * 500, b"\n"])
+def test_bytes_that_start_no_head_after_a_response_are_under_the_head_deadline(port, extra):
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(GET)
+        assert _read_response(sock).startswith(b"HTTP/1.1 200 OK")
+        sock.sendall(extra)  # cancels uvicorn's keep-alive timer; llhttp skips it, no head starts
+        rest = _read_all(sock)  # returns only once the server closes
+    assert rest == b""
+
+
+def test_an_extra_crlf_in_the_read_of_a_request_leaves_the_keep_alive_deadline(port):
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(GET + b"\r\n")
+        answer = _read_all(sock)
+    assert answer.count(b"HTTP/1.1 200 OK") == 1 and b"HTTP/1.1 408" not in answer
+
+
+def test_crlfs_trickled_after_a_response_do_not_move_the_deadline(port):
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(GET)
+        _read_response(sock)
+        sock.settimeout(0.1)
+        closed = False
+        for _ in range(int(CUT_WITHIN / 0.1)):  # a CRLF every 0.1 s, well inside the 0.5 s deadlines
+            try:
+                sock.sendall(b"\r\n")
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:  # a reset: the server closed while we sent
+                closed = True
+            if closed:
+                break
+    assert closed
+
+
 def test_pipelined_requests_over_the_head_limit_together_are_all_answered(port):
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(GET * 100)  # 3,100 bytes of heads in one write, each 31

@@ -78,6 +78,10 @@ def test_quick_experiment_writes_summary_and_figure(bm25_server, tmp_path):
     assert [m["step"] for m in metrics if "likelihood/probe_questions" in m] == [1, 2]  # probe_every 1
     assert set(summary["arms"]) == {"grpo", "llds"}
     assert (out / "death-spiral.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rollouts = (out / "rollouts.md").read_text()  # each run's evaluations (before, step 1, after) and transcripts
+    for label in ("## GRPO s1", "## GRPO+LLDS s1", "| before | 2 |", "| step-000001 | 2 |", "| after | 2 |"):
+        assert label in rollouts, label
+    assert rollouts.count("> **Q:**") == 8  # two transcripts of the first and of the last evaluation, per run
     # Run again: finished runs are not rerun, the report is rewritten from their files.
     before = (out / "grpo" / "seed-1" / "metrics.jsonl").read_text()
     assert trainer_main(["death-spiral", "--out", str(out), "--quick", "--retriever-url", bm25_server.url, *sets]) == 0
@@ -194,3 +198,33 @@ def test_publish_copies_the_report_and_each_runs_metrics_under_its_arm_and_seed(
     assert (record["arm"], record["seed"]) == ("grpo", 2)  # each file holds its own run's records
     assert {p.name for p in written} >= {"summary.json", "phases.md"} and not (dest / "death-spiral.png").exists()
     assert set(PUBLISHED_FILES) >= {"summary.json", "criterion.json", "phases.md", "death-spiral.png"}
+
+
+def test_rollouts_summary_counts_answers_and_searches_from_eval_rows(tmp_path):
+    from trainer.death_spiral.rollouts import eval_files, eval_summary, read_episodes, rollouts_markdown
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    def row(question, gold, answer, em, searches, data_set="world:small", **extra):
+        return {"data_set": data_set, "question": question, "golden_answers": [gold], "answer": answer, "em": em,
+                "num_searches": searches, **extra}
+
+    turns = [{"role": "prompt", "text": "Question: q1"}, {"role": "policy", "text": "<search> x </search>"}]
+    rows = [
+        row("q1", "1930", "1930", 1.0, 2, transcript=[*turns, {"role": "env", "text": "y" * 999}]),
+        row("q2", "1850", " 1930", 0.0, 0),
+        row("q3", "Rome", None, 0.0, 1),
+        row("q3", "Rome", "x", 1.0, 0, data_set="world:small:multi"),  # the same question again: not counted
+    ]
+    (run / "eval" / "step-000020.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{cut")
+    (run / "eval" / "before.jsonl").write_text(json.dumps(rows[2]) + "\n")
+    (run / "eval" / "after.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert [p.stem for p in eval_files(run)] == ["before", "step-000020", "after"]
+    summary = eval_summary(read_episodes(run / "eval" / "step-000020.jsonl"))  # the cut last line is skipped
+    assert summary["episodes"] == 3 and summary["em"] == pytest.approx(1 / 3)
+    assert summary["searches"] == pytest.approx(1.0) and summary["answered"] == pytest.approx(2 / 3)
+    assert summary["top_answers"] == [("1930", pytest.approx(2 / 3))]  # one stock answer, case and space folded
+    text = rollouts_markdown({"GRPO s1": run, "empty": tmp_path / "none"})
+    assert "| step-000020 | 3 | 0.33 | 1.00 | 67% | '1930' 67% |" in text and "## empty" not in text
+    assert "y" * 240 + " ..." in text and "y" * 241 not in text  # a long observation is cut
+    assert "prompt:" not in text and "> policy: <search> x </search>" in text

@@ -231,7 +231,7 @@ def test_a_refused_reset_changes_nothing(server, small_world):
     _call(server, "POST", f"/sessions/{sid}/reset", json={"options": {"index": 0}}).raise_for_status()
     _call(server, "POST", f"/sessions/{sid}/step", json={"action": "<search> river </search>"}).raise_for_status()
     refused = [
-        ({"options": {"question": "q" * 5000, "golden_answers": ["zzz"]}}, "exceeds max_obs_chars"),
+        ({"options": {"question": "q" * 5000, "golden_answers": ["zzz"]}}, "max_prompt_chars=4000"),
         ({"options": {"index": True}}, "options.index"),
         ({"options": {"index": 10**6}}, "index must be"),
         ({"seed": -1}, "seed"),
@@ -278,6 +278,78 @@ def test_option_values_are_validated_whole(server):
         r = _call(server, "POST", "/sessions", json={"options": DATA | options})
         assert r.status_code == 422 and message in r.json()["detail"], (options, r.text)
     assert _call(server, "GET", "/health", token=None).json()["status"] == "ready"
+
+
+# -- cost bounded before work --------------------------------------------------------------------------------------
+def _memory_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def test_a_prompt_too_big_is_refused_before_it_is_built(server):
+    """The issue's example, at the field limit: 16 fields x a 16 MB question would be a 256 MB prompt.
+    Its size is computed from the template's shape, so the server's peak memory stays far below that."""
+    bob = _create(server, BOB)
+    _call(server, "POST", f"/sessions/{bob}/reset", BOB, json={"options": {"index": 0}}).raise_for_status()
+    sid = _create(server, prompt_template="Q: {question}\n" * 16)
+    question = "q" * (16 * 2**20)
+    assert server.proc is not None
+    pid = server.proc.pid
+    before = _memory_kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) from here on
+    r = _call(
+        server, "POST", f"/sessions/{sid}/reset", json={"options": {"question": question, "golden_answers": ["a"]}}
+    )
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "16 question fields" in detail and "max_prompt_chars=4000" in detail and "--max-prompt-chars" in detail
+    grown_mib = (_memory_kib(pid, "VmHWM") - before) / 1024
+    # Reading and decoding the 16 MB body takes a few copies of it; the prompt would have taken 16.
+    assert grown_mib < 128, grown_mib
+    assert not _call(server, "GET", f"/sessions/{sid}").json()["episode_active"]
+    # The other tenant's episode goes on.
+    step = _call(server, "POST", f"/sessions/{bob}/step", BOB, json={"action": "<search> river </search>"})
+    assert step.status_code == 200 and step.json()["info"]["turn"] == 1, step.text
+
+
+def test_prompts_of_many_fields_are_refused_by_their_size(server):
+    many = _call(server, "POST", "/sessions", json={"options": DATA | {"prompt_template": "{question}" * 1600}})
+    assert many.status_code == 422 and "1600 '{question}' fields, more than the 16 allowed" in many.text, many.text
+    sid = _create(server, prompt_template="{question} " * 16)
+    _call(server, "POST", f"/sessions/{sid}/reset", json={"options": {"index": 0}}).raise_for_status()
+    for chars, status in ((300, 422), (200, 200)):  # 16 x 301 > 4000 >= 16 x 201 + 16
+        body = {"options": {"question": "w" * chars, "golden_answers": ["a"]}}
+        r = _call(server, "POST", f"/sessions/{sid}/reset", json=body)
+        assert r.status_code == status, (chars, r.text)
+    # A template the limit cannot hold with any question is refused when the session is created.
+    r = _call(server, "POST", "/sessions", json={"options": DATA | {"prompt_template": "x" * 4000 + "{question}"}})
+    assert r.status_code == 422 and "--max-prompt-chars" in r.json()["detail"], r.text
+
+
+def test_a_resets_own_golden_answers_are_bounded(server):
+    bob = _create(server, BOB)
+    sid = _create(server)
+    cases = [
+        (["g" * 100] * 256, "25600 characters in all (256 answers)"),  # each small, many: past 16384 in all
+        (["g" * 20000], "20000 characters in all (1 answers)"),  # one long
+        (["g"] * 257, "golden_answers"),  # past the count
+    ]
+    for golds, message in cases:
+        r = _call(
+            server, "POST", f"/sessions/{sid}/reset", json={"options": {"question": "q", "golden_answers": golds}}
+        )
+        assert r.status_code == 422 and message in r.json()["detail"], r.text[:300]
+        assert "--max-golden-chars" in r.json()["detail"] or "257" not in message
+    golds = ["g" * 64] * 256  # 16384 in all: at the limit
+    ok = _call(server, "POST", f"/sessions/{sid}/reset", json={"options": {"question": "q", "golden_answers": golds}})
+    assert ok.status_code == 200, ok.text[:300]
+    done = _call(server, "POST", f"/sessions/{sid}/step", json={"action": "<answer>" + "g" * 64 + "</answer>"}).json()
+    assert done["reward"] == 1.0
+    limits = _call(server, "GET", "/info").json()["limits"]
+    assert limits["max_prompt_chars"] == 4000 and limits["max_golden_chars"] == 16384
+    _call(server, "POST", f"/sessions/{bob}/reset", BOB, json={"options": {"index": 0}}).raise_for_status()
 
 
 # -- ownership --------------------------------------------------------------------------------------------------
@@ -331,3 +403,10 @@ def test_a_bad_data_flag_stops_the_server_with_a_message(tmp_path):
         proc = ServerProcess(["env", "--data", flag], tmp_path / "bad.log").start()
         assert proc.proc is not None and proc.proc.wait(timeout=120) != 0
         assert message in proc.log_tail(), proc.log_tail()
+
+
+def test_a_prompt_limit_over_the_observation_limit_stops_the_server_with_a_message(tmp_path):
+    args = ["env", "--max-obs-chars", "1000", "--max-prompt-chars", "2000"]
+    proc = ServerProcess(args, tmp_path / "bad.log").start()
+    assert proc.proc is not None and proc.proc.wait(timeout=120) == 2
+    assert "--max-prompt-chars must be in [1, --max-obs-chars=1000]" in proc.log_tail(), proc.log_tail()

@@ -28,8 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PASSAGES = [{"id": str(i), "contents": f'"Title {i}"\nText of passage {i}. ' + "word " * 40} for i in range(200)]
 CORPUS = "".join(json.dumps(p) + "\n" for p in PASSAGES).encode()
 CORPUS_GZ = gzip.compress(CORPUS, mtime=0)
-# huggingface_hub writes a download in 10 MiB chunks and resumes from the last whole one: a file cut
-# after 10.5 MiB resumes at 10 MiB.
+# A download is continued from the last byte written: a file cut after 10.5 MiB resumes at 10.5 MiB.
 CHUNK = 10 * 1024 * 1024
 BIG = CHUNK + CHUNK // 10
 
@@ -99,9 +98,9 @@ def test_the_default_assets_are_fetched_verified_and_unpacked(hub: FakeHub, tmp_
     assert not (out / "wiki-18-e5-index").exists()
     assert not any("wiki-18-e5-index" in path for _, path, _ in hub.requests)
 
-    # The dropped connection was resumed where it stopped, in the same run.
+    # The dropped connection was resumed where it stopped (the last byte written), in the same run.
     ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("/train.parquet")]
-    assert ranges == [None, f"bytes={CHUNK}-"]
+    assert ranges == [None, f"bytes={CHUNK + CHUNK // 20}-"]
 
     manifest = json.loads((corpus / MANIFEST).read_text())
     assert manifest["revision"] == COMMIT and manifest["repo_id"] == "PeterJinGo/wiki-18-corpus"
@@ -137,7 +136,7 @@ def test_an_interrupted_run_is_resumed_by_the_next(hub: FakeHub, tmp_path: Path,
     assert result.returncode == 0, result.stderr
     assert (out / "wiki-18-e5-index" / "part_ab").read_bytes() == hub.repos["PeterJinGo/wiki-18-e5-index"]["part_ab"]
     ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("/part_ab")]
-    assert ranges == [f"bytes={CHUNK}-"], "the next run must continue the partial file, not start over"
+    assert ranges == [f"bytes={CHUNK + CHUNK // 20}-"], "the next run must continue the partial file, not start over"
 
 
 def test_a_file_that_does_not_match_the_hubs_hash_is_named_and_deleted(hub: FakeHub, tmp_path: Path):
@@ -175,3 +174,148 @@ def test_the_asset_table():
     assert result.returncode == 0
     for asset in ASSETS.values():
         assert asset.repo_id in result.stdout and asset.size in result.stdout
+
+
+# -- hostile hubs: names that would leave --out, bodies that do not end, files that cannot be verified --
+
+
+def tree(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, object]:
+    """Everything under `root` (links not followed): a file's bytes, a link's target, "dir" for a folder."""
+    found: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if here / d not in skip]
+        for name in dirnames + filenames:
+            path = here / name
+            if path.is_symlink():
+                found[str(path)] = ("link", os.readlink(path))
+            elif path.is_dir():
+                found[str(path)] = "dir"
+            else:
+                found[str(path)] = path.read_bytes()
+    return found
+
+
+def hostile_cases(tmp_path: Path) -> list[tuple[str, str, str]]:
+    """(asset, repo, listed name) of entries that would land outside the asset folder or are no plain name."""
+    qa, bm25 = "PeterJinGo/nq_hotpotqa_train", "PeterJinGo/wiki-18-bm25-index"
+    return [
+        ("qa", qa, "../../x.parquet"),
+        ("qa", qa, str(tmp_path / "victim.parquet")),  # an absolute name: an existing file it would replace
+        ("bm25", bm25, "bm25/../../../victim"),  # fnmatch's `*` matches `/` and `..`
+        ("qa", qa, "a/./../../b.parquet"),
+        ("qa", qa, "x\x00.parquet"),
+        ("qa", qa, "..\\..\\x.parquet"),
+        ("qa", qa, "C:x.parquet"),
+        ("qa", qa, "sub//x.parquet"),
+        ("qa", qa, "link/x.parquet"),  # through a symlink inside the asset folder that points outside
+        ("qa", qa, "planted.parquet"),  # a plain name, but its .part is a link out of the folder
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_a_listed_name_that_would_leave_the_out_folder_refuses_the_listing(hub: FakeHub, tmp_path: Path, case: int):
+    asset, repo, name = hostile_cases(tmp_path)[case]
+    out = tmp_path / "a" / "b" / "wiki-18"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "victim.parquet").write_bytes(b"keep me")
+    if name.startswith("link/"):
+        (out / "nq_hotpotqa_train").mkdir(parents=True)
+        (out / "nq_hotpotqa_train" / "link").symlink_to(outside, target_is_directory=True)
+    if name == "planted.parquet":
+        (out / "nq_hotpotqa_train").mkdir(parents=True)
+        (out / "nq_hotpotqa_train" / "planted.parquet.part").symlink_to(outside / "written-through.parquet")
+    hub.repos[repo][name] = os.urandom(3000)
+    skip = (out, out.parent / "hf-home")
+    before = tree(tmp_path, skip=skip)
+
+    message = one_line_error(download(hub.url, out, asset))
+
+    shown = name + ".part" if name == "planted.parquet" else name
+    assert repr(shown) in message and "refused" in message, message
+    assert tree(tmp_path, skip=skip) == before  # nothing created or replaced outside --out
+    # One hostile entry refuses the whole listing before anything is fetched or made: no file, no .part.
+    assert not [p for m, p, _ in hub.requests if "/resolve/" in p]
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_an_endless_body_is_cut_off_at_the_listed_size_and_not_kept(hub: FakeHub, tmp_path: Path):
+    out = tmp_path / "wiki-18"
+    hub.endless.add("part_aa")  # 1,000 bytes listed, then zeros without end and no Content-Length
+    message = one_line_error(download(hub.url, out, "e5"))
+    assert "part_aa is refused: longer than its listed 1,000 bytes" in message, message
+    folder = out / "wiki-18-e5-index"
+    assert not (folder / "part_aa").exists() and not (folder / "part_aa.part").exists()
+
+
+def test_a_body_announced_longer_than_listed_is_refused_before_it_is_written(hub: FakeHub, tmp_path: Path):
+    out = tmp_path / "wiki-18"
+    hub.overannounce["test.parquet"] = 10
+    message = one_line_error(download(hub.url, out, "qa"))
+    assert "test.parquet is refused: longer than its listed 2,000 bytes (the hub announces 2,010)" in message
+    assert not list((out / "nq_hotpotqa_train").glob("test.parquet*"))
+
+
+def test_only_verified_files_reach_their_names(hub: FakeHub, tmp_path: Path):
+    """A file that fails its hash leaves neither its name nor a .part; one fetched before a later failure is
+    at its name only because it matched; a file altered at its name is fetched anew by the next run."""
+    out = tmp_path / "wiki-18"
+    folder = out / "nq_hotpotqa_train"
+    files = hub.repos["PeterJinGo/nq_hotpotqa_train"]
+    hub.corrupt.add("test.parquet")
+    assert "test.parquet does not match the hub's sha256" in one_line_error(download(hub.url, out, "qa"))
+    assert not list(folder.glob("test.parquet*"))
+
+    hub.corrupt.clear()
+    hub.unserved.add("train.parquet")  # listed, but its GET fails: after test.parquet was fetched
+    assert "train.parquet" in one_line_error(download(hub.url, out, "qa"))
+    assert (folder / "test.parquet").read_bytes() == files["test.parquet"]
+    assert not (folder / "train.parquet").exists()
+    assert not (folder / MANIFEST).exists()  # the asset is not recorded as downloaded
+
+    hub.unserved.clear()
+    assert download(hub.url, out, "qa").returncode == 0
+    (folder / "test.parquet").write_bytes(os.urandom(2000))  # same size, other bytes
+    hub.requests.clear()
+    again = download(hub.url, out, "qa")
+    assert again.returncode == 0, again.stderr
+    assert (folder / "test.parquet").read_bytes() == files["test.parquet"]
+    assert [p for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p] == [
+        f"/datasets/PeterJinGo/nq_hotpotqa_train/resolve/{COMMIT}/test.parquet"
+    ]
+
+
+@pytest.mark.parametrize("name", ["test.parquet", "train.parquet"])
+def test_a_file_the_listing_gives_no_hash_for_is_refused_not_counted_verified(hub: FakeHub, tmp_path: Path, name):
+    out = tmp_path / "wiki-18"
+    hub.unhashed.add(name)  # a git file (test.parquet, 2,000 bytes, listed small) and an LFS one alike
+    message = one_line_error(download(hub.url, out, "qa"))
+    assert f"the hub lists no usable hash for {name!r}" in message, message
+    assert not [p for p in out.rglob("*.parquet")]
+    assert not [p for m, p, _ in hub.requests if "/resolve/" in p]
+
+
+def test_a_dripping_body_meets_the_file_deadline_and_the_next_run_resumes_it(hub: FakeHub, tmp_path: Path):
+    out = tmp_path / "wiki-18"
+    folder = out / "wiki-18-e5-index"
+    hub.drip["part_aa"] = 0.02  # 1,000 bytes a byte at a time: 20 s, far past a 1 s deadline
+    message = one_line_error(download(hub.url, out, "e5", "--file-deadline", "1"))
+    assert "part_aa took longer than --file-deadline 1 s" in message and "run again to resume" in message
+    assert not (folder / "part_aa").exists()
+    kept = (folder / "part_aa.part").stat().st_size
+    assert 0 < kept < 1000
+
+    hub.drip.clear()
+    hub.requests.clear()
+    result = download(hub.url, out, "e5")
+    assert result.returncode == 0, result.stderr
+    assert (folder / "part_aa").read_bytes() == hub.repos["PeterJinGo/wiki-18-e5-index"]["part_aa"]
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("/part_aa")]
+    assert ranges == [f"bytes={kept}-"]
+
+
+def test_the_file_deadline_must_be_a_positive_number(hub: FakeHub, tmp_path: Path):
+    for bad in ("0", "-5", "inf", "soon"):
+        result = download(hub.url, tmp_path / "wiki-18", "qa", "--file-deadline", bad)
+        assert result.returncode == 2 and "--file-deadline" in result.stderr and "Traceback" not in result.stderr

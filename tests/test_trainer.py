@@ -93,6 +93,62 @@ def test_unknown_key_and_bad_value_name_the_key(tmp_path):
     assert trainer_main(["train", "--config", str(bad)]) == 2
 
 
+def _alias_bomb(levels: int = 9) -> str:
+    """A YAML value of a few hundred bytes that stands for 9**levels strings (billion laughs)."""
+    parts = ['&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    parts += [f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def _one_line_refusal(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert trainer_main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("search-trainer: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert len(lines[0]) < 1000, lines[0][:2000]  # never the value's whole repr
+    return lines[0]
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(f"run:\n  seed: {_alias_bomb()}\n")
+    assert bomb.stat().st_size < 600
+    line = _one_line_refusal(["train", "--config", str(bomb)], capsys)
+    assert "expand to more than MAX_YAML_NODES=100,000 nodes" in line
+    line = _one_line_refusal(["train", "--set", f"run.seed={_alias_bomb()}"], capsys)
+    assert "expand to more than MAX_YAML_NODES=100,000 nodes" in line
+    # Of the same class: a bomb under the limit (9**5 strings) gets the value error, its value shown short;
+    # a value that contains itself; one spread over two overrides' keys is each its own document.
+    line = _one_line_refusal(["train", "--set", f"optim.betas={_alias_bomb(5)}"], capsys)
+    assert "optim.betas" in line and "..." in line
+    assert "contains it" in _one_line_refusal(["train", "--set", "run.seed=&a [*a]"], capsys)
+    assert "nested too deeply" in _one_line_refusal(["train", "--set", "run.seed=" + "[" * 5000], capsys)
+
+
+def test_a_config_too_big_or_of_many_errors_is_one_short_line(tmp_path, capsys):
+    big = tmp_path / "big.yaml"
+    big.write_text("run:\n  seed: 1\n" + "# padding\n" * 120_000)
+    assert "is over MAX_CONFIG_BYTES=1,048,576 bytes" in _one_line_refusal(["train", "--config", str(big)], capsys)
+    many = tmp_path / "many.yaml"
+    many.write_text("run:\n" + "".join(f"  key{i}: {i}\n" for i in range(5000)))
+    line = _one_line_refusal(["train", "--config", str(many)], capsys)
+    assert "run.key0: unknown key" in line and "; and 4992 more" in line
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.seed=1000000000000000000", "run.seed: 1e+18 is past the largest number a setting takes (2**53)"),
+        ("diagnostics.probe_every=-1000000000000000000", "diagnostics.probe_every: -1e+18 is past"),
+        ("llds.lam=1.0e+300", "llds.lam: 1e+300 is past"),
+        ("run.seed=" + "9" * 1000, "an integer of 3322 bits is past"),
+        ("run.seed=" + "1" * 5000, "holds an integer of more than 4,300 digits"),
+    ],
+)
+def test_numbers_past_any_setting_are_one_line(override, message, capsys):
+    assert message in _one_line_refusal(["train", "--set", override], capsys)
+
+
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -326,6 +382,29 @@ def test_a_checkpoint_that_would_run_code_is_refused_on_resume(bm25_server, tmp_
     assert not marker.exists() and "pwned" not in capsys.readouterr().out
 
 
+def test_a_resume_through_a_checkpoint_link_out_of_the_run_is_refused(bm25_server, tmp_path, capsys, no_model_load):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    args = ["train", "--retriever-url", bm25_server.url, "--data", "world:small", "--out-dir", str(run)]
+    config = load_config(None, [f"env.retriever_url={bm25_server.url}", "env.data=world:small"])
+    real = _fake_checkpoint(elsewhere, config, {"torch": torch.zeros(1)})
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-000005").symlink_to(real, target_is_directory=True)
+    assert trainer_main([*args, "--resume", str(run)]) == 2
+    refusal = _refusal(capsys)
+    assert "checkpoint folder 'step-000005' refused" in refusal and "outside the folder" in refusal
+
+
+def test_a_split_name_that_is_a_path_is_refused_by_the_cli(bm25_server, tmp_path, capsys, no_model_load):
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    line = json.dumps({"id": "1", "question": "q?", "golden_answers": ["a"]}) + "\n"
+    (folder / "train.jsonl").write_text(line)
+    (tmp_path / "secret.jsonl").write_text(line)  # what a split of `../secret` would read
+    args = ["train", "--retriever-url", bm25_server.url, "--data", str(folder), "--out-dir", str(tmp_path / "run")]
+    assert trainer_main([*args, "--set", "env.split=../secret"]) == 2
+    assert "split '../secret' refused: '..' path component" in _refusal(capsys)
+
+
 def test_an_old_pickled_checkpoint_is_refused(tmp_path):
     path = _fake_checkpoint(tmp_path, load_config(None, []), {"torch": torch.zeros(1)})
     (path / STATE_JSON).unlink()
@@ -391,7 +470,15 @@ def test_checkpoint_is_refused_by_another_config(short_run, bm25_server, tmp_pat
     config, result = short_run
     checkpoint = find_checkpoint(result.run_dir)
     assert checkpoint.step == 2
-    check_compatible(checkpoint, config.model_copy(update={"run": config.run.model_copy(update={"steps": 9})}))
+    # Another length with the same warm-up (pinned in optimizer steps) is the same run; a warm-up that is a
+    # ratio of another length is another schedule, refused.
+    pinned = config.optim.model_copy(update={"lr_warmup_steps": config.lr_warmup_optimizer_steps})
+    longer = config.model_copy(update={"run": config.run.model_copy(update={"steps": 40}), "optim": pinned})
+    check_compatible(checkpoint, longer)
+    ratio = config.model_copy(update={"run": config.run.model_copy(update={"steps": 40})})
+    assert ratio.lr_warmup_optimizer_steps != config.lr_warmup_optimizer_steps
+    with pytest.raises(CheckpointMismatch, match=r"warm-up: checkpoint \d+ optimizer steps, config \d+"):
+        check_compatible(checkpoint, ratio)
     other = _config(tmp_path, bm25_server, "llds.lam=0.3")
     with pytest.raises(CheckpointMismatch, match=r"llds\.lam: checkpoint 0\.2, config 0\.3"):
         check_compatible(checkpoint, other)

@@ -24,11 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig
+from search_env.safe_paths import UnsafeName, resolve_under
+from trainer.config import WARMUP_KEYS, TrainConfig
 
 STATE_FILE = "trainer_state.pt"  # tensors: optimizer, scheduler, torch RNG (weights_only)
 STATE_JSON = "trainer_state.json"  # everything else
 CONFIG_FILE = "train_config.json"
+# A checkpoint folder's name gives its step; 12 digits bound it (and int() of a 5,000-digit name).
+_STEP_NAME = re.compile(r"step-([0-9]{1,12})")
 FORMAT = 2  # 1: one pickled trainer_state.pt (numpy arrays in it), refused since it needs full unpickling
 
 
@@ -125,22 +128,72 @@ def save_checkpoint(
     (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    found, _ = _step_folders(root)
+    # Only real step-<digits> folders inside `root` are pruned, oldest by number (step-1000000 sorts
+    # after step-999999); a link or another name is never followed into and deleted.
+    for old in found[:-keep]:
+        shutil.rmtree(old.path, ignore_errors=True)
     return Checkpoint(final, step)
 
 
+def checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint folder name `step-<digits>` (1 to 12 digits), None for any other name."""
+    match = _STEP_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def _step_folders(root: Path) -> tuple[list[Checkpoint], list[UnsafeName]]:
+    """The `step-<digits>` folders directly in `root` holding a state file, by step; and the refusals:
+    a `step-<digits>` entry that resolves outside `root` (a symlink). Other names are no checkpoints."""
+    found: list[Checkpoint] = []
+    refused: list[UnsafeName] = []
+    if not root.is_dir():
+        return found, refused
+    for entry in root.iterdir():
+        step = checkpoint_step(entry.name)
+        if step is None:
+            continue
+        try:
+            resolve_under(root, entry.name, what="checkpoint folder", single=True)
+        except UnsafeName as err:
+            refused.append(err)
+            continue
+        if entry.is_dir() and not entry.is_symlink() and (entry / STATE_FILE).is_file():
+            found.append(Checkpoint(entry, step))
+    return sorted(found, key=lambda c: c.step), refused
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
+    """The checkpoints of a run directory (`checkpoints/step-<digits>` with a state file), oldest first.
+
+    Raises CheckpointUnreadable naming the entry for a `step-<digits>` entry that points outside the
+    checkpoints folder (nothing is read through it).
+    """
+    found, refused = _step_folders(Path(run_dir) / "checkpoints")
+    if refused:
+        raise CheckpointUnreadable(str(refused[0]))
+    return found
+
+
 def find_checkpoint(path: str | Path) -> Checkpoint:
-    """A checkpoint folder, or the newest one in a run directory."""
+    """A checkpoint folder (named `step-<digits>`), or the newest one in a run directory.
+
+    Raises FileNotFoundError when there is none, CheckpointUnreadable naming the folder for a checkpoint
+    folder of another name or one that points outside its run's checkpoints folder.
+    """
     path = Path(path)
     if (path / STATE_FILE).is_file():
-        candidates = [path]
-    else:
-        candidates = sorted(p for p in (path / "checkpoints").glob("step-*") if (p / STATE_FILE).is_file())
+        step = checkpoint_step(path.name)
+        if step is None:
+            raise CheckpointUnreadable(
+                f"checkpoint folder {path.name!r} ({path}) refused: a checkpoint folder is named step-<digits> "
+                "(1 to 12), which gives its step"
+            )
+        return Checkpoint(path, step)
+    candidates = list_checkpoints(path)
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint at {path} (expected {STATE_FILE} or checkpoints/step-*)")
-    chosen = candidates[-1]
-    return Checkpoint(chosen, int(chosen.name.split("-")[-1]))
+        raise FileNotFoundError(f"no checkpoint at {path} (expected {STATE_FILE} or checkpoints/step-<digits>)")
+    return candidates[-1]
 
 
 def check_compatible(checkpoint: Checkpoint, config: TrainConfig) -> None:
@@ -157,8 +210,16 @@ def check_compatible(checkpoint: Checkpoint, config: TrainConfig) -> None:
                 differ.append(f"run.seed: {values.get('seed')} != {ours['run']['seed']}")
             continue
         for key, value in values.items():
+            if section == "optim" and key in WARMUP_KEYS:
+                continue
             if ours.get(section, {}).get(key) != value:
                 differ.append(f"{section}.{key}: checkpoint {value!r}, config {ours[section].get(key)!r}")
+    saved_warmup, our_warmup = saved_config.lr_warmup_optimizer_steps, config.lr_warmup_optimizer_steps
+    if saved_warmup != our_warmup:
+        differ.append(
+            f"warm-up: checkpoint {saved_warmup} optimizer steps, config {our_warmup} (optim.lr_warmup_steps_ratio "
+            "x run.steps, or optim.lr_warmup_steps; pin optim.lr_warmup_steps to change run.steps on resume)"
+        )
     raise CheckpointMismatch(f"checkpoint {checkpoint.path} was made with another config: " + "; ".join(differ))
 
 

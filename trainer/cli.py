@@ -114,6 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"search-trainer: {err}", file=sys.stderr)
         return 2
     from search_env.remote_env import EnvServerRefused
+    from search_env.safe_paths import UnsafeName
     from search_env.world_pairing import WorldMismatch
     from trainer.checkpoint import CheckpointMismatch, CheckpointUnreadable
     from trainer.grpo_trainer import GRPOTrainer
@@ -129,6 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
         PolicyError,
         CheckpointMismatch,
         CheckpointUnreadable,
+        UnsafeName,
         FileNotFoundError,
     ) as err:
         print(f"search-trainer: {err}", file=sys.stderr)

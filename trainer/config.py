@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import reprlib
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search_env.http_client import parse_urls
 from search_env.world.config import WORLD_PRESETS
-from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS
+from trainer.losses import DEFAULT_GATE_TOL, KL_ESTIMATORS, check_sapo_estimator
+from trainer.losses.dppo import DEFAULT_DPPO_CLIP_RATIO_C, DEFAULT_DPPO_DELTA, check_dppo_options
+from trainer.losses.sapo import DEFAULT_SAPO_COEF, DEFAULT_SAPO_ESTIMATOR
 
 log = logging.getLogger("trainer")
 
@@ -356,6 +360,44 @@ class LossSection(_Section):
     entropy_coef: float = Field(0.001, ge=0, description="entropy bonus (authors' yaml: entropy_coeff 0.001)")
     #: False: Dr. GRPO's mean-only advantage centring
     scale_by_std: bool = True
+    # LLDS's rivals (issue 20 item 6; README "LLDS's rivals"), off by default.
+    policy_loss: Literal["grpo", "dppo_tv", "dppo_kl"] = Field(
+        "grpo",
+        description="'grpo': the PPO-clipped loss (clip_low / clip_high); 'dppo_tv' / 'dppo_kl': DPPO's "
+        "divergence-masked trust region (arXiv 2602.04879, verl's loss modes of those names, "
+        "trainer.losses.dppo), which ignores clip_low / clip_high",
+    )
+    dppo_delta_low: float = Field(
+        DEFAULT_DPPO_DELTA,
+        gt=0,
+        description="DPPO's divergence threshold for A <= 0 tokens (verl: actor.clip_ratio_low, 0.2); a TV one "
+        "is a probability difference, < 1",
+    )
+    dppo_delta_high: float = Field(
+        DEFAULT_DPPO_DELTA,
+        gt=0,
+        description="DPPO's divergence threshold for A > 0 tokens (verl: actor.clip_ratio_high, 0.2); a TV one "
+        "is a probability difference, < 1",
+    )
+    dppo_clip_ratio_c: float = Field(
+        DEFAULT_DPPO_CLIP_RATIO_C,
+        ge=1,
+        description="DPPO's truncation of the importance ratio (verl's DPPO fallback for clip_ratio_c: 20)",
+    )
+    sapo: bool = Field(
+        False,
+        description="add SAPO's conditional KL (arXiv 2603.10069, trainer.losses.sapo): a KL to the old policy on "
+        "positive-advantage tokens whose probability fell. Not verl's 'sapo' loss (Qwen's arXiv 2511.20347)",
+    )
+    sapo_coef: float = Field(
+        DEFAULT_SAPO_COEF,
+        ge=0,
+        description="SAPO's KL coefficient (assumed 1.0: the paper's abstract gives none; see trainer.losses.sapo)",
+    )
+    sapo_estimator: str = Field(
+        DEFAULT_SAPO_ESTIMATOR,
+        description="SAPO's per-token KL: k3 (= verl's low_var_kl, assumed) or k2 (mse); k1 is refused",
+    )
 
     @field_validator("kl_estimator")
     @classmethod
@@ -363,6 +405,23 @@ class LossSection(_Section):
         if value not in KL_ESTIMATORS:
             raise ValueError(f"unknown KL estimator {value!r}; one of {', '.join(KL_ESTIMATORS)}")
         return value
+
+    @field_validator("sapo_estimator")
+    @classmethod
+    def _sapo_estimator(cls, value: str) -> str:
+        check_sapo_estimator(value)
+        return value
+
+    @model_validator(mode="after")
+    def _dppo_thresholds(self) -> LossSection:
+        if self.policy_loss != "grpo":
+            check_dppo_options(
+                self.policy_loss.removeprefix("dppo_"),
+                self.dppo_delta_low,
+                self.dppo_delta_high,
+                self.dppo_clip_ratio_c,
+            )
+        return self
 
 
 class LLDSSection(_Section):
@@ -452,24 +511,149 @@ class TrainConfig(_Section):
 
     def fingerprint(self) -> str:
         """What must match for a checkpoint to resume this run: everything but the run's length,
-        paths and evaluation schedule."""
+        paths and evaluation schedule. The warm-up counts as its length in optimizer steps: a ratio of
+        another run.steps is another schedule (refused), a pinned length equal to it the same one."""
         data = self.model_dump(mode="json")
         data["run"] = {"seed": self.run.seed}
+        data["optim"] = {k: v for k, v in data["optim"].items() if k not in WARMUP_KEYS}
+        data["optim"]["lr_warmup_optimizer_steps"] = self.lr_warmup_optimizer_steps
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: the settings that make the warm-up, compared on resume by the length they give (`lr_warmup_optimizer_steps`)
+WARMUP_KEYS = ("lr_warmup_steps", "lr_warmup_steps_ratio")
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
+# What a config may hold, checked before it is used: a YAML alias repeats a node without copying it, so
+# a 517-byte file of nested aliases stands for billions of nodes, which a repr() or a validator walking
+# it would then expand (45 s and over 2 GB, once, in an error message). Every node an alias stands for
+# counts, so the limit is on the expanded size. A real config has a few hundred.
+MAX_YAML_NODES = 100_000
+MAX_CONFIG_BYTES = 1024 * 1024
+# The largest magnitude of a number: 2**53, the last integer a float (and a JSON reader) holds exactly.
+# Every setting is far below it (the upper bounds above); a value past it is a typo or an overflow,
+# refused here so it cannot reach the setup (a 10**18 step count, a seed numpy refuses).
+MAX_CONFIG_NUMBER = 2**53
+SHOWN_CHARS = 120  # of a value in an error message
+SHOWN_PROBLEMS = 8  # of a config's validation errors: the rest are counted
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a value for an error message: never the whole of a large or nested value."""
+    text = _reprs.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 3, 60, 60, 40
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = 6
+    return shown
+
+
+_reprs = _bounded_repr()
+
+
+class _ExpandedSizeError(yaml.YAMLError):
+    """A YAML document whose aliases expand past MAX_YAML_NODES, or refer to themselves."""
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """The nodes `root` stands for with every alias expanded, up to MAX_YAML_NODES + 1.
+
+    Each distinct node is sized once (an alias is the node it names, shared), so this costs the
+    document's size, not its expansion. Raises _ExpandedSizeError for a node that contains itself.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if not children_done:
+            if key in open_nodes:
+                raise _ExpandedSizeError("a YAML alias refers to a node that contains it (a recursive value)")
+            open_nodes.add(key)
+            stack.append((node, True))
+            for child in children:
+                if id(child) in open_nodes:
+                    raise _ExpandedSizeError("a YAML alias refers to a node that contains it (a recursive value)")
+                if id(child) not in sizes:
+                    stack.append((child, False))
+            continue
+        open_nodes.discard(key)
+        sizes[key] = min(MAX_YAML_NODES + 1, 1 + sum(sizes[id(child)] for child in children))
+    return sizes[id(root)]
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases expand past MAX_YAML_NODES nodes, before
+    anything is built from it (composing it keeps each aliased node once)."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            size = _expanded_size(node)
+            if size > MAX_YAML_NODES:
+                raise _ExpandedSizeError(
+                    f"its aliases expand to more than MAX_YAML_NODES={MAX_YAML_NODES:,} nodes (a YAML alias bomb?)"
+                )
+        return node
+
+
+def _load_yaml(text: str) -> Any:
+    """The value of a YAML document, held to MAX_YAML_NODES expanded nodes.
+
+    Raises yaml.YAMLError for a bad or too large document; ValueError for an integer of more digits
+    than Python converts (sys.get_int_max_str_digits); RecursionError for one nested too deeply.
+    """
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _parse(text: str, what: str, toml: bool = False) -> Any:
+    """`text` parsed as TOML or YAML; ConfigError naming `what` for anything it cannot be."""
+    kind = "TOML" if toml else "YAML"
+    try:
+        return tomllib.loads(text) if toml else _load_yaml(text)
+    except _ExpandedSizeError as err:
+        raise ConfigError(f"{what} is refused: {err}") from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{what} is not valid {kind}: {_one_line(err)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is not valid {kind}: nested too deeply") from None
+    except ValueError:  # int() of a literal past Python's digit limit (sys.get_int_max_str_digits)
+        limit = sys.get_int_max_str_digits()
+        raise ConfigError(f"{what} is refused: it holds an integer of more than {limit:,} digits") from None
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 2 * SHOWN_CHARS else text[: 2 * SHOWN_CHARS - 3] + "..."
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"no config file at {path}")
-    text = path.read_text()
+    with path.open("rb") as file:
+        raw = file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is over MAX_CONFIG_BYTES={MAX_CONFIG_BYTES:,} bytes: not a config file")
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {err}") from err
+        text = raw.decode()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    data = _parse(text, str(path), toml=path.suffix == ".toml")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -480,9 +664,9 @@ def _read(path: Path) -> dict[str, Any]:
 def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like section.key=value")
-    item = f"override {item!r}"
-    _set_key(data, key, yaml.safe_load(raw) if raw else None, item)  # "3" -> 3, "true" -> True, "x" -> "x"
+        raise ConfigError(f"override {_shown(item)} must look like section.key=value")
+    item = f"override {_shown(item)}"
+    _set_key(data, key, _parse(raw, item) if raw else None, item)  # "3" -> 3, "true" -> True, "x" -> "x"
 
 
 def _set_key(data: dict[str, Any], key: str, value: Any, source: str) -> None:
@@ -491,8 +675,34 @@ def _set_key(data: dict[str, Any], key: str, value: Any, source: str) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{source}: {part!r} is not a section")
+            raise ConfigError(f"{source}: {_shown(part)} is not a section")
     node[parts[-1]] = value
+
+
+def _too_big(value: Any) -> bool:
+    # inf and NaN are left to the fields' own check ("Input should be a finite number").
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) > MAX_CONFIG_NUMBER and (isinstance(value, int) or math.isfinite(value))
+
+
+def _check_numbers(data: Any) -> None:
+    """ConfigError naming the first number of magnitude over MAX_CONFIG_NUMBER (data is at most
+    MAX_YAML_NODES nodes a source, shared ones counted each time, so this walk is bounded too)."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        elif _too_big(value):
+            # Never str() of the integer: past 4,300 digits Python refuses to convert it.
+            big = isinstance(value, int) and value.bit_length() > 1000  # float() would overflow
+            shown = f"an integer of {value.bit_length()} bits" if big else f"{float(value):.3g}"
+            raise ConfigError(
+                f"{where[:SHOWN_CHARS] or 'config'}: {shown} is past the largest number a setting takes (2**53)"
+            )
 
 
 def load_config(
@@ -515,6 +725,7 @@ def load_config(
             _set_key(data, key, value, f"${variable}")  # a URL as given, never parsed as YAML
     for item in overrides or []:
         _apply_override(data, item)
+    _check_numbers(data)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
@@ -522,6 +733,8 @@ def load_config(
         for e in err.errors():
             where = ".".join(str(x) for x in e["loc"])
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            problems.append(f"{where}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
+            got = f" (got {_shown(e['input'])})" if e["type"] != "extra_forbidden" else ""
+            problems.append(f"{where[:SHOWN_CHARS]}: {_one_line(Exception(msg))}{got}")
         source = f"config {path}" if path else "config"
-        raise ConfigError(f"{source} is invalid: " + "; ".join(problems)) from err
+        more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        raise ConfigError(f"{source} is invalid: " + "; ".join(problems[:SHOWN_PROBLEMS]) + more) from err

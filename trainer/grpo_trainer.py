@@ -77,6 +77,12 @@ _STAT_KEYS = {
 }
 
 
+def method_name(cfg: TrainConfig) -> str:
+    """The trained objective in a few letters: GRPO, DPPO-TV or DPPO-KL, then +LLDS and +SAPO where on."""
+    name = {"grpo": "GRPO", "dppo_tv": "DPPO-TV", "dppo_kl": "DPPO-KL"}[cfg.loss.policy_loss]
+    return name + ("+LLDS" if cfg.llds.enabled else "") + ("+SAPO" if cfg.loss.sapo else "")
+
+
 def prompt_template(name: str) -> str:
     return {"search-r1": SEARCH_R1_TEMPLATE, "tiny": TINY_PROMPT_TEMPLATE}.get(name, name)
 
@@ -167,10 +173,14 @@ class GRPOTrainer:
         # (s + 1) / W makes the first step count.
         warmup = cfg.lr_warmup_optimizer_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
-        if cfg.llds.enabled and cfg.optimizer_steps_per_round < 2:
+        compares = [name for name, on in (("LLDS", cfg.llds.enabled), ("SAPO", cfg.loss.sapo)) if on]
+        if cfg.loss.policy_loss != "grpo":
+            compares.append("DPPO's trust region")
+        if compares and cfg.optimizer_steps_per_round < 2:
             log.warning(
-                "one optimizer step per round: LLDS compares the policy with the rollout policy of the round, so "
-                "it never fires; lower optim.ppo_mini_batch_size below rollout.questions_per_step"
+                "one optimizer step per round: %s compare(s) the policy with the rollout policy of the round, so "
+                "it never acts; lower optim.ppo_mini_batch_size below rollout.questions_per_step",
+                " and ".join(compares),
             )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.start_step = 0
@@ -272,6 +282,13 @@ class GRPOTrainer:
             llds_normalization=cfg.llds.normalization,
             llds_gate_tol=cfg.llds.gate_tol,
             answer_weight=weight,
+            policy_loss=cfg.loss.policy_loss,
+            dppo_delta_low=cfg.loss.dppo_delta_low,
+            dppo_delta_high=cfg.loss.dppo_delta_high,
+            dppo_clip_ratio_c=cfg.loss.dppo_clip_ratio_c,
+            sapo=cfg.loss.sapo,
+            sapo_coef=cfg.loss.sapo_coef,
+            sapo_estimator=cfg.loss.sapo_estimator,
         )
 
     @torch.no_grad()
@@ -466,7 +483,7 @@ class GRPOTrainer:
         before = self.evaluate("before") if evaluate and self.start_step == 0 else []
         progress = tqdm(
             range(self.start_step, cfg.run.steps),
-            desc="GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
+            desc=method_name(cfg),
             initial=self.start_step,
             total=cfg.run.steps,
             disable=not self.is_main,
@@ -506,7 +523,7 @@ class GRPOTrainer:
             plot = plot_metrics(
                 self.run_dir / "metrics.jsonl",
                 self.run_dir / "diagnostics.png",
-                title=f"{cfg.model.name_or_path}: GRPO" + ("+LLDS" if cfg.llds.enabled else ""),
+                title=f"{cfg.model.name_or_path}: {method_name(cfg)}",
             )
             summary = {
                 "steps": cfg.run.steps,

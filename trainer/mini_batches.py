@@ -22,7 +22,7 @@ from trainer.losses import LossOptions, grpo_llds_loss, mini_batch_normalizers
 from trainer.rollout.batch import RolloutBatch, token_logprobs
 
 # Stats that are a micro-batch's share of the mini-batch's value (normalised by the mini-batch): summed.
-_SHARES = ("policy/loss", "kl/loss", "entropy/mean", "loss/total", "llds/term", "llds/loss")
+_SHARES = ("policy/loss", "kl/loss", "entropy/mean", "loss/total", "llds/term", "llds/loss", "sapo/loss")
 # Counts: summed.
 _COUNTS = (
     "llds/num_fired",
@@ -30,6 +30,7 @@ _COUNTS = (
     "llds/num_gated_tokens",
     "llds/num_preserving_tokens",
     "llds/num_preserving",
+    "sapo/num_active",
 )
 # Ratios over the micro-batch: recombined as exact ratios over the mini-batch, weighted by the count
 # they divide by (None: the micro-batch's generated tokens, the policy stats' masked means).
@@ -37,6 +38,7 @@ _RATIOS = {
     "llds/activation_rate": "llds/num_units",
     "llds/gated_token_frac": "llds/num_preserving_tokens",
     "llds/mean_penalty": "llds/num_gated_tokens",
+    "sapo/kl_mean": "sapo/num_active",
 }
 
 
@@ -123,9 +125,9 @@ def accumulate_mini_batch(
         if split_grad_norm and fired:
             grads = torch.autograd.grad(regularizer, params, retain_graph=True, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
-            regularizer_grads = grads if regularizer_grads is None else [
-                a + g for a, g in zip(regularizer_grads, grads, strict=True)
-            ]
+            regularizer_grads = (
+                grads if regularizer_grads is None else [a + g for a, g in zip(regularizer_grads, grads, strict=True)]
+            )
         backward(loss)
         tokens = float(sub.loss_mask.sum())
         for key, value in stats.items():

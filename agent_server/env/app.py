@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from agent_server.env.datasets import DEFAULT_WORLDS, DataRegistry
 from agent_server.env.routes import router
-from agent_server.env.sessions import SessionManager
+from agent_server.env.sessions import DEFAULT_MAX_GOLDEN_CHARS, SessionManager
 from agent_server.env.state import EnvServer
 from agent_server.env.world_check import DEFAULT_INFO_TTL_S, RetrieverWorlds
 from agent_server.serving.app_builder import build_app
@@ -27,6 +27,8 @@ def create_env_app(
     idle_timeout_s: float = 900.0,
     max_action_chars: int = 8192,
     max_obs_chars: int = 32768,
+    max_prompt_chars: int | None = None,
+    max_golden_chars: int = DEFAULT_MAX_GOLDEN_CHARS,
     max_batch: int = 4096,
     datasets: dict[str, str] | None = None,
     worlds: Iterable[str] = DEFAULT_WORLDS,
@@ -49,7 +51,10 @@ def create_env_app(
     (a list or a comma-separated string); `replica_id` names this server among its own replicas
     (/info and every answer's X-Replica-Id).
 
-    Raises ValueError for a data set or world that cannot be offered.
+    A reset's prompt is held to `max_prompt_chars` (default `max_obs_chars`; its size is computed
+    before it is built) and its own golden answers to `max_golden_chars` in all.
+
+    Raises ValueError for a data set or world that cannot be offered, or a limit out of range.
     """
     registry = DataRegistry(datasets, worlds, cache_size=data_cache)
     body_limits = body_limits or BodyLimits(max_items=items_for(max_batch))
@@ -61,6 +66,8 @@ def create_env_app(
         idle_timeout_s=idle_timeout_s,
         max_action_chars=max_action_chars,
         max_obs_chars=max_obs_chars,
+        max_prompt_chars=max_prompt_chars,
+        max_golden_chars=max_golden_chars,
         worlds=RetrieverWorlds(retriever.base_url, info_ttl_s=retriever_info_ttl_s),
     )
     server = EnvServer(retriever, manager, registry, max_batch=max_batch, health_timeout_s=health_timeout_s)

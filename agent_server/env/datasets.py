@@ -23,6 +23,7 @@ from pathlib import Path
 from search_env.env_data import WORLD_PREFIX
 from search_env.env_schema import NAME_PATTERN
 from search_env.qa_data import QARecord, load_qa
+from search_env.safe_paths import UnsafeName, resolve_under
 from search_env.world.config import SPLITS, WORLD_PRESETS
 
 log = logging.getLogger("agent_server.env")
@@ -81,15 +82,16 @@ def _split_of(path: Path) -> tuple[str, int] | None:
 
 
 def _folder_files(name: str, folder: Path) -> dict[str, Path]:
-    root = folder.resolve()
     found: dict[str, tuple[int, Path]] = {}
     for entry in sorted(folder.iterdir()):
         named = _split_of(entry)
         if named is None or not entry.is_file():
             continue
-        if not entry.resolve().is_relative_to(root):
+        try:
+            resolve_under(folder, entry.name, what=f"data set {name!r} file", single=True)
+        except UnsafeName as err:
             # A link out of the folder offers a file the operator did not hand over: skipped.
-            log.warning("data set %r: %s points outside %s; not offered", name, entry.name, folder)
+            log.warning("%s; not offered", err)
             continue
         split, rank = named
         if split not in found or rank < found[split][0]:  # load_qa's preference: .jsonl first

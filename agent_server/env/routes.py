@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
+from agent_server.env.sessions import with_flag
 from agent_server.env.state import EnvServer
 from agent_server.env.steps import StepFailed, batch_once, run_to_end, step_once
 from agent_server.serving.app_builder import body_limits_of, replica_id_of, server_state
@@ -112,7 +113,7 @@ async def reset(session_id: str, server: Server, request: Request, req: ResetReq
         try:
             obs, info = session.reset(req.seed, options)
         except (ValueError, TypeError) as err:
-            raise StepFailed(f"cannot reset: {err}", 422) from err
+            raise StepFailed(f"cannot reset: {with_flag(err)}", 422) from err
     return ResetResponse(observation=obs, info=info)
 
 

@@ -26,12 +26,24 @@ from agent_server.serving.errors import ClientError, validation_message
 from search_env.env_schema import SESSION_OPTIONS, SessionInfo, SessionOptions, StepResponse
 from search_env.registration import ENV_IDS
 from search_env.retriever_client import RetrieverClient
-from search_env.search_qa_env import SearchQAEnv
+from search_env.search_qa_env import PromptTooLong, SearchQAEnv
 
 log = logging.getLogger("agent_server.env")
 
+# The flags that set the limits a reset or create can meet: its refusal names the one to raise.
+LIMIT_FLAGS = {"max_prompt_chars": "--max-prompt-chars", "max_golden_chars": "--max-golden-chars"}
+DEFAULT_MAX_GOLDEN_CHARS = 16384
 REPLIES_PER_SESSION = 4  # a client retries its latest step; a few more cover a late duplicate
 RECORDED_CREATES = 4096
+
+
+def with_flag(err: Exception) -> str:
+    """The error's message with the server flag that sets the limit it names, if it names one."""
+    message = str(err)
+    for setting, flag in LIMIT_FLAGS.items():
+        if f"{setting}=" in message:
+            return f"{message} (raise it with the env server's {flag})"
+    return message
 
 
 class SessionError(ClientError):
@@ -116,8 +128,23 @@ class SessionManager:
         idle_timeout_s: float = 900.0,
         max_action_chars: int = 8192,
         max_obs_chars: int = 32768,
+        max_prompt_chars: int | None = None,
+        max_golden_chars: int = DEFAULT_MAX_GOLDEN_CHARS,
         worlds: RetrieverWorlds | None = None,
     ):
+        """`max_prompt_chars` bounds a reset's prompt (default: `max_obs_chars`), `max_golden_chars` a
+        reset's own golden answers in all.
+
+        Raises ValueError for a limit out of range (a prompt limit over `max_obs_chars` among them).
+        """
+        max_prompt_chars = max_obs_chars if max_prompt_chars is None else max_prompt_chars
+        if not 1 <= max_prompt_chars <= max_obs_chars:
+            raise ValueError(
+                f"--max-prompt-chars must be in [1, --max-obs-chars={max_obs_chars}] (the prompt is the reset's "
+                f"observation), got {max_prompt_chars}"
+            )
+        if max_golden_chars < 1:
+            raise ValueError(f"--max-golden-chars must be >= 1, got {max_golden_chars}")
         self.retriever = retriever
         self.registry = registry
         self.worlds = worlds  # None: no world pairing check
@@ -125,6 +152,8 @@ class SessionManager:
         self.idle_timeout_s = idle_timeout_s
         self.max_action_chars = max_action_chars
         self.max_obs_chars = max_obs_chars
+        self.max_prompt_chars = max_prompt_chars
+        self.max_golden_chars = max_golden_chars
         self._sessions: dict[str, Session] = {}
         self._creates: OrderedDict[tuple[str | None, str], tuple[str, asyncio.Task[SessionInfo]]] = OrderedDict()
         self.created_total = 0
@@ -196,7 +225,11 @@ class SessionManager:
                 format_score=opts.format_score,
                 max_action_chars=self.max_action_chars,
                 max_obs_chars=self.max_obs_chars,
+                max_prompt_chars=self.max_prompt_chars,
+                max_golden_chars=self.max_golden_chars,
             )
+        except PromptTooLong as err:
+            raise BadSessionRequest(f"cannot create {env_id}: {with_flag(err)}") from None
         except (ValueError, TypeError) as err:
             raise BadSessionRequest(f"cannot create {env_id}: {err}") from err
         session = Session(id=secrets.token_urlsafe(18), env_id=env_id, options=options, env=env, owner=owner)

@@ -57,5 +57,7 @@ class EnvServer:
             "idle_timeout_s": self.sessions.idle_timeout_s,
             "max_action_chars": self.sessions.max_action_chars,
             "max_obs_chars": self.sessions.max_obs_chars,
+            "max_prompt_chars": self.sessions.max_prompt_chars,
+            "max_golden_chars": self.sessions.max_golden_chars,
             "max_batch": self.max_batch,
         }

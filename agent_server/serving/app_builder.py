@@ -6,13 +6,14 @@ protections, outermost first:
 
 1. request ids and the request log (agent_server.serving.request_log), and on every answer the
    server's replica id (`X-Replica-Id`, also in /info: which of several replicas answered);
-2. request bodies within size, JSON and time limits, decoded off the event loop, and a 500 with no
+2. with tokens, bearer-token auth on every path but /health, on the request head, before any body is
+   read (agent_server.serving.auth);
+3. request bodies within size, JSON and time limits, decoded off the event loop, and a 500 with no
    traceback that keeps the connection for anything unexpected (agent_server.serving.request_guard);
-3. with tokens, bearer-token auth on every path but /health (agent_server.serving.auth);
 4. `{"detail": message}` answers with a 4xx for what a client got wrong: ClientError, FastAPI's
    validation and HTTP errors (agent_server.serving.errors).
 
-The body limits come before auth, so an unauthenticated client too is cut off at them. Limits on a
+Auth comes before the body, so an unauthenticated client costs no body's memory or parsing. Limits on a
 connection and its request heads are uvicorn's (agent_server.serving.connection_limits).
 
 A hot route whose endpoint takes only the Request and returns a Response can be marked `@direct`:
@@ -85,9 +86,9 @@ def build_app(
     install_error_handlers(app)
     # Each middleware added wraps the ones before it: the last added runs first.
     accepted = [tokens] if isinstance(tokens, str) else list(tokens or [])
-    if any(accepted):
-        app.add_middleware(BearerTokenMiddleware, token=accepted)
     app.add_middleware(RequestGuard, limits=body_limits, allow_msgpack=allow_msgpack)
+    if any(accepted):  # outside the guard: the token is checked before any body is read
+        app.add_middleware(BearerTokenMiddleware, token=accepted)
     app.add_middleware(RequestLog, replica_id=replica_id)
     return app
 

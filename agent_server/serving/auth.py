@@ -7,10 +7,10 @@ import hmac
 import os
 from collections.abc import Collection
 
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from search_env.http_client import TOKEN_ENV
 
@@ -30,9 +30,10 @@ def tokens_from_env() -> list[str]:
     return list(dict.fromkeys(t.strip() for t in tokens if t.strip()))
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: Request | Headers) -> str | None:
     """The token of an `Authorization: Bearer <token>` header (the scheme in any case, RFC 7235); None if absent."""
-    scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+    headers = request.headers if isinstance(request, Request) else request
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
     value = value.strip()
     return value if scheme.lower() == "bearer" and value else None
 
@@ -43,11 +44,16 @@ def caller_id(request: Request) -> str | None:
     return None if token is None else hashlib.sha256(token.encode("latin-1")).hexdigest()
 
 
-class BearerTokenMiddleware(BaseHTTPMiddleware):
-    """Every path but /health needs `Authorization: Bearer <token>` with one of the tokens when any is set."""
+class BearerTokenMiddleware:
+    """Every path but /health needs `Authorization: Bearer <token>` with one of the tokens when any is set.
+
+    Pure ASGI, and outside the body guard (agent_server.serving.app_builder): the token is checked on the
+    request head, before a byte of the body is read or decoded, so an unauthenticated client costs no
+    body's memory or parsing. A refused request that announced a body gets `Connection: close`: its body
+    is still on the wire and is never read."""
 
     def __init__(self, app: ASGIApp, token: str | Collection[str]):
-        super().__init__(app)
+        self.app = app
         tokens = [token] if isinstance(token, str) else list(token)
         self._expected = [t.encode() for t in tokens if t]
 
@@ -58,11 +64,20 @@ class BearerTokenMiddleware(BaseHTTPMiddleware):
         # Every token compared, so the time taken does not tell which one nearly matched.
         return sum(hmac.compare_digest(raw, t) for t in self._expected) > 0
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path not in OPEN_PATHS and not self._accepts(bearer_token(request)):
-            return JSONResponse(
-                {"detail": "missing or wrong bearer token (set Authorization: Bearer <token>)"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return await call_next(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if self._accepts(bearer_token(headers)):
+            await self.app(scope, receive, send)
+            return
+        has_body = headers.get("content-length", "0") not in ("", "0") or "chunked" in headers.get(
+            "transfer-encoding", ""
+        ).lower()
+        refusal = JSONResponse(
+            {"detail": "missing or wrong bearer token (set Authorization: Bearer <token>)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer", **({"Connection": "close"} if has_body else {})},
+        )
+        await refusal(scope, receive, send)

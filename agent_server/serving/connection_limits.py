@@ -6,10 +6,11 @@ requests a second on one event-loop thread. Neither protocol bounds a request he
 `HeadLimitsProtocol` adds, for each head (request line and headers):
 
 - a deadline: the head must be complete within `head_timeout_s` of the connection opening or of its
-  first byte after a response, else the answer is 408 (or, when nothing was sent, the connection is
-  closed). uvicorn's keep-alive timer (`timeout_keep_alive`) is armed only after a response and
-  cancelled by any byte, so without this a connection sending part of a head (or a byte of it every
-  few seconds) is held forever;
+  first byte after a response (whatever that byte is: CRLFs, which llhttp skips before a request,
+  count too), else the answer is 408 (or, when no head began, the connection is closed). uvicorn's
+  keep-alive timer (`timeout_keep_alive`) is armed only after a response and cancelled by any byte,
+  so without this a connection sending part of a head (or a byte of it every few seconds, or one
+  extra CRLF) is held forever;
 - a size: a head past `max_head_bytes` is answered 400 the moment it passes, reading no further
   (llhttp has no limit of its own, and httptools keeps a partial header in memory);
 - a lingering close (`LingeringTransport`), so a client still sending reads its refusal.
@@ -113,8 +114,14 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             if self._in_head:
                 self._head_bytes += len(data)
             super().data_received(data)
-        if self._head_started:
+        if self._head_started or self._idle_bytes_came():
             self._arm_head_timer()
+
+    def _idle_bytes_came(self) -> bool:
+        """Whether bytes came between requests that started no head: uvicorn cancels its keep-alive
+        timer on any byte, and llhttp skips CRLFs before a request without starting a message, so
+        without a deadline here one extra CRLF after a response would hold the connection forever."""
+        return self._in_head and not self._response_pending() and self.timeout_keep_alive_task is None
 
     def _feed_bounded(self, data: memoryview) -> None:
         """Give the parser only what the limit leaves of the head: the head must end within it."""

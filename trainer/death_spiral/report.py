@@ -18,6 +18,7 @@ from typing import Any
 
 from trainer.death_spiral.criterion import CollapseCriterion
 from trainer.death_spiral.phases import phase_markdown
+from trainer.death_spiral.rollouts import rollouts_markdown
 from trainer.diagnostics.collapse_monitor import HEALTHY, CollapseMonitor
 from trainer.diagnostics.metrics_log import read_metrics
 from trainer.diagnostics.plots import PHASE_COLOURS as DIAGNOSTICS_PHASE_COLOURS
@@ -43,6 +44,8 @@ ARM_LABELS = {
     "llds-1": "LLDS λ=1",
     "llds-response": "LLDS response gate",
     "llds-ma": "LLDS-MA",
+    "sapo": "GRPO+SAPO",
+    "dppo": "DPPO-TV",
 }
 # The diagnostics plot's phase colours, plus one for healthy steps (the strip shows every step).
 PHASE_COLOURS = {HEALTHY: "#cfe8cf", **DIAGNOSTICS_PHASE_COLOURS}
@@ -173,7 +176,8 @@ def summary_text(rows: list[dict[str, Any]], criterion: CollapseCriterion) -> st
 
 
 def write_report(out: Path, runs: Sequence[Any], criterion: CollapseCriterion) -> dict[str, Any]:
-    """Write `out/summary.json` and `out/death-spiral.png` from the runs (objects with arm, seed, out)."""
+    """Write `out/summary.json`, `phases.md`, `rollouts.md` and `death-spiral.png` from the runs (objects
+    with arm, seed, out)."""
     rows = [run_summary(r.arm, r.seed, r.out, criterion) for r in runs]
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     summary = {
@@ -190,11 +194,15 @@ def write_report(out: Path, runs: Sequence[Any], criterion: CollapseCriterion) -
         "# Phases of each run against the paper's Fig. 2 (trainer/death_spiral/phases.py)\n\n"
         + phase_markdown(labelled, criterion)
     )
+    (out / "rollouts.md").write_text(
+        "# What each run's policy does at each test evaluation (trainer/death_spiral/rollouts.py)\n\n"
+        + rollouts_markdown({f"{ARM_LABELS.get(r.arm, r.arm)} s{r.seed}": r.out for r in runs})
+    )
     plot_experiment(records, rows, out / "death-spiral.png")
     return summary
 
 
-PUBLISHED_FILES = ("summary.json", "criterion.json", "phases.md", "death-spiral.png")
+PUBLISHED_FILES = ("summary.json", "criterion.json", "phases.md", "rollouts.md", "death-spiral.png")
 
 
 def publish(out: Path, runs: Sequence[Any], dest: Path) -> list[Path]:

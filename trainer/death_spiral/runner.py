@@ -1,9 +1,10 @@
-"""`search-trainer death-spiral`: plain GRPO against GRPO+LLDS on the same seeds, in a regime where GRPO collapses.
+"""`search-trainer death-spiral`: plain GRPO against GRPO+LLDS (and its rivals SAPO and DPPO, `--arms`) on the same
+seeds, in a regime where GRPO collapses.
 
 Each (arm, seed) is one ordinary training run (`search-trainer train` in a subprocess, so runs are isolated
 and can go side by side, one CPU thread each) with the experiment's config (configs/death-spiral.yaml), the
 seed as `run.seed` (same question order and same first rollouts in both arms) and one shared warm start
-(`model.embedded_seed`), so the arms differ only in `llds.enabled`. Runs land in `OUT/<arm>/seed-<n>/`
+(`model.embedded_seed`), so the arms differ only in their `ARMS` overrides. Runs land in `OUT/<arm>/seed-<n>/`
 (metrics.jsonl, eval/, train.log); a run that already finished (its summary.json exists) is not run again,
 so the command resumes where it stopped. When all runs are done, `OUT/summary.json` and
 `OUT/death-spiral.png` are written by `trainer.death_spiral.report`, with the collapse criterion that was
@@ -41,6 +42,10 @@ ARMS: dict[str, list[str]] = {
     "llds-1": ["llds.enabled=true", "llds.lam=1.0"],
     "llds-response": ["llds.enabled=true", "llds.gate=response"],
     "llds-ma": ["llds.enabled=true", "llds.answer_weight_schedule=paper"],
+    # LLDS's rivals (issue 20 item 6), each alone: SAPO's conditional KL (arXiv 2603.10069) on the GRPO loss;
+    # DPPO's Binary-TV trust region (arXiv 2602.04879) in place of the PPO clip.
+    "sapo": ["llds.enabled=false", "loss.sapo=true"],
+    "dppo": ["llds.enabled=false", "loss.policy_loss=dppo_tv"],
 }
 # --quick: one seed of each arm, a few steps with a small warm start: the whole machinery in minutes.
 QUICK = [
@@ -77,9 +82,14 @@ class Run:
 
     def checkpointed(self) -> bool:
         """Whether an unfinished run left a checkpoint to resume from."""
-        from trainer.checkpoint import STATE_FILE
+        from trainer.checkpoint import STATE_FILE, checkpoint_step
 
-        return any((self.out / "checkpoints").glob(f"step-*/{STATE_FILE}"))
+        # The same name rule as the resume: step-<digits> only (one that points outside is refused by
+        # the resumed run itself, with its one-line message).
+        folder = self.out / "checkpoints"
+        return folder.is_dir() and any(
+            checkpoint_step(p.name) is not None and (p / STATE_FILE).is_file() for p in folder.iterdir()
+        )
 
 
 def plan(out: Path, arms: list[str], seeds: list[int]) -> list[Run]:

@@ -56,7 +56,7 @@ METRIC_KEYS: dict[str, str] = {
     # update round (averaged over its optimizer steps)
     "policy/entropy": "mean token entropy of the policy over generated tokens",
     "policy/entropy_uniform": "ln(vocabulary size): a uniform policy's entropy, nats/token (the monitor's ceiling)",
-    "policy/clipfrac": "share of generated tokens where the PPO clip was active",
+    "policy/clipfrac": "share of generated tokens where the PPO clip was active (under DPPO: dppo/masked_frac)",
     "policy/approx_kl": "approx KL(old||new), mean of old_logp - logp (verl's ppo_kl)",
     "policy/approx_kl_k3": "approx KL(old||new), k3 estimator mean of ratio - 1 - log ratio",
     "policy/ratio_mean": "mean importance ratio pi/pi_old over generated tokens",
@@ -68,13 +68,23 @@ METRIC_KEYS: dict[str, str] = {
     "is the rollout policy: above 0 only if llds.gate_tol is below the log-prob recompute noise",
     "llds/magnitude": "mean hinge max(0, old_logp - logp) over the tokens where LLDS is active",
     "llds/loss": "LLDS regulariser value (before lambda unless the loss reports otherwise)",
+    "sapo/activation_rate": "(loss.sapo) share of generated tokens where SAPO's conditional KL is on: "
+    "positive-advantage tokens whose log-prob fell below the rollout policy's (recompute noise on the round's "
+    "first optimizer step)",
+    "sapo/kl_mean": "(loss.sapo) mean per-token KL to the rollout policy (loss.sapo_estimator) over those tokens",
+    "sapo/num_active": "(loss.sapo) tokens where SAPO's KL is on, per optimizer step (round mean)",
+    "sapo/loss": "(loss.sapo) SAPO's term in the loss, sapo_coef x the aggregated KL",
+    "dppo/masked_frac": "(loss.policy_loss dppo_tv / dppo_kl) share of generated tokens outside DPPO's trust "
+    "region, their gradient masked (verl's actor/pg_clipfrac); policy/clipfrac reports the same under DPPO",
+    "dppo/truncated_frac": "(dppo_tv / dppo_kl) share of generated tokens kept whose ratio exceeds "
+    "loss.dppo_clip_ratio_c, truncated (verl's actor/pg_clipfrac_lower)",
     "loss/total": "total loss optimised",
     "grad/norm": "gradient norm before clipping, mean over the round's finite optimizer steps",
     "grad/norm_max": "max pre-clip gradient norm over the round's finite optimizer steps",
     "grad/norm_policy": "(diagnostics.grad_norm_split) pre-clip norm of the gradient of the policy loss with its KL "
     "and entropy terms, mean over the round",
     "grad/norm_regularizer": "(diagnostics.grad_norm_split) pre-clip norm of the regulariser's gradient "
-    "(lam * L_LLDS), mean over the round; 0 where it did not fire",
+    "(lam * L_LLDS, plus SAPO's term under loss.sapo), mean over the round; 0 where it did not fire",
     "update/zero_advantage_minibatch_frac": "share of the round's optimizer steps whose mini-batch has all "
     "advantages 0 (every group of one reward): no policy gradient there",
     "grad/nonfinite_steps": "optimizer steps in the round whose gradient norm was inf or NaN",

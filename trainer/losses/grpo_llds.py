@@ -1,4 +1,6 @@
-"""The GRPO + LLDS objective (Eq. 6): clipped policy loss + KL to the reference - entropy bonus + lam * LLDS."""
+"""The GRPO + LLDS objective (Eq. 6): clipped policy loss + KL to the reference - entropy bonus + lam * LLDS,
+with its rivals as options: DPPO's divergence-masked policy loss in place of the clipped one
+(`trainer.losses.dppo`) and SAPO's conditional KL to the old policy as a regulariser (`trainer.losses.sapo`)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,15 @@ import torch
 
 from trainer.losses._checks import check_choice, check_max_len, check_nonnegative
 from trainer.losses.aggregation import AGGREGATIONS, aggregation_normalizer, check_normalizer
+from trainer.losses.dppo import DEFAULT_DPPO_CLIP_RATIO_C, DEFAULT_DPPO_DELTA, check_dppo_options, dppo_policy_loss
 from trainer.losses.entropy import entropy_bonus
 from trainer.losses.kl import KL_ESTIMATORS, kl_loss
 from trainer.losses.llds import DEFAULT_GATE_TOL, GATES, NORMALIZATIONS, llds_loss, llds_normalizer
 from trainer.losses.policy_loss import clipped_policy_loss
+from trainer.losses.sapo import DEFAULT_SAPO_COEF, DEFAULT_SAPO_ESTIMATOR, check_sapo_estimator, sapo_loss
+
+#: ``LossOptions.policy_loss``: "grpo" the PPO-clipped loss, "dppo_tv" / "dppo_kl" DPPO's (verl's names).
+POLICY_LOSSES = ("grpo", "dppo_tv", "dppo_kl")
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,11 @@ class LossOptions:
 
     ``aggregation`` and ``max_len`` apply to the policy, KL and entropy terms; the LLDS term has its
     own ``llds_normalization``. ``llds=False`` is plain GRPO through the same code path.
+
+    The rivals, off by default (the loss is then exactly the GRPO(+LLDS) one): ``policy_loss`` "dppo_tv" /
+    "dppo_kl" replaces the clipped policy loss by DPPO's (thresholds ``dppo_delta_low`` / ``dppo_delta_high``,
+    ratio truncation ``dppo_clip_ratio_c``; ``clip_low`` / ``clip_high`` are then unused); ``sapo`` adds
+    SAPO's conditional KL, ``sapo_coef`` x its ``sapo_estimator``. Raises ValueError on a bad value.
     """
 
     clip_low: float = 0.2
@@ -37,6 +49,13 @@ class LossOptions:
     llds_normalization: str = "code"
     llds_gate_tol: float = DEFAULT_GATE_TOL
     answer_weight: float = 1.0
+    policy_loss: str = "grpo"
+    dppo_delta_low: float = DEFAULT_DPPO_DELTA
+    dppo_delta_high: float = DEFAULT_DPPO_DELTA
+    dppo_clip_ratio_c: float = DEFAULT_DPPO_CLIP_RATIO_C
+    sapo: bool = False
+    sapo_coef: float = DEFAULT_SAPO_COEF
+    sapo_estimator: str = DEFAULT_SAPO_ESTIMATOR
 
     def __post_init__(self) -> None:
         check_nonnegative("clip_low", self.clip_low)
@@ -55,6 +74,14 @@ class LossOptions:
         check_choice("llds_normalization", self.llds_normalization, NORMALIZATIONS)
         check_nonnegative("llds_gate_tol", self.llds_gate_tol)
         check_nonnegative("answer_weight", self.answer_weight)
+        check_choice("policy_loss", self.policy_loss, POLICY_LOSSES)
+        if self.policy_loss != "grpo":
+            divergence = self.policy_loss.removeprefix("dppo_")
+            check_dppo_options(divergence, self.dppo_delta_low, self.dppo_delta_high, self.dppo_clip_ratio_c)
+        if not isinstance(self.sapo, bool):
+            raise ValueError(f"sapo={self.sapo!r} must be a bool")
+        check_nonnegative("sapo_coef", self.sapo_coef)
+        check_sapo_estimator(self.sapo_estimator)
 
 
 @dataclass(frozen=True)
@@ -109,9 +136,13 @@ def grpo_llds_loss(
     gradients and the stats ``policy/loss``, ``kl/loss``, ``entropy/mean``, ``llds/term``, ``llds/loss``
     and ``loss/total`` then add up to the mini-batch's (the other stats stay this batch's means).
 
+    ``options.policy_loss`` "dppo_tv" / "dppo_kl" puts `dppo_policy_loss` in the clipped loss's place
+    (its stats ``dppo/*`` added); ``options.sapo`` adds `sapo_loss` (``+ sapo_coef * KL`` on the
+    positive-advantage tokens whose probability fell; stats ``sapo/*``), normalised as the policy term.
+
     ``terms``, when given, receives the regulariser's share of ``total`` as a tensor under
-    ``"regularizer"`` (the lam-weighted LLDS term; absent when no regulariser is on), so a caller can
-    take its gradient apart from the policy loss's (`accumulate_mini_batch`'s gradient-norm split).
+    ``"regularizer"`` (the lam-weighted LLDS term plus the SAPO term; absent when no regulariser is on), so a
+    caller can take its gradient apart from the policy loss's (`accumulate_mini_batch`'s gradient-norm split).
     """
     options = options if options is not None else LossOptions()
     agg = {
@@ -119,9 +150,24 @@ def grpo_llds_loss(
         "max_len": options.max_len,
         "normalizer": None if normalizers is None else normalizers.aggregation,
     }
-    total, stats = clipped_policy_loss(
-        logp, old_logp, advantages, loss_mask, clip_low=options.clip_low, clip_high=options.clip_high, **agg
-    )
+    if options.policy_loss == "grpo":
+        total, stats = clipped_policy_loss(
+            logp, old_logp, advantages, loss_mask, clip_low=options.clip_low, clip_high=options.clip_high, **agg
+        )
+    else:
+        total, stats = dppo_policy_loss(
+            logp,
+            old_logp,
+            advantages,
+            loss_mask,
+            divergence=options.policy_loss.removeprefix("dppo_"),
+            delta_low=options.dppo_delta_low,
+            delta_high=options.dppo_delta_high,
+            clip_ratio_c=options.dppo_clip_ratio_c,
+            loss_agg_mode=options.aggregation,
+            max_len=options.max_len,
+            normalizer=agg["normalizer"],
+        )
     scalars = {"policy/loss": total.detach()}
 
     if options.kl_coef > 0 and ref_logp is not None:
@@ -154,6 +200,23 @@ def grpo_llds_loss(
         stats.update(llds_stats)
         if terms is not None:
             terms["regularizer"] = llds
+
+    if options.sapo:
+        sapo, sapo_stats = sapo_loss(
+            logp,
+            old_logp,
+            advantages,
+            loss_mask,
+            coef=options.sapo_coef,
+            estimator=options.sapo_estimator,
+            loss_agg_mode=options.aggregation,
+            max_len=options.max_len,
+            normalizer=agg["normalizer"],
+        )
+        total = total + sapo
+        stats.update(sapo_stats)
+        if terms is not None:
+            terms["regularizer"] = terms["regularizer"] + sapo if "regularizer" in terms else sapo
 
     scalars["loss/total"] = total.detach()
     stats.update(zip(scalars, torch.stack(list(scalars.values())).tolist(), strict=True))
