@@ -34,6 +34,11 @@ def _positive(kind: type[int] | type[float]):
 def _add_server_args(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=port)
+    p.add_argument(
+        "--replica-id",
+        help="this server's name among its replicas, in /info and every answer's X-Replica-Id header "
+        "(default HOST:PORT, the machine's host name for a wildcard HOST)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--log-file",
@@ -81,6 +86,17 @@ def _body_limits(args: argparse.Namespace, batch: int) -> BodyLimits:
         max_items=args.max_json_items or items_for(batch),
         read_timeout_s=args.body_timeout,
     )
+
+
+def replica_id(args: argparse.Namespace) -> str:
+    """--replica-id, or HOST:PORT: the host name where HOST binds every address (0.0.0.0, ::), so replicas
+    on several machines still differ."""
+    if args.replica_id:
+        return args.replica_id
+    import socket
+
+    host = socket.gethostname() if args.host in ("0.0.0.0", "::", "") else args.host
+    return f"{host}:{args.port}"
 
 
 def _serve(app, args: argparse.Namespace) -> None:
@@ -264,6 +280,7 @@ def run_retriever(args: argparse.Namespace) -> None:
         max_chunk_queries=args.max_chunk_queries or None,
         token=token,
         body_limits=_body_limits(args, args.max_queries),
+        replica_id=replica_id(args),
     )
     _serve(app, args)
 
@@ -280,7 +297,12 @@ def _add_env_parser(sub: argparse._SubParsersAction) -> None:
         "Set SEARCHGYM_API_TOKEN to require a bearer token, and SEARCHGYM_API_TOKENS (comma-separated) "
         "for more clients: a session is used only with the token that created it.",
     )
-    p.add_argument("--retriever-url", default="http://127.0.0.1:8000", help="the retrieval server for all sessions")
+    p.add_argument(
+        "--retriever-url",
+        default="http://127.0.0.1:8000",
+        help="the retrieval server for all sessions; several replicas comma-separated (a,b): each search goes "
+        "to the least loaded healthy one, and fails over when one dies",
+    )
     _add_server_args(p, 8001)
     p.add_argument("--max-sessions", type=int, default=1024, help="live sessions at once, of all tokens")
     p.add_argument(
@@ -378,6 +400,7 @@ def run_env(args: argparse.Namespace) -> None:
             body_limits=_body_limits(args, args.max_batch),
             retriever_info_ttl_s=args.retriever_info_ttl,
             warn_unserved_worlds=args.worlds is not None,
+            replica_id=replica_id(args),
         )
     except ValueError as err:  # a user's mistake (unknown world, bad --data): one line, exit code 2
         print(f"agent-server env: {err}", file=sys.stderr)

@@ -16,8 +16,15 @@ the actions (their answers must match the recorded ones: the env is deterministi
 actions; if not, EpisodeReplayMismatch), then makes the pending call. A replay costs one retrieval per
 past search; nothing the client holds is lost.
 
-`batched_remote_step` steps many RemoteSearchEnvs that share one client (one server) in one
-`POST /sessions/step` request: each session keeps its own request ids, record and rebuild-by-replay
+Several env servers: `server_url` may be a list, or one comma-separated string (search_env.http_client
+routes over them). A session is created on the least loaded healthy server and stays there, every
+call on it pinned to that server; when that server dies (refuses connections, times out, answers
+5xx) while another is healthy, the episode is rebuilt on another one by the same replay (checked
+against the record). A server that is only briefly unable (a 503 while its own retriever restarts)
+is taken for dead too: the replay is correct, only slower than waiting.
+
+`batched_remote_step` steps many RemoteSearchEnvs that share one client in one
+`POST /sessions/step` request per server: each session keeps its own request ids, record and rebuild-by-replay
 (a session the server lost is rebuilt and stepped alone), and a session the server refuses ends
 truncated with the refusal in its info, leaving the others' steps standing. `RemoteSearchVectorEnv`
 (search_env.remote_vector_env) and the trainer's rollout engine step through it.
@@ -45,7 +52,7 @@ from search_env.env_schema import (
     StepRequest,
     StepResponse,
 )
-from search_env.http_client import JsonHttpClient, RequestRefused, ServiceUnavailable
+from search_env.http_client import JsonHttpClient, ReplicaLost, RequestRefused, ServiceUnavailable
 from search_env.text_spaces import text_space
 from search_env.turn_budget import check_turn_budget
 
@@ -75,7 +82,7 @@ def new_request_id() -> str:
 
 
 def env_server_client(
-    server_url: str,
+    server_url: str | Sequence[str],
     *,
     token: str | None = None,
     timeout: float = 60.0,
@@ -83,7 +90,8 @@ def env_server_client(
     backoff: float = 0.5,
     outage_wait_s: float = 0.0,
 ) -> JsonHttpClient:
-    """The HTTP client of an env server (the project's one retry policy, search_env.http_client)."""
+    """The HTTP client of an env server, or of several (a list or a comma-separated string): the
+    project's one retry policy, search_env.http_client. Raises ValueError for a list naming no URL."""
     return JsonHttpClient(
         server_url,
         what="env server",
@@ -102,7 +110,7 @@ class RemoteSearchEnv(gym.Env[str, str]):
 
     def __init__(
         self,
-        server_url: str = "http://127.0.0.1:8001",
+        server_url: str | Sequence[str] = "http://127.0.0.1:8001",
         env_id: str = "searchgym/SearchQA-v0",
         *,
         token: str | None = None,
@@ -125,6 +133,7 @@ class RemoteSearchEnv(gym.Env[str, str]):
         self._env_id = env_id
         self._options = options
         self._path = ""
+        self._replica = ""  # the base URL of the server holding the session
         self._open_session()
         self.observation_space = text_space(self.session.max_obs_chars)
         self.action_space = text_space(self.session.max_action_chars)
@@ -136,29 +145,46 @@ class RemoteSearchEnv(gym.Env[str, str]):
 
     def _open_session(self) -> None:
         request = CreateSessionRequest(env_id=self._env_id, options=self._options, request_id=new_request_id())
-        self.session = SessionInfo.model_validate(self.http.request("POST", "/sessions", json=request.model_dump()))
+        body, self._replica = self.http.request_routed("POST", "/sessions", json=request.model_dump())
+        self.session = SessionInfo.model_validate(body)
         self._path = f"/sessions/{self.session.session_id}"
 
     @property
     def session_id(self) -> str:
         return self.session.session_id
 
+    @property
+    def server_url(self) -> str:
+        """The base URL of the env server that holds the session (one of `http.base_urls`)."""
+        return self._replica
+
     def _post(self, suffix: str, body: dict[str, Any]) -> Any:
-        return self.http.request("POST", self._path + suffix, json=body)
+        return self.http.request("POST", self._path + suffix, json=body, replica=self._replica)
 
     def _call(self, suffix: str, body: dict[str, Any]) -> Any:
-        """POST to the session; a session the server does not know (it restarted, or expired the
-        session) is rebuilt once, then the call is made on the new one."""
-        try:
-            return self._post(suffix, body)
-        except EnvServerRefused as err:
-            if err.status != 404:
-                raise
-            log.warning(
-                "env server at %s lost session %s (%s): rebuilding it", self.http.base_url, self.session_id, err
-            )
-        self._rebuild()
-        return self._post(suffix, body)
+        """POST to the session. A session the server does not know (it restarted, or expired the
+        session) is rebuilt once; one whose server died (ReplicaLost: another server is healthy), even
+        during a replay, is rebuilt on another, once per server at most; then the call is made on
+        the new one. Raises as reset()/step() do; EnvServerUnavailable when every server was lost."""
+        rebuilt_lost_session = False
+        servers_lost = 0
+        rebuild = False
+        while True:
+            try:
+                if rebuild:
+                    self._rebuild()
+                return self._post(suffix, body)
+            except EnvServerRefused as err:
+                if err.status != 404 or rebuilt_lost_session or rebuild:
+                    raise
+                rebuilt_lost_session = True
+                log.warning("env server at %s lost session %s (%s): rebuilding it", self._replica, self.session_id, err)
+            except ReplicaLost as err:
+                servers_lost += 1
+                if servers_lost > len(self.http.base_urls):
+                    raise EnvServerUnavailable(f"every env server was lost in turn: {err}") from err
+                log.warning("session %s: %s; rebuilding it on another env server", self.session_id, err)
+            rebuild = True
 
     def _rebuild(self) -> None:
         """A new session with the episode so far replayed on it; EpisodeReplayMismatch if it differs."""
@@ -222,7 +248,7 @@ class RemoteSearchEnv(gym.Env[str, str]):
         if self._path:
             # Already expired, or the server is gone: nothing left to free there.
             with contextlib.suppress(ServiceUnavailable, RequestRefused):
-                self.http.request("DELETE", self._path, retries=0, outage_wait_s=0)
+                self.http.request("DELETE", self._path, retries=0, outage_wait_s=0, replica=self._replica)
             self._path = ""
         if self._owns_http:
             self.http.close()
@@ -241,13 +267,14 @@ def _refused_step(env: RemoteSearchEnv, status: int, detail: str) -> StepResult:
 def batched_remote_step(
     envs: Sequence[RemoteSearchEnv], actions: Sequence[str], *, max_batch: int = DEFAULT_MAX_BATCH
 ) -> list[StepResult]:
-    """One turn of each env in one `POST /sessions/step` per `max_batch` envs; the results in order.
+    """One turn of each env in one `POST /sessions/step` per server and `max_batch` envs; the results in order.
 
     The envs must share one client (`RemoteSearchEnv(http=...)`, as RemoteSearchVectorEnv's sub-envs
-    do). Each item carries a fresh request id, the same on the client's retries (a retried batch gets
-    the recorded answers of the items already applied). A session the server lost (404) is rebuilt
-    by replay and stepped alone (`RemoteSearchEnv.step`); a step the server refuses (409, 422...), or
-    a rebuild that fails, ends that env's episode truncated with `info["error"]` and
+    do); each batch goes to the server holding its sessions. Each item carries a fresh request id, the
+    same on the client's retries (a retried batch gets the recorded answers of the items already
+    applied). A session the server lost (404), or whose server died while another is healthy, is
+    rebuilt by replay and stepped alone (`RemoteSearchEnv.step`); a step the server refuses (409,
+    422...), or a rebuild that fails, ends that env's episode truncated with `info["error"]` and
     `info["error_status"]`. Raises EnvServerUnavailable (the server, or its retriever, stayed down
     past the retries and outage wait: no session was changed) and ValueError (envs of several clients).
     """
@@ -257,29 +284,51 @@ def batched_remote_step(
         raise ValueError("batched_remote_step needs envs that share one client (RemoteSearchEnv(http=...))")
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    results: list[StepResult] = []
-    for start in range(0, len(envs), max_batch):
-        chunk = list(zip(envs[start : start + max_batch], actions[start : start + max_batch], strict=True))
-        items = [
-            BatchStepItem(session_id=env.session_id, action=action, request_id=new_request_id())
-            for env, action in chunk
-        ]
-        body = BatchStepRequest(steps=items).model_dump()
-        answer = BatchStepResponse.model_validate(chunk[0][0].http.request("POST", "/sessions/step", json=body))
-        if len(answer.results) != len(chunk):
-            raise EnvServerUnavailable(f"env server answered {len(answer.results)} results for {len(chunk)} steps")
-        for (env, action), item in zip(chunk, answer.results, strict=True):
-            if item.result is not None:
-                results.append(env._took(action, item.result))
-            elif item.error is not None and item.error.status == 404:
-                try:  # its own path: the 404 again, the rebuild by replay, then the step
-                    results.append(env.step(action))
-                except EnvServerRefused as err:
-                    results.append(_refused_step(env, err.status, err.message))
-                except EpisodeReplayMismatch as err:
-                    results.append(_refused_step(env, 409, str(err)))
-            elif item.error is not None:
-                results.append(_refused_step(env, item.error.status, item.error.detail))
-            else:
-                raise EnvServerUnavailable(f"env server answered neither a result nor an error for {env.session_id}")
+    by_server: dict[str, list[int]] = {}
+    for i, env in enumerate(envs):
+        by_server.setdefault(env.server_url, []).append(i)
+    results: dict[int, StepResult] = {}
+    for server, indices in by_server.items():
+        for start in range(0, len(indices), max_batch):
+            chunk = [(i, envs[i], actions[i]) for i in indices[start : start + max_batch]]
+            results.update(_step_on(server, chunk))
+    return [results[i] for i in range(len(envs))]
+
+
+def _step_alone(env: RemoteSearchEnv, action: str) -> StepResult:
+    """`env.step(action)` (its own path: a rebuild by replay where needed); a refusal or a replay that
+    differs ends its episode truncated."""
+    try:
+        return env.step(action)
+    except EnvServerRefused as err:
+        return _refused_step(env, err.status, err.message)
+    except EpisodeReplayMismatch as err:
+        return _refused_step(env, 409, str(err))
+
+
+def _step_on(server: str, chunk: list[tuple[int, RemoteSearchEnv, str]]) -> dict[int, StepResult]:
+    """One `POST /sessions/step` of `chunk` (index, env, action) to `server`, which holds their sessions."""
+    items = [
+        BatchStepItem(session_id=env.session_id, action=action, request_id=new_request_id()) for _, env, action in chunk
+    ]
+    body = BatchStepRequest(steps=items).model_dump()
+    try:
+        answer = BatchStepResponse.model_validate(
+            chunk[0][1].http.request("POST", "/sessions/step", json=body, replica=server)
+        )
+    except ReplicaLost as err:
+        log.warning("%s: its %d sessions are rebuilt on another env server", err, len(chunk))
+        return {i: _step_alone(env, action) for i, env, action in chunk}
+    if len(answer.results) != len(chunk):
+        raise EnvServerUnavailable(f"env server answered {len(answer.results)} results for {len(chunk)} steps")
+    results: dict[int, StepResult] = {}
+    for (i, env, action), item in zip(chunk, answer.results, strict=True):
+        if item.result is not None:
+            results[i] = env._took(action, item.result)
+        elif item.error is not None and item.error.status == 404:
+            results[i] = _step_alone(env, action)  # the 404 again, the rebuild by replay, then the step
+        elif item.error is not None:
+            results[i] = _refused_step(env, item.error.status, item.error.detail)
+        else:
+            raise EnvServerUnavailable(f"env server answered neither a result nor an error for {env.session_id}")
     return results

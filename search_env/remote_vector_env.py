@@ -7,6 +7,9 @@ Its sub-envs are RemoteSearchEnvs that share one client: each keeps its own sess
 outage wait and rebuild-by-replay, and a step of all of them is one `POST /sessions/step`
 (`batched_remote_step`; their searches then go to the retriever in one batch too). Autoreset is
 gymnasium's next-step mode, as SearchQAVectorEnv's (search_env.batched_vector_env). A session the
+`server_url` may name several env servers (a list or a comma-separated string): the sessions are
+spread over them, each step batched per server, and a session whose server dies is rebuilt on
+another (search_env.remote_env). A session the
 server refuses a step of ends that sub-env's episode truncated with `info["error"]` (the next step
 resets it); the other sessions go on. The env server has no batched create or reset: creating the
 sessions and resetting each one are one request per session.
@@ -14,6 +17,7 @@ sessions and resetting each one are one request per session.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from search_env.batched_vector_env import BatchedStepVectorEnv, StepResult
@@ -26,7 +30,7 @@ class RemoteSearchVectorEnv(BatchedStepVectorEnv):
         self,
         num_envs: int = 1,
         *,
-        server_url: str = "http://127.0.0.1:8001",
+        server_url: str | Sequence[str] = "http://127.0.0.1:8001",
         env_id: str = "searchgym/SearchQA-v0",
         token: str | None = None,
         timeout: float = 60.0,

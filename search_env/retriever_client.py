@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from search_env.http_client import TOKEN_ENV, JsonHttpClient, RequestRefused, ServiceUnavailable
+from search_env.http_client import TOKEN_ENV, JsonHttpClient, RequestRefused, ServiceUnavailable, parse_urls
 from search_env.retrieval_schema import RetrievalLimits, RetrieveRequest, RetrieveResponse, ScoredDocument
 
 __all__ = [
@@ -63,11 +63,15 @@ class RetrieverClient:
     http_client's outage wait, logged); after that `RetrieverUnavailable` is raised. A 4xx raises
     `RetrieverRequestError` at once, carrying the server's message. `limits` are the server's as
     its `/info` publishes them, read once; give them to override (a server that publishes none).
+
+    `url` may name several replicas (a list, or one comma-separated string; each a base URL or its
+    `/retrieve`): each request goes to the least loaded healthy one and fails over to another when one
+    dies (search_env.http_client: the retries and outage wait then apply only once all are down).
     """
 
     def __init__(
         self,
-        url: str = "http://127.0.0.1:8000",
+        url: str | Sequence[str] = "http://127.0.0.1:8000",
         *,
         timeout: float = 30.0,
         retries: int = 3,
@@ -76,13 +80,16 @@ class RetrieverClient:
         token: str | None = None,
         limits: RetrievalLimits | None = None,
     ):
-        self.url = retrieve_url(url)
+        urls = [retrieve_url(u) for u in parse_urls(url)]
+        #: the `/retrieve` URL (comma-separated, one per replica, for several)
+        self.url = ",".join(urls)
         self._limits = limits
         #: wall seconds spent in sync `/retrieve` requests so far, retries included (for rollout timings)
         self.retrieve_seconds = 0.0
-        self.base_url = self.url[: -len("/retrieve")]
+        self.base_urls = [u[: -len("/retrieve")] for u in urls]
+        self.base_url = ",".join(self.base_urls)
         self.http = JsonHttpClient(
-            self.base_url,
+            self.base_urls,
             what="retrieval server",
             timeout=timeout,
             retries=retries,
@@ -158,21 +165,24 @@ class RetrieverClient:
         return self._limits
 
     def wait_ready(self, timeout: float = 600.0, interval: float = 0.5) -> None:
-        """Block until `/health` says ready; `RetrieverUnavailable` after `timeout` seconds."""
+        """Block until `/health` says ready, on every replica; `RetrieverUnavailable` after `timeout`
+        seconds, or at once for one that failed to start."""
         deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                body = self.http.get_once("/health").json()
-                if body.get("status") == "ready":
-                    return
-                if body.get("status") == "failed":
-                    raise RetrieverUnavailable(f"retrieval server failed to start: {body.get('detail')}")
-                last = f"status {body.get('status')}"
-            except (httpx.TransportError, ValueError) as err:
-                last = f"{type(err).__name__}: {err}"
-            time.sleep(interval)
-        raise RetrieverUnavailable(f"retrieval server at {self.base_url} not ready after {timeout:.0f}s: {last}")
+        for base in self.base_urls:
+            last = "no answer"
+            while True:
+                try:
+                    body = self.http.get_once("/health", replica=base).json()
+                    if body.get("status") == "ready":
+                        break
+                    if body.get("status") == "failed":
+                        raise RetrieverUnavailable(f"retrieval server at {base} failed to start: {body.get('detail')}")
+                    last = f"status {body.get('status')}"
+                except (httpx.TransportError, ValueError) as err:
+                    last = f"{type(err).__name__}: {err}"
+                if time.monotonic() >= deadline:
+                    raise RetrieverUnavailable(f"retrieval server at {base} not ready after {timeout:.0f}s: {last}")
+                time.sleep(interval)
 
     def close(self) -> None:
         self.http.close()

@@ -91,7 +91,7 @@ class SearchQAEnv(gym.Env[str, str]):
         data_config: str | None = None,
         hops: Sequence[int] | None = None,
         limit: int | None = None,
-        retriever_url: str = DEFAULT_RETRIEVER_URL,
+        retriever_url: str | Sequence[str] = DEFAULT_RETRIEVER_URL,
         retriever: RetrieverClient | None = None,
         retriever_timeout: float = 30.0,
         retriever_retries: int = 3,

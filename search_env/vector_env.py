@@ -8,6 +8,7 @@ entry point).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from search_env.batched_vector_env import BatchedStepVectorEnv, StepResult
@@ -27,7 +28,7 @@ class SearchQAVectorEnv(BatchedStepVectorEnv):
         data_config: str | None = None,
         hops: Any = None,
         limit: int | None = None,
-        retriever_url: str = DEFAULT_RETRIEVER_URL,
+        retriever_url: str | Sequence[str] = DEFAULT_RETRIEVER_URL,
         retriever_timeout: float = 30.0,
         retriever_retries: int = 3,
         **env_kwargs: Any,

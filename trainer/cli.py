@@ -49,8 +49,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="override any config key, e.g. --set optim.ppo_mini_batch_size=4 (repeatable)",
     )
     p.add_argument("--model", help="embedded | smollm2 | a Hugging Face model name or path")
-    p.add_argument("--retriever-url")
-    p.add_argument("--env-url", help="an env server: episodes run there")
+    p.add_argument("--retriever-url", help="the retrieval server, or several replicas comma-separated")
+    p.add_argument("--env-url", help="an env server, or several comma-separated: episodes run there")
     p.add_argument("--data", help="world:<preset>, a QA file, or a Hugging Face data set")
     p.add_argument("--group-size", type=int)
     p.add_argument("--questions-per-step", type=int)

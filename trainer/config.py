@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search_env.http_client import parse_urls
 from search_env.turn_budget import check_turn_budget
 from search_env.world.config import WORLD_PRESETS
 from trainer.diagnostics.collapse_monitor import MAX_WINDOW
@@ -113,8 +114,10 @@ class ModelSection(_Section):
 
 
 class EnvSection(_Section):
+    #: the retrieval server; several replicas as a list or a comma-separated string (kept as that string)
     retriever_url: str = "http://127.0.0.1:8000"
-    #: an env server (`agent-server env`); when set, episodes run there through RemoteSearchEnv
+    #: an env server (`agent-server env`), or several (a list or a comma-separated string); when set,
+    #: episodes run there through RemoteSearchEnv
     env_url: str | None = None
     #: world:<preset> (the embedded world; an unknown preset is refused here), a QA file, or a Hugging Face data set
     data: str = "world:default"
@@ -151,6 +154,19 @@ class EnvSection(_Section):
     def _turn_budget(cls, value: int | None) -> int | None:
         # the one check every entry point shares (search_env.turn_budget): 0 is refused as the env refuses it
         return None if value is None else check_turn_budget(value)
+
+    @field_validator("retriever_url", "env_url", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        # A list (YAML, TOML, or Python) is kept as the comma-separated string every client and flag
+        # takes, so overrides and the commands built from this config carry it unchanged.
+        if isinstance(value, list | tuple):
+            if not all(isinstance(url, str) for url in value):
+                raise ValueError(f"URLs must be strings, got {value!r}")
+            return ",".join(parse_urls(value))
+        if isinstance(value, str) and "," in value:
+            return ",".join(parse_urls(value))
+        return value
 
     @field_validator("data")
     @classmethod

@@ -6,7 +6,7 @@ import os
 
 import httpx
 
-from search_env.http_client import TOKEN_ENV, ServiceUnavailable
+from search_env.http_client import TOKEN_ENV, ServiceUnavailable, parse_urls
 from search_env.remote_env import EnvServerRefused, RemoteSearchEnv
 from search_env.world_pairing import WorldMismatch, check_world_pairing, world_preset
 from trainer.config import ENV_VARIABLES, EnvSection
@@ -40,12 +40,16 @@ def check_env_reachable(env: EnvSection, timeout: float = 10.0, *, retriever_too
     start plays scripted episodes against it). A retrieval server checked must also serve the corpus of
     env.data when that is an embedded world, and an env server must accept a session on it (its retriever
     serves that world). Raises `EnvUnreachable` naming the URL and the key, `WorldMismatch` naming the
-    world and what the retriever serves, or `LimitMismatch` for a setting the retriever would refuse."""
+    world and what the retriever serves, or `LimitMismatch` for a setting the retriever would refuse.
+    Each replica of a URL list is checked, the first that fails named."""
     targets = []
     if env.env_url:
-        targets.append((env.env_url, "env server", "agent-server env", "env.env_url"))
+        targets += [(url, "env server", "agent-server env", "env.env_url") for url in parse_urls(env.env_url)]
     if not env.env_url or retriever_too:
-        targets.append((env.retriever_url, "retrieval server", "agent-server retriever", "env.retriever_url"))
+        targets += [
+            (url, "retrieval server", "agent-server retriever", "env.retriever_url")
+            for url in parse_urls(env.retriever_url)
+        ]
     for url, what, command, key in targets:
         _check(url, what, command, key, timeout)
         if key == "env.env_url" and world_preset(env.data) is not None:

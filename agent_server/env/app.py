@@ -21,7 +21,7 @@ from search_env.retriever_client import RetrieverClient
 
 
 def create_env_app(
-    retriever_url: str,
+    retriever_url: str | Sequence[str],
     *,
     max_sessions: int = 1024,
     max_sessions_per_token: int | None = None,
@@ -42,13 +42,16 @@ def create_env_app(
     body_limits: BodyLimits | None = None,
     retriever_info_ttl_s: float = DEFAULT_INFO_TTL_S,
     warn_unserved_worlds: bool = False,
+    replica_id: str | None = None,
 ) -> FastAPI:
     """The env server's app. `datasets` maps names clients may give to files, folders or Hugging Face
     names; `worlds` are the embedded presets served; `token` one or more accepted bearer tokens;
     request bodies are held to `body_limits` (agent_server.serving.request_guard). A session on an
     embedded world the retriever does not serve is refused with 409 (agent_server.env.world_check; its
     `/info` kept `retriever_info_ttl_s` seconds); `warn_unserved_worlds` logs a warning at start-up for
-    each of `worlds` the retriever cannot answer.
+    each of `worlds` the retriever cannot answer. `retriever_url` may name several retrieval replicas
+    (a list or a comma-separated string); `replica_id` names this server among its own replicas
+    (/info and every answer's X-Replica-Id).
 
     A reset's prompt is held to `max_prompt_chars` (default `max_obs_chars`; its size is computed
     before it is built) and its own golden answers to `max_golden_chars` in all. One bearer token holds at
@@ -97,4 +100,5 @@ def create_env_app(
         lifespan=lifespan,
         body_limits=body_limits,
         tokens=token,
+        replica_id=replica_id,
     )

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request
 from agent_server.env.sessions import with_flag
 from agent_server.env.state import EnvServer
 from agent_server.env.steps import StepFailed, batch_once, run_to_end, step_once
-from agent_server.serving.app_builder import body_limits_of, server_state
+from agent_server.serving.app_builder import body_limits_of, replica_id_of, server_state
 from agent_server.serving.auth import caller_id
 from search_env.env_schema import (
     BatchStepRequest,
@@ -71,6 +71,7 @@ async def info(server: Server, request: Request) -> dict[str, Any]:
         "data_loads": registry.loads,
         "limits": server.limits(),
         "request_body": dataclasses.asdict(body_limits_of(request)),
+        "replica_id": replica_id_of(request),
     }
 
 

@@ -27,10 +27,12 @@ def create_retrieval_app(
     max_chunk_queries: int | None = 256,
     token: str | None = None,
     body_limits: BodyLimits | None = None,
+    replica_id: str | None = None,
 ) -> FastAPI:
     """A FastAPI app that loads `loader()` in the background at start-up and serves it.
 
-    Bodies are held to `body_limits`, with `limits.max_body_bytes` (published in /info) as their size.
+    Bodies are held to `body_limits`, with `limits.max_body_bytes` (published in /info) as their size;
+    `replica_id` names this server among its replicas (/info and every answer's X-Replica-Id).
     """
     limits = limits or RetrievalLimits()
     body_limits = body_limits or BodyLimits(max_items=items_for(limits.max_queries))
@@ -59,4 +61,5 @@ def create_retrieval_app(
         body_limits=body_limits,
         tokens=token,
         allow_msgpack=True,
+        replica_id=replica_id,
     )

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from agent_server.backends.base import Hit
 from agent_server.retrieval.query_isolation import BackendFailure
 from agent_server.retrieval.service import RetrievalService
-from agent_server.serving.app_builder import body_limits_of, direct, server_state
+from agent_server.serving.app_builder import body_limits_of, direct, replica_id_of, server_state
 from agent_server.serving.errors import validation_message
 from agent_server.serving.request_body import EMPTY_BODY, encode_msgpack
 from agent_server.serving.request_guard import decoded_body
@@ -86,12 +86,13 @@ async def health(service: Service) -> JSONResponse:
 @router.get("/info")
 async def info(service: Service, request: Request) -> dict[str, Any]:
     """Backend, index size, encoder, limits, cache hit counts, batching figures, awkward-query counts,
-    CPU threads."""
+    CPU threads, and this server's replica id."""
     limits = service.limits.model_dump()
     return service.info() | {
         "limits": limits,
         "request_body": dataclasses.asdict(body_limits_of(request)),
         "threads": current_threads(),
+        "replica_id": replica_id_of(request),
     }
 
 

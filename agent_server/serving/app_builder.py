@@ -4,7 +4,8 @@ A server is its routers and its own state (FastAPI's "bigger applications" layou
 package, agent_server.retrieval.routes and agent_server.env.routes); `build_app` gives both the same
 protections, outermost first:
 
-1. request ids and the request log (agent_server.serving.request_log);
+1. request ids and the request log (agent_server.serving.request_log), and on every answer the
+   server's replica id (`X-Replica-Id`, also in /info: which of several replicas answered);
 2. with tokens, bearer-token auth on every path but /health, on the request head, before any body is
    read (agent_server.serving.auth);
 3. request bodies within size, JSON and time limits, decoded off the event loop, and a 500 with no
@@ -60,16 +61,19 @@ def build_app(
     body_limits: BodyLimits,
     tokens: str | Sequence[str] | None = None,
     allow_msgpack: bool = False,
+    replica_id: str | None = None,
 ) -> FastAPI:
     """An app serving `routers`, its routes reaching `state` through `server_state(request)`.
 
     `lifespan` starts and stops what `state` runs (FastAPI's lifespan; None: nothing to run); `body_limits` bound every
     request body (also published through `body_limits_of`); `tokens`: one or more accepted bearer
-    tokens, none for an open server; `allow_msgpack`: bodies may be msgpack as well as JSON.
+    tokens, none for an open server; `allow_msgpack`: bodies may be msgpack as well as JSON;
+    `replica_id` names this server among its replicas (`replica_id_of`; None: no X-Replica-Id header).
     """
     app = FastAPI(title=title, description=description, version=__version__, lifespan=lifespan)
     app.state.server = state
     app.state.body_limits = body_limits
+    app.state.replica_id = replica_id
     direct_routes: list[Route] = []
     for router in routers:
         app.include_router(router)
@@ -85,7 +89,7 @@ def build_app(
     app.add_middleware(RequestGuard, limits=body_limits, allow_msgpack=allow_msgpack)
     if any(accepted):  # outside the guard: the token is checked before any body is read
         app.add_middleware(BearerTokenMiddleware, token=accepted)
-    app.add_middleware(RequestLog)
+    app.add_middleware(RequestLog, replica_id=replica_id)
     return app
 
 
@@ -97,3 +101,8 @@ def server_state(request: Request) -> Any:
 def body_limits_of(request: Request) -> BodyLimits:
     """The body limits the request's app holds requests to (shown in both servers' /info)."""
     return request.app.state.body_limits
+
+
+def replica_id_of(request: Request) -> str | None:
+    """The replica id the request's app was built with (both servers' /info)."""
+    return request.app.state.replica_id

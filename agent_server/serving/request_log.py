@@ -2,10 +2,11 @@
 
 Each request gets an id: the client's `X-Request-ID` when it is a plain token (1-64 characters of
 letters, digits and `._:-`), else a fresh random one. The id is echoed in the answer's `X-Request-ID`
-header and names the request in the server's log, so the log line of a failure is found from the
-answer a client saw (a 500 says its id too: agent_server.serving.request_guard). Every request is
-logged at DEBUG (`--log-level debug`): method, path, status, milliseconds, id. Not at INFO: uvicorn's
-access log is off for the same reason, a line per request at thousands of queries a second.
+header (the server's replica id, when it has one, in `X-Replica-Id`) and names the request in the
+server's log, so the log line of a failure is found from the answer a client saw (a 500 says its
+id too: agent_server.serving.request_guard). Every request is logged at DEBUG (`--log-level debug`):
+method, path, status, milliseconds, id. Not at INFO: uvicorn's access log is off for the same
+reason, a line per request at thousands of queries a second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("agent_server.requests")
 
 REQUEST_ID_HEADER = "x-request-id"
+REPLICA_ID_HEADER = "x-replica-id"
 _SCOPE_KEY = "searchgym.request_id"
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
@@ -39,8 +41,12 @@ def _given_id(scope: Scope) -> str | None:
 class RequestLog:
     """Pure ASGI, outermost: it sees every answer, the guard's refusals included."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, replica_id: str | None = None):
         self.app = app
+        # Encoded once: it rides on every answer. Latin-1 is what an HTTP header value may hold.
+        self.replica_header = (
+            () if replica_id is None else ((REPLICA_ID_HEADER.encode(), replica_id.encode("latin-1")),)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +64,7 @@ class RequestLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), header]}
+                message = {**message, "headers": [*message.get("headers", ()), header, *self.replica_header]}
             await send(message)
 
         try:

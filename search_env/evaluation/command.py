@@ -113,9 +113,12 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--retriever-url",
         default=DEFAULT_RETRIEVER_URL,
-        help="retrieval server for in-process envs (default: %(default)s)",
+        help="retrieval server for in-process envs, or several replicas comma-separated (default: %(default)s)",
     )
-    where.add_argument("--env-url", help="run episodes as sessions of this env server (RemoteSearchQA-v0)")
+    where.add_argument(
+        "--env-url",
+        help="run episodes as sessions of this env server (RemoteSearchQA-v0), or of several comma-separated",
+    )
     p.add_argument("--max-turns", type=_turn_budget, default=4, help="turns per episode (default: %(default)s)")
     p.add_argument("--topk", type=int, default=3, help="passages per search (default: %(default)s)")
     p.add_argument(

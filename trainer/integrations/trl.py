@@ -234,8 +234,9 @@ class SearchEnvironment:
         self.searches = 0
 
     @classmethod
-    def factory(cls, url: str, topk: int = 3, **client_options: Any) -> Callable[[], SearchEnvironment]:
-        """An ``environment_factory`` for TRL: instances share one `RetrieverClient` of ``url``."""
+    def factory(cls, url: str | Sequence[str], topk: int = 3, **client_options: Any) -> Callable[[], SearchEnvironment]:
+        """An ``environment_factory`` for TRL: instances share one `RetrieverClient` of ``url`` (one
+        retrieval server, or several replicas: a list or a comma-separated string)."""
         client = RetrieverClient(url, **client_options)
         return lambda: cls(client, topk)
 

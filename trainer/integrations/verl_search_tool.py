@@ -62,8 +62,13 @@ class SearchTool(BaseTool):
     def __init__(self, config: dict[str, Any], tool_schema: OpenAIFunctionToolSchema | None = None):
         super().__init__(config, tool_schema or SEARCH_TOOL_SCHEMA)
         url = config.get("retrieval_service_url")
-        if not url or not isinstance(url, str):
-            raise ValueError("the search tool's config needs retrieval_service_url (e.g. http://127.0.0.1:8000)")
+        # Several retrieval replicas: a list, or one comma-separated string (RetrieverClient routes over them).
+        urls_ok = isinstance(url, str) or (isinstance(url, list) and all(isinstance(u, str) for u in url))
+        if not url or not urls_ok:
+            raise ValueError(
+                "the search tool's config needs retrieval_service_url (e.g. http://127.0.0.1:8000, or a list of "
+                "replicas)"
+            )
         self.topk = config.get("topk", 3)
         self.timeout = config.get("timeout", 30)
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk <= 0:
