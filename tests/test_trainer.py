@@ -497,7 +497,9 @@ def test_resume_continues_the_same_run(short_run, bm25_server, tmp_path):
     (stopped / "metrics.jsonl").write_text(first + "\n")
     quick = ["run.eval_before_after=false"]
     resumed = GRPOTrainer(_config(stopped, bm25_server, "run.steps=2", f"run.resume={stopped}", *quick))
-    resumed.train()
+    out = resumed.train()
+    # the evaluation before training was the first process's: the resumed run reports it as written
+    assert result.before and [m.em for m in out.before] == [m.em for m in result.before]
     a, b = read_metrics(result.run_dir), read_metrics(stopped)
     assert [r["step"] for r in b] == [1, 2]
     assert a[1]["reward/mean"] == b[1]["reward/mean"]

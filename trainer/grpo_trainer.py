@@ -448,6 +448,15 @@ class GRPOTrainer:
             return parse_data_specs([cfg.data, f"{cfg.data}:single", f"{cfg.data}:multi"], cfg.eval_split)
         return [EvalSet(name=f"{cfg.data}", data=cfg.data, split=cfg.eval_split, config=cfg.data_config)]
 
+    def _written_evaluation(self, tag: str) -> list[SetMetrics]:
+        """The rows of `<run_dir>/eval/<tag>.summary.json` (what `evaluate(tag)` wrote), [] without it."""
+        path = self.run_dir / "eval" / f"{tag}.summary.json"
+        try:
+            rows = json.loads(path.read_text())["results"]
+            return [SetMetrics(**row) for row in rows]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
     def evaluate(self, tag: str = "eval") -> list[SetMetrics]:
         """Greedy evaluation on the held-out split (env.eval_split, run.eval_questions questions) through the
         benchmark harness, played by the rollout engine's generator with its budgets: the token stream
@@ -480,7 +489,11 @@ class GRPOTrainer:
         if not self.ready:
             self.setup()
         evaluate = self.is_main and cfg.run.eval_before_after
-        before = self.evaluate("before") if evaluate and self.start_step == 0 else []
+        before: list[SetMetrics] = []
+        if evaluate and self.start_step == 0:
+            before = self.evaluate("before")
+        elif self.is_main and self.start_step > 0:  # resumed: the evaluation its first process made, as written
+            before = self._written_evaluation("before")
         progress = tqdm(
             range(self.start_step, cfg.run.steps),
             desc=method_name(cfg),
