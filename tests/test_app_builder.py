@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import http.client
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,22 @@ def test_the_builder_is_the_only_place_an_app_is_made_or_protected():
     assert found.get("add_middleware") == {"serving/app_builder.py": 3}
     assert set(found.get("exception_handler", {})) == {"serving/errors.py"}
     assert "BearerTokenMiddleware" not in found and "RequestGuard" not in found  # added as classes, once
+
+
+def test_a_path_cannot_forge_a_log_line(caplog):
+    # `%0a` in a URL is decoded into the ASGI path: logged as it is, it would start a line of its own.
+    router = APIRouter()
+
+    @router.get("/boom/{anything:path}")
+    async def boom(anything: str) -> None:
+        raise RuntimeError("kaboom")
+
+    app = build_app(title="t", description="d", routers=[router], state=None, body_limits=BodyLimits())
+    forged = "/boom/x%0a2026-12-08 00:00:00,000 ERROR agent_server: FORGED%0d%1b[31m"
+    with caplog.at_level(logging.DEBUG, logger="agent_server"), serving(app) as url:
+        for path in (forged, "/nowhere%0aFORGED"):
+            httpx.get(url + path)
+    lines = "\n".join(r.getMessage() for r in caplog.records).splitlines()
+    assert any("FORGED" in line for line in lines)  # the request was logged, escaped: \x0a, \x0d, \x1b
+    assert all(not line.lstrip().startswith(("2026-12-08", "FORGED")) for line in lines), lines
+    assert not any("\x1b" in line or "\r" in line for line in lines)

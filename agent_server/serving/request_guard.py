@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_server.serving.request_body import BodyError, BodyLimits, decode_body, too_large
-from agent_server.serving.request_log import request_id
+from agent_server.serving.request_log import logged_path, request_id
 
 log = logging.getLogger("agent_server")
 
@@ -82,7 +82,7 @@ class RequestGuard:
             if state["started"] and not state["complete"]:
                 raise  # half an answer is out: only closing the connection can tell the client
             rid = request_id(scope)
-            log.exception("unexpected error in %s %s id=%s", scope.get("method"), scope.get("path"), rid)
+            log.exception("unexpected error in %s %s id=%s", scope.get("method"), logged_path(scope), rid)
             if not state["started"]:
                 # The message and traceback may name files and hosts of the server: they go to its log only.
                 detail = f"internal error ({type(err).__name__}); the server's log has the details"

@@ -26,6 +26,14 @@ _SCOPE_KEY = "searchgym.request_id"
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 
+def logged_path(scope: Scope, limit: int = 200) -> str:
+    """The request's path as a log line may show it: `%0a` in a URL is decoded into the path, so control
+    characters are escaped (no forged log line) and the path is cut to `limit` characters."""
+    path = str(scope.get("path", ""))
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path[:limit])
+    return shown + ("..." if len(path) > limit else "")
+
+
 def request_id(scope: Scope) -> str | None:
     """The id RequestLog gave this request; None outside it."""
     return scope.get(_SCOPE_KEY)
@@ -72,4 +80,4 @@ class RequestLog:
         finally:
             if log.isEnabledFor(logging.DEBUG):
                 ms = (time.perf_counter() - began) * 1000
-                log.debug("%s %s %s %.1f ms id=%s", scope["method"], scope["path"], status or "-", ms, rid)
+                log.debug("%s %s %s %.1f ms id=%s", scope["method"], logged_path(scope), status or "-", ms, rid)
