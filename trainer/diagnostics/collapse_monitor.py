@@ -49,8 +49,8 @@ Flags, independent of the phase:
   below the running median of its previous `baseline_window` points by more than `displacement_drop_z`
   robust sds (floored at `displacement_drop_floor`) on at least `displacement_drops` steps within the last
   `event_memory` steps. A healthy GRPO round raises the correct responses' likelihood (Δ > 0, a stable
-  baseline); the spiral shows as rounds where it falls far outside that. One drop alone is noise often
-  enough (4 of 6 healthy toy runs have one), hence two.
+  baseline); the spiral shows as rounds where it falls far outside that. Healthy runs have single drops
+  too, hence two.
 - `grad_spike`, `entropy_surge`: this step's events.
 - `searches_failing`: more than `max_failed_search_share` of this step's searches were refused or failed by
   the retriever (`env/failed_search_share`): not the spiral, a broken run whose reward means little.
@@ -59,7 +59,7 @@ reward is below `collapsed_fraction` x its running best, or the entropy is above
 uniform policy's (ln of the vocabulary size: the record's `policy/entropy_uniform`, else `entropy_uniform`): a
 run in that state is never called healthy.
 `warning` is set in steady_decay, accelerated_collapse and collapsed, and under `neg_displacement_majority`,
-`displacement_drop` or `reward_falling`. The first entry into each is logged once at WARNING;
+`displacement_drop`, `reward_falling` or `searches_failing`. The first entry into each is logged once at WARNING;
 `first_warning_step()` gives the first step with a warning. Measured: benchmarks/collapse_monitor.py
 (docs/benchmarks/collapse-monitor.txt).
 
