@@ -228,3 +228,13 @@ def test_rollouts_summary_counts_answers_and_searches_from_eval_rows(tmp_path):
     assert "| step-000020 | 3 | 0.33 | 1.00 | 67% | '1930' 67% |" in text and "## empty" not in text
     assert "y" * 240 + " ..." in text and "y" * 241 not in text  # a long observation is cut
     assert "prompt:" not in text and "> policy: <search> x </search>" in text
+
+
+def test_rollouts_skip_a_line_past_the_limit_without_holding_it(tmp_path, monkeypatch):
+    import trainer.death_spiral.rollouts as rollouts
+
+    monkeypatch.setattr(rollouts, "MAX_LINE_CHARS", 50)
+    path = tmp_path / "before.jsonl"
+    rows = [{"data_set": "world:small", "question": "x" * 500}, {"data_set": "world:small", "question": "q2"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["question"] for r in rollouts.read_episodes(path)] == ["q2"]

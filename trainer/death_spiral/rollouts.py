@@ -13,7 +13,7 @@ from typing import Any
 
 #: characters of one turn shown in a transcript (the prompt is left out: it is the same for every episode)
 TURN_CHARS = 240
-#: a line longer than this in an eval file is not read (the file is ours, but a bound costs nothing)
+#: a line longer than this in an eval file is skipped, read a piece at a time
 MAX_LINE_CHARS = 1_000_000
 
 
@@ -29,9 +29,11 @@ def read_episodes(path: Path) -> list[dict[str, Any]]:
     data set: the trainer evaluates the whole test split first, then its single- and multi-hop parts again
     (the same questions), which would count twice. Lines too long or not JSON objects are skipped."""
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        while line := handle.readline(MAX_LINE_CHARS + 1):  # never more than the limit held at once
             if len(line) > MAX_LINE_CHARS:
+                while line and not line.endswith("\n"):  # skip the rest of the long line, a piece at a time
+                    line = handle.readline(MAX_LINE_CHARS + 1)
                 continue
             try:
                 row = json.loads(line)
