@@ -265,10 +265,12 @@ class SearchQAEnv(gym.Env[str, str]):
             self._invalid += 1
             observation = INVALID_ACTION_MESSAGE
         truncated = not terminated and self._turn >= self.max_turns
-        info["searches"] = list(self._searches)
         info["num_searches"] = len(self._searches)
         info["invalid_actions"] = self._invalid
         if terminated or truncated:
+            # The episode's queries once, at its end: in every step's info they would make step replies
+            # grow with the episode (each step repeating all earlier searches; the step's own is `query`).
+            info["searches"] = list(self._searches)
             self._done = True
             answer = plan.action.content if terminated else None
             metrics = answer_metrics(answer, self._record.golden_answers)

@@ -243,7 +243,7 @@ def test_retriever_killed_mid_episode_then_restarted(small_world, bm25_server, t
         retriever = ServerProcess(retriever_args, tmp_path / "r2.log", port=port).start().wait_ready()
         obs, reward, terminated, truncated, info = env.step("<search> the same query again </search>")
         assert obs.startswith("\n\n<information>") and info["turn"] == 2
-        assert info["searches"] == ["river", "the same query again"]
+        assert info["num_searches"] == 2 and info["query"] == "the same query again"
         env.close()
     finally:
         env_srv.stop()

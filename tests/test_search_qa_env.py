@@ -56,10 +56,10 @@ def test_search_then_correct_answer_scores_one(env):
     assert obs.startswith("\n\n<information>Doc 1(Title: \"") and obs.endswith("</information>\n\n")
     assert "Doc 3(Title:" in obs and reward == 0 and not terminated and not truncated
     assert info["is_search"] and info["valid_action"] and info["query"] == record.question
-    assert len(info["retrieved_ids"]) == 3 and info["searches"] == [record.question]
+    assert len(info["retrieved_ids"]) == 3 and info["num_searches"] == 1 and "searches" not in info  # at the end
     obs, reward, terminated, truncated, info = env.step(f"<answer> {record.golden_answers[0].upper()} </answer>")
     assert (obs, reward, terminated, truncated) == ("", 1.0, True, False)
-    assert info["em"] == 1.0 and info["f1"] == 1.0 and info["well_formed"]
+    assert info["em"] == 1.0 and info["f1"] == 1.0 and info["well_formed"] and info["searches"] == [record.question]
     assert info["golden_answers"] == record.golden_answers and info["turn"] == 2
     with pytest.raises(EpisodeOver):
         env.step("<answer>again</answer>")
@@ -193,7 +193,7 @@ def test_retriever_down_is_the_observation_and_the_turn_is_used(small_world):
     obs, reward, terminated, truncated, info = env.step("<search> anything </search>")
     assert obs.startswith("\n\n<information>Search failed: retrieval server at") and "unavailable" in obs
     assert obs.endswith("</information>\n\n") and info["search_error"] in obs
-    assert env.turn == 1 and info["turn"] == 1 and info["retrieved_ids"] == [] and info["searches"] == ["anything"]
+    assert env.turn == 1 and info["turn"] == 1 and info["retrieved_ids"] == [] and info["query"] == "anything"
     assert (reward, terminated, truncated) == (0.0, False, False)
     _, reward, terminated, _, _ = env.step(f"<answer>{env.records[0].golden_answers[0]}</answer>")
     assert terminated and reward == 1.0
