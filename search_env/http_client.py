@@ -20,6 +20,10 @@ import httpx
 TOKEN_ENV = "SEARCHGYM_API_TOKEN"
 # Worth retrying: the server is starting or briefly unable (503), or a proxy hiccupped.
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: What an OpenAI-compatible inference server (vLLM, llama.cpp, a hosted API) answers when busy or failing:
+#: timeouts (408), conflicts (409), rate limits (429) and every 5xx, retried by the evaluation's policy
+#: and the trainer's generator alike. Our own servers' 500 is a bug, not a busy server, hence two sets.
+OPENAI_RETRY_STATUSES = frozenset({408, 409, 429, *range(500, 600)})
 # Longest sleep between tries during an outage wait: a restarted server is noticed within this.
 MAX_WAIT_INTERVAL_S = 2.0
 # A downed replica's /health is probed after PROBE_INTERVAL_S, then 2x, 4x... up to MAX_PROBE_INTERVAL_S

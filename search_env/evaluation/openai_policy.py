@@ -8,7 +8,8 @@ Two ways to show the episode to the model:
   that way; the server applies no chat template).
 Generation stops at `</search>` / `</answer>`; the API strips the stop string, so it is put back.
 Requests go through the project's one retry policy (search_env.http_client.JsonHttpClient): 408,
-409, 429, 5xx, timeouts and connection errors are retried with jittered exponential backoff
+409, 429, 5xx (search_env.http_client.OPENAI_RETRY_STATUSES), timeouts and connection errors are
+retried with jittered exponential backoff
 (honouring Retry-After), and a failure pauses all of this policy's requests until its backoff is
 over, so a server that serves one request at a time is not sent more while it is behind.
 """
@@ -22,13 +23,12 @@ from typing import Any, Literal
 
 from search_env.evaluation.policy import STOP_STRINGS
 from search_env.evaluation.transcript import Transcript
-from search_env.http_client import JsonHttpClient, RequestRefused, ServiceUnavailable
+from search_env.http_client import OPENAI_RETRY_STATUSES, JsonHttpClient, RequestRefused, ServiceUnavailable
 
 Mode = Literal["chat", "completions"]
 # llama.cpp's `llama-server` port: not the retriever's 8000 (nor the env server's 8001), so a
 # forgotten --base-url never sends chat requests to our own retriever. vLLM users pass theirs.
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _OPEN_TAG = re.compile(r"<(search|answer)>")
 
 
@@ -89,7 +89,7 @@ class OpenAIPolicy:
             token=key or "",
             unavailable=EndpointUnavailable,
             refused=EndpointRefused,
-            retry_statuses=RETRY_STATUSES,
+            retry_statuses=OPENAI_RETRY_STATUSES,
             shared_backoff=True,
         )
 

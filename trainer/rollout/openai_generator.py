@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from search_env.http_client import JsonHttpClient, RequestRefused, ServiceUnavailable
+from search_env.http_client import OPENAI_RETRY_STATUSES, JsonHttpClient, RequestRefused, ServiceUnavailable
 from trainer.rollout.generation import STOP_STRINGS, Generated
 
 _TOKEN_PREFIX = "token_id:"
@@ -30,10 +30,6 @@ _TOKEN_PREFIX = "token_id:"
 
 class OpenAIGeneratorError(RuntimeError):
     """The server refused the request, stayed unavailable after every retry, or answered without token ids."""
-
-
-#: What an OpenAI-compatible server answers when busy (429) or failing (5xx): retried.
-_RETRY_STATUSES = frozenset({429, *range(500, 600)})
 
 
 class OpenAIGenerator:
@@ -68,7 +64,7 @@ class OpenAIGenerator:
             backoff=backoff,
             max_backoff=max_backoff,
             token=key or "",  # "" sends no Authorization (not searchgym's own token)
-            retry_statuses=_RETRY_STATUSES,
+            retry_statuses=OPENAI_RETRY_STATUSES,
         )
 
     def generate(
