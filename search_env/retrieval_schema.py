@@ -91,6 +91,15 @@ class RetrievalLimits(BaseModel):
         return None
 
 
+def refused_topk_limit(topk: int, info: object) -> int | None:
+    """The `max_topk` a retriever's `/info` body reports under `limits` when `topk` is above it (every
+    search with that topk would be refused), else None (within it, or no limits reported: Search-R1's
+    server). Shared by the trainer's preflight and the env server's session create."""
+    limits = info.get("limits") if isinstance(info, dict) else None
+    max_topk = limits.get("max_topk") if isinstance(limits, dict) else None
+    return max_topk if isinstance(max_topk, int) and topk > max_topk else None
+
+
 class ErrorResponse(BaseModel):
     detail: str
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from search_env.env_data import load_env_records
 from search_env.evaluation.benchmark import run_benchmark
 from search_env.evaluation.datasets import EvalSet, parse_data_specs
-from search_env.evaluation.results import SetMetrics
+from search_env.evaluation.results import SetMetrics, summary_path
 from search_env.home import searchgym_home
 from search_env.protocol import SEARCH_R1_TEMPLATE
 from search_env.remote_vector_env import RemoteSearchVectorEnv
@@ -450,7 +450,7 @@ class GRPOTrainer:
 
     def _written_evaluation(self, tag: str) -> list[SetMetrics]:
         """The rows of `<run_dir>/eval/<tag>.summary.json` (what `evaluate(tag)` wrote), [] without it."""
-        path = self.run_dir / "eval" / f"{tag}.summary.json"
+        path = summary_path(self.run_dir / "eval" / f"{tag}.jsonl")  # where evaluate(tag) wrote them
         try:
             rows = json.loads(path.read_text())["results"]
             return [SetMetrics(**row) for row in rows]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import httpx
 
-from search_env.http_client import TOKEN_ENV, ServiceUnavailable, parse_urls
+from search_env.http_client import ServiceUnavailable, parse_urls
 from search_env.remote_env import EnvServerRefused, RemoteSearchEnv
-from search_env.world_pairing import WorldMismatch, check_world_pairing, world_preset
+from search_env.retrieval_schema import refused_topk_limit
+from search_env.world_pairing import WorldMismatch, check_world_pairing, fetch_info, world_preset
 from trainer.config import ENV_VARIABLES, EnvSection
 
 ENV_VARIABLE_OF = {key: variable for variable, key in ENV_VARIABLES.items()}
@@ -23,11 +22,11 @@ class LimitMismatch(ValueError):
     every search would be refused, so the run stops before any model is loaded."""
 
 
-def check_limits(env: EnvSection, limits: dict, base: str) -> None:
-    """`env.topk` against the retriever's `max_topk` (Search-R1's server has no /info: unchecked).
-    Raises `LimitMismatch` naming both limits and how to raise the server's."""
-    max_topk = limits.get("max_topk")
-    if isinstance(max_topk, int) and env.topk > max_topk:
+def check_limits(env: EnvSection, info: object, base: str) -> None:
+    """`env.topk` against the `max_topk` of the retriever's `/info` body `info` (Search-R1's server has no
+    /info: unchecked). Raises `LimitMismatch` naming both limits and how to raise the server's."""
+    max_topk = refused_topk_limit(env.topk, info)
+    if max_topk is not None:
         raise LimitMismatch(
             f"env.topk={env.topk} but the retrieval server at {base} accepts topk <= {max_topk} (its --max-topk): "
             "lower env.topk or restart the server with a larger --max-topk"
@@ -56,13 +55,9 @@ def check_env_reachable(env: EnvSection, timeout: float = 10.0, *, retriever_too
             _check_env_session(env, url, timeout)
         if key == "env.retriever_url":
             base = url.rstrip("/").removesuffix("/retrieve")
-            token = os.environ.get(TOKEN_ENV)
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            info = httpx.get(base + "/info", timeout=timeout, headers=headers)
-            if info.status_code == 200:  # an /info behind a token, or none (Search-R1's server): unchecked
-                served = info.json()
-                if isinstance(served.get("limits"), dict):
-                    check_limits(env, served["limits"], base)
+            served = fetch_info(base)  # None for an /info behind another token, or none (Search-R1's server)
+            if served is not None:
+                check_limits(env, served, base)
                 if world_preset(env.data) is not None:
                     check_world_pairing(env.data, served, base)
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from search_env.retrieval_schema import refused_topk_limit
 from search_env.world_pairing import WorldMismatch, check_world_pairing, fetch_info, world_preset
 
 log = logging.getLogger("agent_server.env")
@@ -79,10 +80,8 @@ class RetrieverWorlds:
     async def topk_violation(self, topk: int) -> str | None:
         """The refusal when `topk` is above the retriever's `max_topk` (`limits` in its /info): the session's
         every search would be refused. None when within it, or the retriever reports no limits."""
-        info = await self._current_info()
-        limits = info.get("limits") if isinstance(info, dict) else None
-        max_topk = limits.get("max_topk") if isinstance(limits, dict) else None
-        if isinstance(max_topk, int) and topk > max_topk:
+        max_topk = refused_topk_limit(topk, await self._current_info())
+        if max_topk is not None:
             return (
                 f"topk={topk} but this env server's retriever ({self.retriever_url}) accepts topk <= {max_topk} "
                 "(its --max-topk)"
